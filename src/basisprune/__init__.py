@@ -1,0 +1,43 @@
+"""basisprune: basis scaling / basis pruning, channel scaling, double pruning and ProsPr.
+
+The core API::
+
+    import basisprune as bp
+    d = bp.decompose(model)              # exact basis form; scales in every layer's ``scale``
+    c = bp.compact(d)                    # physically smaller model after pruning masks are set
+    bp.measure(c, x, reference=model)    # params, FLOPs, pruning ratios
+"""
+
+from .channel import ChannelScale, add_channel_scales, channel_scales, l1_penalty, remove_channel_scales
+from .compact import compact, load_model, save_model
+from .decompose import BasisConv2d, BasisLayer, BasisLinear, basis_layers, decompose
+from .importance import ScaleMagnitude, TaylorImportance, holders
+from .measure import count_flops, count_params, measure
+from .prune import PruningRule, apply_masks, select
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BasisConv2d",
+    "BasisLayer",
+    "BasisLinear",
+    "ChannelScale",
+    "PruningRule",
+    "ScaleMagnitude",
+    "TaylorImportance",
+    "add_channel_scales",
+    "apply_masks",
+    "basis_layers",
+    "channel_scales",
+    "compact",
+    "count_flops",
+    "count_params",
+    "decompose",
+    "holders",
+    "l1_penalty",
+    "load_model",
+    "measure",
+    "remove_channel_scales",
+    "save_model",
+    "select",
+]

@@ -1,0 +1,158 @@
+"""Turn a masked (pruned) model into a physically smaller dense model of standard modules.
+
+* Basis layers keep only their unpruned bases: the basis conv loses filters, the 1x1 conv loses
+  columns, and the scales are folded into the 1x1 weights. A layer whose kept rank would make the
+  pair cost as much as the original conv or more is folded back into one conv,
+  ``W' = U_k S_k diag(s_k) V_k^T``, so no layer ever grows.
+* Channel groups lose their masked channels through Torch-Pruning's dependency graph, after the
+  scales have been folded into the consumer weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .channel import channel_scales, dependency_graph, remove_channel_scales
+from .decompose import BasisConv2d, BasisLayer, basis_layers
+
+__all__ = ["compact", "compact_basis_layer", "pair_cost", "save_model", "load_model"]
+
+FoldRule = Callable[[str, BasisLayer, int], bool]
+
+
+def pair_cost(layer: BasisLayer, kept_per_group: int) -> tuple[int, int]:
+    """(weights of the kept pair, weights of the original layer), biases excluded.
+
+    Per group: ``D * r' + r' * Cout_g`` against ``D * Cout_g``; summed over groups.
+    """
+    d = layer.basis_matrix().shape[1]
+    out = layer.coef.shape[0]
+    g = layer.groups
+    return g * kept_per_group * d + out * kept_per_group, out * d
+
+
+def fold_by_params(name: str, layer: BasisLayer, kept_per_group: int) -> bool:
+    """Default rule: fold when the pair is not strictly smaller than the original layer."""
+    pair, orig = pair_cost(layer, kept_per_group)
+    return pair >= orig
+
+
+def _kept_indices(layer: BasisLayer) -> tuple[list[torch.Tensor], int]:
+    """Kept basis indices per group, padded to a common count (grouped 1x1 convs need one).
+
+    Padding takes the strongest pruned bases; their scale is masked, so their columns are zero and
+    the output does not change.
+    """
+    mask = layer.mask.view(layer.groups, layer.rank)
+    k = max(1, int(mask.sum(1).max().item()))
+    kept = []
+    for gi in range(layer.groups):
+        order = torch.argsort(mask[gi], descending=True, stable=True)  # kept first, then by index
+        kept.append(torch.sort(order[:k]).values)
+    return kept, k
+
+
+def compact_basis_layer(layer: BasisLayer, fold: bool) -> nn.Module:
+    """A dense replacement for one basis layer: the kept pair, or one folded conv / linear."""
+    with torch.no_grad():
+        if fold:
+            w = layer.reconstruct().detach()
+            if isinstance(layer, BasisConv2d):
+                m = copy.deepcopy(layer.basis)
+                m.out_channels = layer.out_channels
+            else:
+                m = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+                m = m.to(device=w.device, dtype=w.dtype)
+            m.weight = nn.Parameter(w.clone(), requires_grad=False)
+            m.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+            return m
+        kept, k = _kept_indices(layer)
+        flat = torch.cat([gi * layer.rank + idx for gi, idx in enumerate(kept)])
+        coef = layer.scaled_coef().detach()
+        out_g = coef.shape[0] // layer.groups
+        coef = torch.cat(
+            [coef[gi * out_g:(gi + 1) * out_g][:, kept[gi]] for gi in range(layer.groups)]
+        )
+        bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+        if isinstance(layer, BasisConv2d):
+            basis = copy.deepcopy(layer.basis)
+            basis.weight = nn.Parameter(layer.basis.weight[flat].clone(), requires_grad=False)
+            basis.out_channels = flat.numel()
+            proj = nn.Conv2d(flat.numel(), layer.out_channels, 1, groups=layer.groups, bias=bias is not None)
+            proj = proj.to(device=coef.device, dtype=coef.dtype)
+            proj.weight = nn.Parameter(coef.reshape(layer.out_channels, k, 1, 1).clone(), requires_grad=False)
+        else:
+            basis = nn.Linear(layer.in_features, k, bias=False).to(device=coef.device, dtype=coef.dtype)
+            basis.weight = nn.Parameter(layer.basis.weight[flat].clone(), requires_grad=False)
+            proj = nn.Linear(k, layer.out_features, bias=bias is not None).to(device=coef.device, dtype=coef.dtype)
+            proj.weight = nn.Parameter(coef.clone(), requires_grad=False)
+        proj.bias = bias
+        return nn.Sequential(basis, proj)
+
+
+def _compact_channels(model: nn.Module, example_input: torch.Tensor) -> None:
+    masks = remove_channel_scales(model, fold=True)
+    pruned = {root: torch.nonzero(m == 0).flatten().tolist() for root, m in masks.items()}
+    pruned = {r: idx for r, idx in pruned.items() if idx}
+    if not pruned:
+        return
+    dg = dependency_graph(model, example_input)
+    for root, idxs in pruned.items():
+        mod = model.get_submodule(root)
+        handler = dg.get_pruner_of_module(mod).prune_out_channels
+        group = dg.get_pruning_group(mod, handler, idxs=idxs)
+        group.prune()
+
+
+def compact(
+    model: nn.Module,
+    example_input: torch.Tensor | None = None,
+    *,
+    fold_rule: FoldRule = fold_by_params,
+) -> nn.Module:
+    """A physically smaller copy of ``model`` that computes what the masked model computes.
+
+    Args:
+        model: a model with basis layers and/or channel scales (masks set by pruning).
+        example_input: a batch for tracing; required when the model has channel scales.
+        fold_rule: ``(name, layer, kept_per_group) -> bool``; True folds a basis layer back into a
+            single conv. The default folds whenever the pair would not be smaller.
+
+    Raises:
+        ValueError: channel scales present but no ``example_input``.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    out = copy.deepcopy(model)
+    if channel_scales(out):
+        if example_input is None:
+            raise ValueError("compacting channel groups needs example_input (a batch the model accepts)")
+        if basis_layers(out):
+            raise ValueError(
+                "channel scales and basis layers in one model are not supported: compact the "
+                "channel-pruned model first, then decompose it (double pruning does this)"
+            )
+        _compact_channels(out, example_input)
+    for name, layer in basis_layers(out).items():
+        _, k = _kept_indices(layer)
+        new = compact_basis_layer(layer, fold_rule(name, layer, k))
+        parent_name, _, child = name.rpartition(".")
+        parent = out.get_submodule(parent_name) if parent_name else out
+        setattr(parent, child, new)
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out
+
+
+def save_model(model: nn.Module, path) -> None:
+    """Save a whole (compact) model: architecture and weights in one file."""
+    torch.save(model, path)
+
+
+def load_model(path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load a model written by :func:`save_model` (a trusted file: it is unpickled)."""
+    return torch.load(path, map_location=map_location, weights_only=False)

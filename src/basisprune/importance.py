@@ -1,0 +1,90 @@
+"""Importance of prunable units (bases or channels), pluggable.
+
+A *unit holder* is any module with a ``scale`` parameter and a 0/1 ``mask`` buffer of the same
+shape: :class:`~basisprune.decompose.BasisLayer` (one unit per basis) and
+:class:`~basisprune.channel.ChannelScale` (one unit per channel group channel). An importance
+object turns holders into one score per unit; higher means keep.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from .channel import channel_scales
+from .decompose import basis_layers
+
+__all__ = ["Importance", "TaylorImportance", "ScaleMagnitude", "holders"]
+
+
+def holders(model: nn.Module, kind: str) -> dict[str, nn.Module]:
+    """Unit holders of ``kind`` ("basis" or "channel") by name."""
+    if kind == "basis":
+        found = basis_layers(model)
+    elif kind == "channel":
+        found = channel_scales(model)
+    else:
+        raise ValueError(f"kind must be 'basis' or 'channel', got {kind!r}")
+    if not found:
+        what = "basisprune.decompose(model)" if kind == "basis" else "basisprune.add_channel_scales(model, x)"
+        raise ValueError(f"the model has no {kind} units; call {what} first")
+    return found
+
+
+class Importance(Protocol):
+    """What the pruning loop needs: accumulate after each backward pass, then score."""
+
+    def reset(self) -> None: ...
+
+    def accumulate(self, holders: dict[str, nn.Module]) -> None: ...
+
+    def scores(self, holders: dict[str, nn.Module]) -> dict[str, torch.Tensor]: ...
+
+
+class TaylorImportance:
+    """First-order Taylor estimate of the loss change when a unit's scale goes to 0.
+
+    Removing unit ``i`` moves ``s_i`` to 0, so ``L(s - s_i e_i) - L(s) ~ -s_i dL/ds_i``.
+    Per mini-batch we take ``|s_i * dL/ds_i|`` and sum over the batches seen since ``reset`` (the
+    paper accumulates over an epoch; summing absolute values per batch, as Molchanov et al. do, is
+    our choice). Call :meth:`accumulate` after ``loss.backward()`` and before the optimizer step.
+    """
+
+    def __init__(self) -> None:
+        self._acc: dict[str, torch.Tensor] = {}
+        self.batches = 0
+
+    def reset(self) -> None:
+        self._acc.clear()
+        self.batches = 0
+
+    def accumulate(self, holders: dict[str, nn.Module]) -> None:
+        for name, h in holders.items():
+            if h.scale.grad is None:
+                raise ValueError(
+                    f"{name}.scale has no gradient: the scales must require grad and accumulate() "
+                    "must run after loss.backward()"
+                )
+            contrib = (h.scale.detach() * h.scale.grad.detach()).abs() * h.mask
+            self._acc[name] = self._acc.get(name, 0) + contrib
+        self.batches += 1
+
+    def scores(self, holders: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+        if self.batches == 0:
+            raise ValueError("no batch accumulated: run training batches with accumulate() first")
+        return {n: self._acc[n] / self.batches for n in holders}
+
+
+class ScaleMagnitude:
+    """``|s_i|``: the channel-scaling paper's criterion (needs no gradients)."""
+
+    def reset(self) -> None:
+        pass
+
+    def accumulate(self, holders: dict[str, nn.Module]) -> None:
+        pass
+
+    def scores(self, holders: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+        return {n: h.scale.detach().abs() * h.mask for n, h in holders.items()}

@@ -1,0 +1,120 @@
+"""Pruning rules: which live units to remove this round, given their scores."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["PruningRule", "select", "apply_masks", "live_units"]
+
+_SCOPES = ("global", "layer")
+_NORMALIZE = ("none", "mean", "max", "l2", "cost")
+
+
+@dataclass(frozen=True)
+class PruningRule:
+    """How to choose the units pruned in one round.
+
+    Attributes:
+        scope: ``"global"`` ranks all units together; ``"layer"`` prunes within each layer.
+        fraction: fraction of the *live* units pruned per round (in (0, 1)), or None.
+        threshold: prune live units whose (normalised) score is below it, or None.
+            Exactly one of ``fraction`` and ``threshold`` is set.
+        normalize: divide each layer's scores by their ``mean``, ``max`` or ``l2`` norm over live
+            units, or by the parameters one unit costs (``cost``), before ranking; ``none`` keeps
+            raw scores.
+        min_keep: units every layer keeps whatever the scores.
+    """
+
+    scope: str = "global"
+    fraction: float | None = 0.1
+    threshold: float | None = None
+    normalize: str = "none"
+    min_keep: int = 1
+
+    def __post_init__(self) -> None:
+        if self.scope not in _SCOPES:
+            raise ValueError(f"scope must be one of {_SCOPES}, got {self.scope!r}")
+        if self.normalize not in _NORMALIZE:
+            raise ValueError(f"normalize must be one of {_NORMALIZE}, got {self.normalize!r}")
+        if (self.fraction is None) == (self.threshold is None):
+            raise ValueError("set exactly one of fraction (share of live units per round) and threshold")
+        if self.fraction is not None and not 0.0 < self.fraction < 1.0:
+            raise ValueError(f"fraction must be in (0, 1), got {self.fraction}")
+        if self.threshold is not None and not (self.threshold >= 0 and math.isfinite(self.threshold)):
+            raise ValueError(f"threshold must be a finite number >= 0, got {self.threshold}")
+        if self.min_keep < 1:
+            raise ValueError(f"min_keep must be >= 1 (a layer with no unit left is not allowed), got {self.min_keep}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _normalise(score: torch.Tensor, mask: torch.Tensor, how: str, cost: float | None) -> torch.Tensor:
+    live = score[mask > 0]
+    if how == "none" or live.numel() == 0:
+        return score
+    if how == "cost":
+        if cost is None:
+            raise ValueError("normalize='cost' needs the parameters per unit of every layer")
+        return score / cost
+    denom = {"mean": live.mean(), "max": live.max(), "l2": live.norm()}[how]
+    return score / denom if denom > 0 else score
+
+
+def select(
+    scores: dict[str, torch.Tensor],
+    masks: dict[str, torch.Tensor],
+    rule: PruningRule,
+    costs: dict[str, float] | None = None,
+) -> dict[str, torch.Tensor]:
+    """New 0/1 masks after one round of ``rule``; pruned units stay pruned.
+
+    Ties are broken by position (stable sort), so the result is deterministic.
+    """
+    if set(scores) != set(masks):
+        raise ValueError(f"scores and masks name different layers: {sorted(set(scores) ^ set(masks))}")
+    names = list(scores)
+    normed = {n: _normalise(scores[n].detach().float().cpu(), masks[n].cpu(), rule.normalize,
+                            None if costs is None else costs.get(n)) for n in names}
+    new = {n: masks[n].detach().clone().float().cpu() for n in names}
+    # Units each layer may still lose without going below min_keep.
+    budget = {n: max(0, int(new[n].sum().item()) - rule.min_keep) for n in names}
+
+    def candidates(n: str) -> list[tuple[float, str, int]]:
+        live = torch.nonzero(new[n] > 0).flatten()
+        return [(float(normed[n][i]), n, int(i)) for i in live]
+
+    if rule.scope == "layer":
+        for n in names:
+            cands = sorted(candidates(n), key=lambda t: t[0])
+            k = len(cands) if rule.threshold is not None else int(rule.fraction * len(cands))
+            chosen = [c for c in cands if rule.threshold is None or c[0] < rule.threshold][:min(k, budget[n])]
+            for _, _, i in chosen:
+                new[n][i] = 0.0
+    else:
+        cands = sorted((c for n in names for c in candidates(n)), key=lambda t: t[0])
+        k = len(cands) if rule.threshold is not None else int(rule.fraction * len(cands))
+        taken = 0
+        for s, n, i in cands:
+            if taken >= k or (rule.threshold is not None and s >= rule.threshold):
+                break
+            if budget[n] > 0:
+                new[n][i] = 0.0
+                budget[n] -= 1
+                taken += 1
+    return {n: new[n].to(masks[n].device, masks[n].dtype) for n in names}
+
+
+def apply_masks(holders: dict[str, nn.Module], masks: dict[str, torch.Tensor]) -> None:
+    """Write masks into the holders (a pruned unit's mask becomes 0)."""
+    for n, h in holders.items():
+        h.mask.copy_(masks[n])
+
+
+def live_units(holders: dict[str, nn.Module]) -> tuple[int, int]:
+    """(kept units, all units) over the holders."""
+    return sum(h.kept for h in holders.values()), sum(h.mask.numel() for h in holders.values())

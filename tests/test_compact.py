@@ -1,0 +1,134 @@
+"""Invariants of compaction: smaller, never larger per layer, same outputs, save/load."""
+
+import pytest
+import torch
+import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import basisprune as bp
+from basisprune.compact import pair_cost
+
+
+def tiny_net():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
+    )
+
+
+def random_masks(model, keep, seed):
+    g = torch.Generator().manual_seed(seed)
+    for layer in bp.basis_layers(model).values():
+        layer.mask.copy_((torch.rand(layer.num_bases, generator=g) < keep).float())
+        layer.mask.view(layer.groups, layer.rank)[:, 0] = 1  # pruning keeps >= 1 basis per layer
+        with torch.no_grad():
+            layer.scale.uniform_(0.5, 1.5, generator=g)
+
+
+@settings(max_examples=25, deadline=None)
+@given(keep=st.floats(0.05, 1.0), seed=st.integers(0, 1000))
+def test_compact_model_equals_masked_model(keep, seed):
+    """Whatever the masks, the compact model computes the masked model's outputs."""
+    torch.manual_seed(seed)
+    d = bp.decompose(tiny_net().eval(), include_linear=True).eval()
+    random_masks(d, keep, seed)
+    x = torch.randn(2, 3, 12, 12)
+    c = bp.compact(d).eval()
+    assert not bp.basis_layers(c)
+    torch.testing.assert_close(c(x), d(x), rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(keep=st.floats(0.0, 1.0), seed=st.integers(0, 1000))
+def test_compaction_never_grows_a_layer(keep, seed):
+    """Each compacted layer has at most the parameters and FLOPs of the original layer."""
+    torch.manual_seed(seed)
+    base = tiny_net().eval()
+    d = bp.decompose(base).eval()
+    random_masks(d, keep, seed)
+    c = bp.compact(d).eval()
+    x = torch.randn(1, 3, 12, 12)
+    for name in bp.basis_layers(d):
+        orig, new = base.get_submodule(name), c.get_submodule(name)
+        assert bp.count_params(new) <= bp.count_params(orig)
+        conv_in = _layer_input(base, name, x)
+        assert bp.count_flops(new, conv_in) <= bp.count_flops(orig, conv_in)
+
+
+def _layer_input(model, name, x):
+    seen = {}
+
+    def hook(module, inputs, output):
+        seen["x"] = inputs[0]
+
+    h = model.get_submodule(name).register_forward_hook(hook)
+    model(x)
+    h.remove()
+    return seen["x"]
+
+
+@pytest.mark.parametrize("cin, cout, k, keep", [(8, 16, 3, 3), (16, 32, 1, 5), (4, 64, 3, 2)])
+def test_param_count_matches_closed_form(cin, cout, k, keep):
+    """A kept pair has D*r' + r'*Cout weights (+ bias); D = Cin*kh*kw."""
+    layer = bp.BasisConv2d(nn.Conv2d(cin, cout, k))
+    layer.mask.zero_()
+    layer.mask[:keep] = 1
+    d = cin * k * k
+    pair, orig = pair_cost(layer, keep)
+    assert pair == d * keep + keep * cout and orig == d * cout
+    c = bp.compact(nn.Sequential(layer))[0]
+    expected = min(pair, orig) + cout  # folded back when the pair is not smaller
+    assert bp.count_params(c) == expected
+
+
+def test_layer_folds_back_when_pair_costs_more():
+    """With rank close to full the compact layer is a single conv of the original shape."""
+    conv = nn.Conv2d(8, 8, 3)
+    d = bp.decompose(nn.Sequential(conv))
+    c = bp.compact(d)
+    assert isinstance(c[0], nn.Conv2d) and c[0].weight.shape == conv.weight.shape
+    x = torch.randn(1, 8, 6, 6)
+    torch.testing.assert_close(c(x), conv(x), rtol=1e-4, atol=1e-5)
+
+
+def test_save_load_round_trip(tmp_path):
+    """A saved compact model loads back and gives identical outputs."""
+    torch.manual_seed(0)
+    d = bp.decompose(tiny_net().eval()).eval()
+    random_masks(d, 0.3, 0)
+    c = bp.compact(d).eval()
+    bp.save_model(c, tmp_path / "m.pt")
+    loaded = bp.load_model(tmp_path / "m.pt").eval()
+    x = torch.randn(2, 3, 12, 12)
+    assert torch.equal(loaded(x), c(x))
+
+
+def test_channel_pruning_resnet18_through_dependency_graph():
+    """Pruning channel groups of resnet18 keeps shapes consistent and equals the masked model."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    s = bp.add_channel_scales(model, x, ignored=["fc"]).eval()
+    g = torch.Generator().manual_seed(0)
+    for cs in bp.channel_scales(s).values():
+        cs.mask.copy_((torch.rand(cs.num_channels, generator=g) > 0.4).float())
+        with torch.no_grad():
+            cs.scale.uniform_(0.5, 1.5, generator=g)
+    c = bp.compact(s, x).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(c(x), s(x), rtol=1e-4, atol=1e-6)
+    kept_stream = bp.channel_scales(s)["conv1"].kept  # the stem's group is the layer1 residual stream
+    assert c.layer1[0].conv1.in_channels == kept_stream == c.layer1[1].conv2.out_channels
+    assert bp.count_params(c) < bp.count_params(model)
+
+
+def test_compact_refuses_channels_without_example_input():
+    """Channel groups are removed through a traced graph: no input, a clear error."""
+    model = tiny_net().eval()
+    s = bp.add_channel_scales(model, torch.randn(1, 3, 12, 12), ignored=["9"])
+    with pytest.raises(ValueError, match="example_input"):
+        bp.compact(s)
