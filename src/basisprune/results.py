@@ -1,0 +1,328 @@
+"""Results files with provenance: atomic JSON writing, run metadata and timers.
+
+A results file is one JSON object: the experiment's own record (metrics, histories, ...) plus
+``"provenance"`` (code version, parameters, package versions, hardware, seed, timestamp) and
+``"timings"`` (wall seconds). :func:`strip_volatile` removes what legitimately differs between two
+identical runs (timestamps, wall times, hostname, working-tree dirtiness) so that determinism can be
+checked with a plain ``==``.
+
+Every write is atomic: the text is serialised completely in memory, written to a temporary file in
+the destination directory, flushed and fsynced, then moved over the destination with
+:func:`os.replace`. A failure at any point leaves the previous file untouched and no temporary file
+behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import enum
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePath
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "VOLATILE_KEYS",
+    "Timer",
+    "atomic_write",
+    "provenance",
+    "read_results",
+    "strip_volatile",
+    "to_jsonable",
+    "write_json",
+    "write_results",
+]
+
+#: Keys removed at any depth by :func:`strip_volatile`: wall times, timestamps and host names.
+VOLATILE_KEYS = frozenset({"timings", "seconds", "wall_seconds", "timestamp_utc", "hostname"})
+
+#: Distributions whose versions :func:`provenance` records (``None`` when not installed).
+_PACKAGES = ("torch", "torchvision", "numpy", "torch-pruning", "basisprune")
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writing
+# --------------------------------------------------------------------------------------------
+def _new_file_mode(path: Path) -> int:
+    """Permission bits for the destination: keep an existing file's, else 0o666 minus the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Write a file atomically: ``write(f)`` fills a temporary file that then replaces ``path``.
+
+    The temporary file lives in the destination directory (so :func:`os.replace` is atomic), is
+    flushed and fsynced before the rename, and is removed if anything fails, in which case the
+    previous content of ``path`` (if any) is left intact. Parent directories are created.
+    Returns ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _new_file_mode(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # Make the rename itself durable (best effort; not possible on every platform).
+    with contextlib.suppress(OSError, AttributeError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# JSON conversion
+# --------------------------------------------------------------------------------------------
+def _json_key(key: Any, where: str) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, enum.Enum):
+        key = key.value
+    if isinstance(key, (np.generic, torch.Tensor)):
+        key = key.item()
+    if key is None or isinstance(key, (bool, int, float, PurePath)):
+        return str(key)
+    raise TypeError(f"cannot use a key of type {type(key).__name__} at {where} as a JSON key")
+
+
+def to_jsonable(obj: Any, _where: str = "$") -> Any:
+    """Convert ``obj`` to plain JSON types (dict with str keys, list, str, int, float, bool, None).
+
+    Tensors and numpy arrays become (nested) lists, 0-d tensors and numpy scalars become Python
+    scalars, paths/devices/dtypes become strings, tuples and sets become lists (sets sorted, so the
+    output does not depend on hash randomisation), dataclasses become dicts, enums their value and
+    dates their ISO string. Anything else raises :class:`TypeError` naming where it was found.
+    """
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().tolist()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            skey = _json_key(key, _where)
+            if skey in out:
+                raise ValueError(f"two keys at {_where} both become the JSON key {skey!r}")
+            out[skey] = to_jsonable(value, f"{_where}.{skey}")
+        return out
+    if isinstance(obj, (set, frozenset)):
+        items = [to_jsonable(v, f"{_where}[]") for v in obj]
+        try:
+            return sorted(items)
+        except TypeError:
+            return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v, f"{_where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, (PurePath, torch.device, torch.dtype)):
+        return str(obj)
+    if isinstance(obj, enum.Enum):
+        return to_jsonable(obj.value, _where)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj), _where)
+    if isinstance(obj, (_dt.datetime, _dt.date, _dt.time)):
+        return obj.isoformat()
+    raise TypeError(f"cannot convert {type(obj).__module__}.{type(obj).__qualname__} at {_where} to JSON")
+
+
+def write_json(path: str | os.PathLike, record: Any) -> Path:
+    """Write ``record`` as JSON (sorted keys, indent 2) atomically; returns the path.
+
+    Values are converted with :func:`to_jsonable` and the whole text is produced before the file
+    is touched, so a value that cannot be serialised raises without creating or damaging anything.
+    """
+    text = json.dumps(to_jsonable(record), sort_keys=True, indent=2) + "\n"
+    data = text.encode("utf-8")
+    return atomic_write(path, lambda f: f.write(data))
+
+
+# --------------------------------------------------------------------------------------------
+# Provenance
+# --------------------------------------------------------------------------------------------
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        proc = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _git_info() -> dict[str, Any]:
+    """Commit and dirty flag of the git checkout holding this package (``None`` outside git)."""
+    here = Path(__file__).resolve().parent
+    if _git(["rev-parse", "--is-inside-work-tree"], here) != "true":
+        return {"commit": None, "dirty": None}
+    commit = _git(["rev-parse", "--verify", "--quiet", "HEAD"], here) or None  # None before 1st commit
+    status = _git(["status", "--porcelain"], here)
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _hardware() -> dict[str, Any]:
+    try:
+        affinity: int | None = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = None
+    cuda = torch.cuda.is_available()
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": affinity,
+        "torch_threads": torch.get_num_threads(),
+        "cuda_available": cuda,
+        "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
+        "cuda_device_count": torch.cuda.device_count() if cuda else 0,
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version() if cuda else None,
+        "hostname": platform.node() or None,
+    }
+
+
+def provenance(params: Mapping[str, Any], seed: int | None) -> dict[str, Any]:
+    """Everything needed to say where a result came from.
+
+    Keys: ``git`` (``commit``, ``dirty``; both ``None`` outside a git checkout), ``params`` (every
+    parameter, JSON-converted), ``versions`` (python, torch, torchvision, numpy, torch-pruning,
+    basisprune; ``None`` when not installed), ``hardware`` (platform, machine, processor, CPU count
+    and affinity, torch threads, CUDA device name/count/versions, hostname), ``seed`` and
+    ``timestamp_utc`` (ISO 8601).
+    """
+    versions: dict[str, Any] = {"python": platform.python_version()}
+    versions.update({name: _version(name) for name in _PACKAGES})
+    return {
+        "git": _git_info(),
+        "params": to_jsonable(dict(params)),
+        "versions": versions,
+        "hardware": _hardware(),
+        "seed": None if seed is None else int(seed),
+        "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Results files
+# --------------------------------------------------------------------------------------------
+def write_results(
+    path: str | os.PathLike,
+    record: Mapping[str, Any],
+    params: Mapping[str, Any],
+    seed: int | None,
+    timings: Mapping[str, float],
+) -> dict[str, Any]:
+    """Write ``record`` plus ``"provenance"`` and ``"timings"`` atomically; returns what was written.
+
+    ``params`` should hold the experiment's parameters, not output locations: a path that differs
+    between two otherwise identical runs makes their results differ after :func:`strip_volatile`.
+    """
+    clash = {"provenance", "timings"} & set(record)
+    if clash:
+        raise ValueError(f"record already has reserved key(s) {sorted(clash)}; remove them first")
+    full = to_jsonable({**record, "provenance": provenance(params, seed), "timings": dict(timings)})
+    write_json(path, full)
+    return full
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a results (or any JSON) file written by :func:`write_results` / :func:`write_json`."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def strip_volatile(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``record`` without what differs between two identical runs.
+
+    Removes, at any depth, the keys in :data:`VOLATILE_KEYS` (``timings``, ``seconds``,
+    ``wall_seconds``, ``timestamp_utc``, ``hostname``) and ``provenance.git.dirty`` (the working
+    tree may be edited while a run is going on). The input is not modified.
+    """
+
+    def strip(obj: Any) -> Any:
+        if isinstance(obj, Mapping):
+            return {k: strip(v) for k, v in obj.items() if k not in VOLATILE_KEYS}
+        if isinstance(obj, list):
+            return [strip(v) for v in obj]
+        return obj
+
+    out = strip(to_jsonable(record))
+    git = out.get("provenance", {}).get("git") if isinstance(out.get("provenance"), dict) else None
+    if isinstance(git, dict):
+        git.pop("dirty", None)
+    return out
+
+
+class Timer:
+    """Context manager measuring wall seconds with :func:`time.perf_counter`.
+
+    ``with Timer(timings, "train"): ...`` stores the elapsed seconds in ``timings["train"]`` (added
+    to an existing value when ``accumulate=True``); the value is also on ``.seconds``. The time is
+    recorded even when the block raises.
+    """
+
+    def __init__(self, store: dict[str, float] | None = None, key: str | None = None, *, accumulate: bool = False):
+        if (store is None) != (key is None):
+            raise ValueError("give both store and key, or neither")
+        self.store = store
+        self.key = key
+        self.accumulate = accumulate
+        self.seconds: float | None = None
+        self._start: float | None = None
+
+    def __enter__(self) -> Timer:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._start is not None
+        self.seconds = time.perf_counter() - self._start
+        if self.store is not None:
+            previous = self.store.get(self.key, 0.0) if self.accumulate else 0.0
+            self.store[self.key] = previous + self.seconds

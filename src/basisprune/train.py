@@ -1,0 +1,685 @@
+"""Training utilities: device choice, seeding, BatchNorm modes, freezing, epochs and resumable fits.
+
+:func:`fit` checkpoints after every epoch (atomically) and resumes from an existing checkpoint so
+that a run killed part-way and started again ends with exactly the same weights and metrics as an
+uninterrupted one (on CPU; on GPU up to the determinism of the kernels). Exact resumption needs:
+
+* the same code, model, optimizer, scheduler and loaders (checked where possible; a mismatch raises
+  :class:`CheckpointError` before training starts);
+* loaders whose randomness comes from torch's global RNG or from their ``generator`` (both are
+  saved), and either ``num_workers=0`` or non-persistent workers (persistent workers keep their own
+  RNG state across epochs, which cannot be saved);
+* epoch-level schedulers (``scheduler.step()`` is called once per epoch; ``ReduceLROnPlateau`` gets
+  the first evaluation loader's loss, or the training loss).
+
+State kept by a ``callback`` (e.g. accumulated importance scores) is the caller's to checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm  # honours TQDM_DISABLE=1 (read when tqdm is first imported)
+
+from basisprune.results import atomic_write
+
+__all__ = [
+    "BN_MODES",
+    "FIT_CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "evaluate",
+    "fit",
+    "freeze",
+    "load_checkpoint",
+    "pick_device",
+    "save_checkpoint",
+    "seed_everything",
+    "set_bn_mode",
+    "train_epoch",
+]
+
+BN_MODES = ("train", "eval")
+FIT_CHECKPOINT_FORMAT = "basisprune.fit/1"
+_DEVICE_FORMS = "'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'"
+
+Callback = Callable[[nn.Module, int, Tensor, Tensor, Tensor], Any]
+Regularizer = Callable[[nn.Module], Tensor]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is corrupt, unreadable, or does not belong to the run resuming from it."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(
+            f"checkpoint {self.path} {reason}. Delete it (or pass another checkpoint path) "
+            "to start from scratch."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Devices and seeds
+# --------------------------------------------------------------------------------------------
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def _allowed_here() -> str:
+    allowed = ["'auto'", "'cpu'"]
+    if torch.cuda.is_available():
+        allowed += ["'cuda'", f"'cuda:0'..'cuda:{torch.cuda.device_count() - 1}'"]
+    if _mps_available():
+        allowed.append("'mps'")
+    return ", ".join(allowed)
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """Resolve a device name; ``"auto"`` picks CUDA, then MPS, then CPU.
+
+    Accepts ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:<index>"``, ``"mps"`` (case-insensitive) or a
+    :class:`torch.device`. Asking for a device that is not available, or an unknown name, raises
+    :class:`ValueError` saying what is allowed on this machine.
+    """
+    if isinstance(device, torch.device):
+        spec = str(device)
+    elif isinstance(device, str):
+        spec = device.strip().lower()
+    else:
+        raise TypeError(f"device must be a str or torch.device, not {type(device).__name__}")
+
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec in ("mps", "mps:0"):
+        if not _mps_available():
+            raise ValueError(f"device {device!r}: no MPS device is available; allowed here: {_allowed_here()}")
+        return torch.device("mps")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        index_text = spec.partition(":")[2]
+        if spec != "cuda" and not index_text.isdigit():
+            raise ValueError(f"unknown device {device!r}; expected {_DEVICE_FORMS}")
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {device!r}: no CUDA device is available (torch.cuda.is_available() is False); "
+                f"allowed here: {_allowed_here()}"
+            )
+        if index_text:
+            index = int(index_text)
+            if index >= torch.cuda.device_count():
+                raise ValueError(
+                    f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s); "
+                    f"allowed here: {_allowed_here()}"
+                )
+            return torch.device("cuda", index)
+        return torch.device("cuda")
+    raise ValueError(f"unknown device {device!r}; expected {_DEVICE_FORMS}")
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python's, numpy's and torch's (CPU and CUDA) global RNGs.
+
+    With ``deterministic=True`` also calls ``torch.use_deterministic_algorithms(True,
+    warn_only=True)``, sets cuDNN to deterministic/non-benchmark mode and, if unset, sets
+    ``CUBLAS_WORKSPACE_CONFIG`` (needed by deterministic cuBLAS; effective only before CUDA is
+    initialised). ``deterministic=False`` switches those back off.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, not {type(seed).__name__}")
+    seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+
+
+# --------------------------------------------------------------------------------------------
+# Model modes and freezing
+# --------------------------------------------------------------------------------------------
+def set_bn_mode(model: nn.Module, mode: str) -> nn.Module:
+    """Put ``model`` in training mode with its BatchNorm layers in ``mode``.
+
+    ``"train"``: BatchNorm normalises with batch statistics and updates its running statistics.
+    ``"eval"``: BatchNorm keeps (and uses) its running statistics, frozen — e.g. ImageNet's when
+    fine-tuning a pretrained network. The affine BN parameters train in both modes unless frozen
+    with :func:`freeze`. Returns ``model``.
+    """
+    if mode not in BN_MODES:
+        raise ValueError(f"bn_mode must be one of {BN_MODES}, got {mode!r}")
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.train(mode == "train")
+    return model
+
+
+def freeze(
+    model: nn.Module,
+    trainable: Iterable[nn.Parameter] | nn.Module | Callable[[str, nn.Parameter], bool],
+) -> list[nn.Parameter]:
+    """Set ``requires_grad=False`` on every parameter of ``model`` except the chosen ones.
+
+    ``trainable`` is an iterable of parameters of ``model``, a submodule (its parameters), or a
+    predicate ``(name, param) -> bool``. Frozen parameters also lose any stale ``.grad`` so that an
+    optimizer built over all parameters leaves them alone. Returns the trainable parameters in
+    ``model.named_parameters()`` order (pass them to the optimizer).
+    """
+    named = list(model.named_parameters())
+    if isinstance(trainable, nn.Module):
+        trainable = list(trainable.parameters())
+    if isinstance(trainable, Tensor):
+        trainable = [trainable]
+    if callable(trainable):
+        chosen = {id(p) for name, p in named if trainable(name, p)}
+    else:
+        in_model = {id(p) for _, p in named}
+        chosen = set()
+        for p in trainable:
+            if not isinstance(p, Tensor):
+                raise TypeError(f"trainable must hold parameters, got {type(p).__name__}")
+            if id(p) not in in_model:
+                raise ValueError(f"a trainable parameter of shape {tuple(p.shape)} is not a parameter of the model")
+            chosen.add(id(p))
+    kept: list[nn.Parameter] = []
+    for _, p in named:
+        keep = id(p) in chosen
+        p.requires_grad_(keep)
+        if keep:
+            kept.append(p)
+        else:
+            p.grad = None
+    return kept
+
+
+# --------------------------------------------------------------------------------------------
+# One epoch / evaluation
+# --------------------------------------------------------------------------------------------
+def _use_amp(amp: bool | None, device: torch.device) -> bool:
+    if amp is None:
+        return device.type == "cuda"
+    if amp and device.type != "cuda":
+        warnings.warn(f"amp=True ignored on {device}: mixed precision is only used on CUDA", stacklevel=3)
+        return False
+    return bool(amp)
+
+
+def _autocast(enabled: bool) -> contextlib.AbstractContextManager:
+    return torch.autocast(device_type="cuda", dtype=torch.float16) if enabled else contextlib.nullcontext()
+
+
+def _split_batch(batch: Any) -> tuple[Tensor, Tensor]:
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise TypeError(f"expected batches of (inputs, targets), got {type(batch).__name__}")
+
+
+def _count_correct(outputs: Any, targets: Tensor) -> Tensor | None:
+    """Number of correct top-1 predictions, or ``None`` when the task is not classification."""
+    if not isinstance(outputs, Tensor) or outputs.ndim != 2:
+        return None
+    pred = outputs.argmax(1)
+    if targets.ndim == 1 and not targets.is_floating_point():
+        return (pred == targets).sum()
+    if targets.shape == outputs.shape and targets.is_floating_point():  # soft labels
+        return (pred == targets.argmax(1)).sum()
+    return None
+
+
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: str | torch.device,
+    loss_fn: Callable[[Any, Tensor], Tensor] = F.cross_entropy,
+    regularizer: Regularizer | None = None,
+    bn_mode: str = "eval",
+    amp: bool | None = None,
+    callback: Callback | None = None,
+    desc: str = "train",
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` for one pass over ``loader``; returns ``loss``, ``accuracy``, ``n``, ``seconds``.
+
+    Each step minimises ``loss_fn(model(x), y) + regularizer(model)``. ``loss`` is the
+    sample-weighted mean of the data loss (without the regularizer; its per-batch mean is reported
+    as ``regularizer`` when one is given); ``accuracy`` is top-1 accuracy, or ``None`` when outputs
+    and targets are not a classification. BatchNorm layers run in ``bn_mode`` (see
+    :func:`set_bn_mode`).
+
+    Mixed precision (float16 autocast + gradient scaling) is used on CUDA when ``amp`` is ``None``
+    or ``True``, never elsewhere; pass a ``scaler`` to keep its scale across epochs (:func:`fit`
+    does). ``callback(model, batch_idx, inputs, targets, loss)`` runs after ``backward()`` and
+    before ``optimizer.step()``, with ``loss`` the (detached) total loss that was backpropagated;
+    under AMP the gradients are already unscaled (and may be inf/nan on a step the scaler skips).
+    """
+    device = pick_device(device)
+    use_amp = _use_amp(amp, device)
+    if use_amp and scaler is None:
+        scaler = torch.amp.GradScaler("cuda")
+    model.to(device)
+    set_bn_mode(model, bn_mode)
+
+    start = time.perf_counter()
+    loss_sum = torch.zeros((), dtype=_sum_dtype(device), device=device)
+    reg_sum = torch.zeros((), dtype=_sum_dtype(device), device=device)
+    correct: Tensor | None = torch.zeros((), dtype=torch.int64, device=device)
+    n = batches = 0
+    for batch_idx, batch in enumerate(tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)):
+        inputs, targets = _split_batch(batch)
+        inputs = inputs.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(use_amp):
+            outputs = model(inputs)
+            loss = loss_fn(outputs, targets)
+        total = loss.float()
+        if regularizer is not None:
+            reg = regularizer(model)
+            total = total + reg
+            reg_sum += reg.detach()
+        if use_amp:
+            scaler.scale(total).backward()
+            scaler.unscale_(optimizer)
+        else:
+            total.backward()
+        if callback is not None:
+            callback(model, batch_idx, inputs, targets, total.detach())
+        if use_amp:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+
+        size = len(targets)
+        loss_sum += loss.detach().to(loss_sum.dtype) * size
+        if correct is not None:
+            hits = _count_correct(outputs, targets)
+            correct = None if hits is None else correct + hits
+        n += size
+        batches += 1
+    if batches == 0:
+        raise ValueError(f"{desc}: the loader yielded no batches")
+
+    result: dict[str, Any] = {
+        "loss": loss_sum.item() / n,
+        "accuracy": None if correct is None else correct.item() / n,
+        "n": n,
+        "seconds": time.perf_counter() - start,
+    }
+    if regularizer is not None:
+        result["regularizer"] = reg_sum.item() / batches
+    return result
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: str | torch.device,
+    loss_fn: Callable[[Any, Tensor], Tensor] = F.cross_entropy,
+    amp: bool | None = None,
+    desc: str = "eval",
+) -> dict[str, Any]:
+    """Evaluate ``model`` (eval mode, no grad); returns ``loss``, ``accuracy``, ``n``, ``seconds``.
+
+    ``loss`` is the sample-weighted mean of ``loss_fn``; ``accuracy`` is top-1, or ``None`` when
+    not a classification. Autocast (float16) is used on CUDA when ``amp`` is ``None`` or ``True``.
+    The train/eval mode of every submodule is restored afterwards.
+    """
+    device = pick_device(device)
+    use_amp = _use_amp(amp, device)
+    modes = [(m, m.training) for m in model.modules()]
+    model.to(device)
+    model.eval()
+    start = time.perf_counter()
+    loss_sum = torch.zeros((), dtype=_sum_dtype(device), device=device)
+    correct: Tensor | None = torch.zeros((), dtype=torch.int64, device=device)
+    n = 0
+    try:
+        with torch.no_grad():
+            for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+                inputs, targets = _split_batch(batch)
+                inputs = inputs.to(device, non_blocking=True)
+                targets = targets.to(device, non_blocking=True)
+                with _autocast(use_amp):
+                    outputs = model(inputs)
+                    loss = loss_fn(outputs, targets)
+                size = len(targets)
+                loss_sum += loss.detach().to(loss_sum.dtype) * size
+                if correct is not None:
+                    hits = _count_correct(outputs, targets)
+                    correct = None if hits is None else correct + hits
+                n += size
+    finally:
+        for module, training in modes:
+            module.training = training
+    if n == 0:
+        raise ValueError(f"{desc}: the loader yielded no samples")
+    return {
+        "loss": loss_sum.item() / n,
+        "accuracy": None if correct is None else correct.item() / n,
+        "n": n,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+def save_checkpoint(path: str | os.PathLike, **state: Any) -> Path:
+    """Save ``state`` with :func:`torch.save`, atomically (temporary file + :func:`os.replace`).
+
+    Keep values to tensors, containers and Python scalars/strings so that :func:`load_checkpoint`
+    can read them with ``weights_only=True``. Parent directories are created. Returns the path.
+    """
+    return atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(
+    path: str | os.PathLike, *, map_location: Any = "cpu", weights_only: bool = True
+) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (onto the CPU by default).
+
+    Raises :class:`FileNotFoundError` if there is none and :class:`CheckpointError` (naming the
+    file and saying to delete it) if it cannot be read or does not hold a dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as exc:  # corrupt, truncated, or holds objects weights_only refuses
+        raise CheckpointError(path, f"is corrupt or unreadable ({_load_error_reason(exc)})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(path, f"holds a {type(state).__name__}, not a dict of state")
+    return state
+
+
+def _load_error_reason(exc: Exception) -> str:
+    """A one-line reason from a torch.load failure (its weights-only errors are paragraphs long)."""
+    text = str(exc).strip()
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        detail = text.split(marker, 1)[1].split("Check the documentation", 1)[0]
+        text = "weights-only unpickler: " + " ".join(detail.split())
+    else:
+        text = (text.splitlines() or [""])[0].split(". ", 1)[0]
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _loader_generators(loaders: Mapping[str, Any]) -> dict[str, torch.Generator]:
+    """The torch generators that drive each loader's shuffling (deduplicated), by attribute path."""
+    found: dict[str, torch.Generator] = {}
+    seen: set[int] = set()
+    for name, loader in loaders.items():
+        for attr in ("generator", "sampler.generator", "batch_sampler.sampler.generator"):
+            obj: Any = loader
+            for part in attr.split("."):
+                obj = getattr(obj, part, None)
+            if isinstance(obj, torch.Generator) and id(obj) not in seen:
+                seen.add(id(obj))
+                found[f"{name}.{attr}"] = obj
+    return found
+
+
+def _numpy_rng_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": _numpy_rng_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    random.setstate(state["python"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            np_state["name"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "mps" and "mps" in state:
+        torch.mps.set_rng_state(state["mps"])
+
+
+def _fn_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+def _check_fit_state(
+    path: Path,
+    state: Mapping[str, Any],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    config: Mapping[str, Any],
+    generators: Mapping[str, torch.Generator],
+    epochs: int,
+) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` is a fit checkpoint of this very run."""
+    if state.get("format") != FIT_CHECKPOINT_FORMAT:
+        raise CheckpointError(path, f"is not a fit() checkpoint (format {state.get('format')!r})")
+    missing = {"epoch", "config", "model", "optimizer", "history", "rng", "generators"} - set(state)
+    if missing:
+        raise CheckpointError(path, f"lacks {sorted(missing)}")
+    if dict(state["config"]) != dict(config):
+        diff = {
+            k: (state["config"].get(k), config.get(k))
+            for k in set(state["config"]) | set(config)
+            if state["config"].get(k) != config.get(k)
+        }
+        raise CheckpointError(path, f"was written by a differently configured run (saved vs now: {diff})")
+    saved_shapes = {k: tuple(v.shape) for k, v in state["model"].items()}
+    model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if saved_shapes != model_shapes:
+        extra = sorted(set(saved_shapes) - set(model_shapes))[:5]
+        absent = sorted(set(model_shapes) - set(saved_shapes))[:5]
+        reshaped = sorted(k for k in set(saved_shapes) & set(model_shapes) if saved_shapes[k] != model_shapes[k])[:5]
+        raise CheckpointError(
+            path,
+            f"does not match the model (unexpected keys {extra}, missing keys {absent}, shape mismatches {reshaped})",
+        )
+    saved_groups = [len(g["params"]) for g in state["optimizer"].get("param_groups", [])]
+    groups = [len(g["params"]) for g in optimizer.param_groups]
+    if saved_groups != groups:
+        raise CheckpointError(path, f"has optimizer parameter groups of sizes {saved_groups}, the optimizer {groups}")
+    if (state.get("scheduler") is None) != (scheduler is None):
+        raise CheckpointError(path, "and the run disagree on whether there is a scheduler")
+    if set(state["generators"]) != set(generators):
+        raise CheckpointError(
+            path, f"saved loader generators {sorted(state['generators'])}, the loaders have {sorted(generators)}"
+        )
+    if not isinstance(state["epoch"], int) or not 0 <= state["epoch"] <= epochs:
+        raise CheckpointError(path, f"has {state['epoch']} completed epochs, but this run has only {epochs}")
+    if len(state["history"]) != state["epoch"]:
+        raise CheckpointError(path, f"has {len(state['history'])} history entries for {state['epoch']} epochs")
+
+
+# --------------------------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------------------------
+def _step_scheduler(scheduler: Any, entry: Mapping[str, Any], eval_names: list[str]) -> None:
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        metric = next((entry[n]["loss"] for n in eval_names if n in entry), entry["train"]["loss"])
+        scheduler.step(metric)
+    else:
+        scheduler.step()
+
+
+def fit(
+    model: nn.Module,
+    loaders: Mapping[str, Iterable],
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    *,
+    device: str | torch.device,
+    checkpoint: str | os.PathLike | None,
+    regularizer: Regularizer | None = None,
+    bn_mode: str = "eval",
+    scheduler: Any = None,
+    callback: Callback | None = None,
+    eval_every: int = 1,
+    loss_fn: Callable[[Any, Tensor], Tensor] = F.cross_entropy,
+    amp: bool | None = None,
+) -> dict[str, Any]:
+    """Train for ``epochs`` epochs with per-epoch checkpoints; resume from ``checkpoint`` if it exists.
+
+    ``loaders["train"]`` is trained on; every other loader is evaluated every ``eval_every`` epochs
+    and after the last one. Returns ``{"history": [...], "final": {...}}``: one history entry per
+    epoch, ``{"epoch", "lr" (per param group, during the epoch), "train": train_epoch(...),
+    <loader name>: evaluate(...)}``, and ``final`` the last epoch's entry without ``lr`` (with
+    evaluations computed now if the last epoch had none, e.g. ``epochs == 0``).
+
+    After each epoch the checkpoint (model, optimizer, scheduler, grad scaler, epoch, history, the
+    Python/numpy/torch RNG states and the loaders' generator states) is written atomically. If it
+    exists when ``fit`` starts, it is validated and restored before any training, so a run killed
+    part-way and restarted ends exactly as an uninterrupted one would (see the module docstring);
+    a corrupt or mismatching checkpoint raises :class:`CheckpointError`. A complete checkpoint makes
+    ``fit`` return at once with the saved weights loaded; delete it to train again.
+    """
+    if "train" not in loaders:
+        raise ValueError(f"loaders needs a 'train' entry, got {sorted(loaders)}")
+    reserved = {"epoch", "lr"} & set(loaders)
+    if reserved:
+        raise ValueError(f"loader names {sorted(reserved)} are reserved for history entries")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1:
+        raise ValueError(f"eval_every must be an int >= 1, got {eval_every!r}")
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
+
+    device = pick_device(device)
+    model.to(device)
+    use_amp = _use_amp(amp, device)
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    generators = _loader_generators(loaders)
+    eval_names = [name for name in loaders if name != "train"]
+    config = {
+        "loaders": sorted(loaders),
+        "optimizer": type(optimizer).__qualname__,
+        "scheduler": None if scheduler is None else type(scheduler).__qualname__,
+        "loss_fn": _fn_name(loss_fn),
+        "regularizer": regularizer is not None,
+        "bn_mode": bn_mode,
+        "eval_every": eval_every,
+    }
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    ckpt = None if checkpoint is None else Path(checkpoint)
+    if ckpt is not None and ckpt.exists():
+        state = load_checkpoint(ckpt)
+        try:
+            _check_fit_state(
+                ckpt, state, model=model, optimizer=optimizer, scheduler=scheduler,
+                config=config, generators=generators, epochs=epochs,
+            )
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise CheckpointError(ckpt, f"has an unexpected layout ({type(exc).__name__}: {exc})") from exc
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            for key, generator in generators.items():
+                generator.set_state(state["generators"][key])
+            _set_rng_state(state["rng"], device)
+        except Exception as exc:
+            raise CheckpointError(ckpt, f"could not be restored ({type(exc).__name__}: {exc})") from exc
+        history = list(state["history"])
+        start_epoch = state["epoch"]
+
+    for epoch in range(start_epoch, epochs):
+        label = f"epoch {epoch + 1}/{epochs}"
+        entry: dict[str, Any] = {"epoch": epoch + 1, "lr": [float(g["lr"]) for g in optimizer.param_groups]}
+        entry["train"] = train_epoch(
+            model, loaders["train"], optimizer, device=device, loss_fn=loss_fn, regularizer=regularizer,
+            bn_mode=bn_mode, amp=use_amp, callback=callback, desc=f"{label} train", scaler=scaler,
+        )
+        if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
+            for name in eval_names:
+                entry[name] = evaluate(
+                    model, loaders[name], device=device, loss_fn=loss_fn, amp=use_amp, desc=f"{label} {name}"
+                )
+        if scheduler is not None:
+            _step_scheduler(scheduler, entry, eval_names)
+        history.append(entry)
+        if ckpt is not None:
+            save_checkpoint(
+                ckpt,
+                format=FIT_CHECKPOINT_FORMAT,
+                epoch=epoch + 1,
+                epochs=epochs,
+                config=config,
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                scheduler=None if scheduler is None else scheduler.state_dict(),
+                scaler=None if scaler is None else scaler.state_dict(),
+                history=history,
+                rng=_rng_state(device),
+                generators={key: g.get_state() for key, g in generators.items()},
+            )
+
+    final: dict[str, Any] = {k: v for k, v in history[-1].items() if k != "lr"} if history else {"epoch": 0}
+    for name in eval_names:
+        if name not in final:
+            final[name] = evaluate(model, loaders[name], device=device, loss_fn=loss_fn, amp=use_amp, desc=f"final {name}")
+    return {"history": history, "final": final}
