@@ -1,0 +1,592 @@
+"""Latency benchmarks (PyTorch and ONNX Runtime) and latency-aware compaction.
+
+* :func:`latency` times a model's forward pass with ``torch.utils.benchmark.Timer`` in eval mode
+  under ``torch.inference_mode``, one record per batch size (median, quartiles, IQR, runs,
+  throughput, threads, device).
+* :func:`onnx_latency` exports the model with ``torch.onnx.export`` (dynamic batch axis), checks
+  that ONNX Runtime reproduces torch's outputs and times ``InferenceSession.run``.
+* :func:`hardware` describes the machine the timings come from.
+* :func:`latency_fold_rule` builds a ``fold_rule`` for :func:`basisprune.compact` that folds a basis
+  layer back into one conv whenever its kept pair (basis conv + 1x1 conv) is not faster than the
+  single folded conv on the layer's real input shape, so no compacted layer is slower in practice.
+
+Every function returns plain dicts / lists of dicts (``pandas.DataFrame(records)`` works).
+Timings depend on the machine, its load and the thread count; none of them is asserted in tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .compact import compact_basis_layer, fold_by_params
+from .decompose import BasisLayer, basis_layers
+
+__all__ = [
+    "LatencyFoldRule",
+    "benchmark_timer",
+    "cpu_model",
+    "export_onnx",
+    "hardware",
+    "latency",
+    "latency_fold_rule",
+    "layer_input_shapes",
+    "onnx_latency",
+]
+
+LayerTimer = Callable[[nn.Module, torch.Tensor], float]
+"""``timer(module, x) -> seconds`` for one forward pass of ``module`` on ``x`` (eval, no grad)."""
+
+
+# --------------------------------------------------------------------------------- hardware
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``, else the machine."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    name = line.split(":", 1)[1].strip()
+                    if name:
+                        return name
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _physical_cores() -> int | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return None
+    cores = set()
+    phys = core = None
+    for line in text.splitlines() + [""]:
+        if not line.strip():
+            if phys is not None or core is not None:
+                cores.add((phys, core))
+            phys = core = None
+        elif line.startswith("physical id"):
+            phys = line.split(":", 1)[1].strip()
+        elif line.startswith("core id"):
+            core = line.split(":", 1)[1].strip()
+    return len(cores) or None
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except Exception:  # noqa: BLE001 - optional packages
+        return None
+
+
+def hardware() -> dict[str, Any]:
+    """Where timings come from: CPU model, logical/physical cores, cores this process may use,
+    torch intra-op threads, platform, torch / onnxruntime versions and the CUDA device (if any)."""
+    try:
+        usable: int | None = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = None
+    cuda = torch.cuda.is_available()
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "physical_cores": _physical_cores(),
+        "usable_cores": usable,
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": _version("onnxruntime"),
+        "cuda_available": cuda,
+        "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model()
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _check_batch_sizes(batch_sizes: Iterable[int]) -> list[int]:
+    out = [int(b) for b in batch_sizes]
+    if not out or any(b < 1 for b in out):
+        raise ValueError(f"batch_sizes must be a non-empty list of positive ints, got {batch_sizes!r}")
+    return out
+
+
+def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in input_shape)
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(
+            f"input_shape is the shape of one sample without the batch dimension, e.g. (3, 224, 224); "
+            f"got {input_shape!r}"
+        )
+    return shape
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """Eval mode for the block; every submodule's own train/eval flag is restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextlib.contextmanager
+def _num_threads(threads: int | None):
+    old = torch.get_num_threads()
+    if threads is not None:
+        if int(threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(int(threads))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(old)
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return None
+
+
+def _quantile(sorted_xs: list[float], q: float) -> float:
+    """Linear-interpolation quantile of sorted values (numpy's default method)."""
+    if len(sorted_xs) == 1:
+        return sorted_xs[0]
+    pos = q * (len(sorted_xs) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+def _record(times_s: list[float], batch_size: int, **extra: Any) -> dict[str, Any]:
+    xs = sorted(times_s)
+    med = statistics.median(xs)
+    p25, p75 = _quantile(xs, 0.25), _quantile(xs, 0.75)
+    mean = statistics.fmean(xs)
+    return {
+        "batch_size": batch_size,
+        "median_ms": med * 1e3,
+        "p25_ms": p25 * 1e3,
+        "p75_ms": p75 * 1e3,
+        "iqr_ms": (p75 - p25) * 1e3,
+        "mean_ms": mean * 1e3,
+        "min_ms": xs[0] * 1e3,
+        "runs": len(xs),
+        "median_ms_per_image": med * 1e3 / batch_size,
+        "throughput_ips": batch_size / med if med > 0 else float("inf"),
+        **extra,
+    }
+
+
+def _timed_runs(stmt_globals: dict[str, Any], threads: int, min_run_time: float, min_runs: int) -> tuple[list[float], int]:
+    """Seconds per call of ``model(x)`` for each of >= ``min_runs`` runs, and calls per run.
+
+    Like ``Timer.blocked_autorange``: each run is one ``Timer.timeit(number)`` block, the block size
+    chosen so that a block takes about ``min_run_time / 10`` (at least one call); blocks are
+    measured until ``min_run_time`` has passed *and* there are ``min_runs`` of them, so the
+    quartiles always come from several runs (``blocked_autorange`` alone gives a single run for
+    small models).
+    """
+    from torch.utils.benchmark import Timer
+
+    t = Timer("model(x)", globals=stmt_globals, num_threads=threads)
+    single = statistics.median(t.timeit(1).mean for _ in range(3))
+    number = max(1, int(round((min_run_time / 10) / max(single, 1e-9))))
+    times: list[float] = []
+    spent = 0.0
+    while spent < min_run_time or len(times) < min_runs:
+        m = t.timeit(number)
+        times.append(float(m.mean))
+        spent += float(m.mean) * number
+    return times, number
+
+
+def benchmark_timer(min_run_time: float = 0.02, threads: int | None = None, min_runs: int = 5) -> LayerTimer:
+    """A :data:`LayerTimer` returning the median seconds per call over timed runs (see :func:`latency`)."""
+
+    def timer(module: nn.Module, x: torch.Tensor) -> float:
+        with _eval_mode(module), torch.inference_mode():
+            module(x)  # warm-up
+            times, _ = _timed_runs({"model": module, "x": x}, threads or torch.get_num_threads(), min_run_time, min_runs)
+        return float(statistics.median(times))
+
+    return timer
+
+
+# ------------------------------------------------------------------------------------ latency
+def latency(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_sizes: Iterable[int] = (1, 8, 64),
+    threads: int | None = None,
+    min_run_time: float = 0.5,
+    device: str | torch.device = "cpu",
+    *,
+    min_runs: int = 5,
+    warmup: int = 3,
+    label: str | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Forward-pass latency of ``model`` at each batch size (eval mode, ``torch.inference_mode``).
+
+    Uses ``torch.utils.benchmark.Timer`` in blocks, as ``blocked_autorange`` does: each *run* is one
+    ``Timer.timeit(number_per_run)`` block of forward passes (sized to take about
+    ``min_run_time / 10``) and reports their mean time; runs are repeated until ``min_run_time``
+    has passed and there are at least ``min_runs``; the statistics are over runs.
+
+    Args:
+        model: any module taking one tensor; put in eval mode for the timing, its modes are restored.
+            It is moved to ``device`` for the timing and moved back afterwards.
+        input_shape: one sample's shape without the batch dimension, e.g. ``(3, 224, 224)``.
+        batch_sizes: batch sizes to time.
+        threads: torch intra-op threads for the timing (default: the current
+            ``torch.get_num_threads()``); restored afterwards.
+        min_run_time: seconds spent measuring per batch size (at least).
+        min_runs: runs per batch size (at least), so that quartiles are meaningful.
+        device: ``"cpu"`` or a CUDA device (the timer synchronises CUDA).
+        warmup: untimed forward passes per batch size before measuring.
+        label: copied into every record as ``model`` (handy for concatenating tables).
+        seed: seed of the random input batch.
+
+    Returns:
+        One dict per batch size: ``batch_size``, ``median_ms``, ``p25_ms``, ``p75_ms``, ``iqr_ms``,
+        ``mean_ms``, ``min_ms`` (per batch), ``runs``, ``number_per_run``,
+        ``median_ms_per_image``, ``throughput_ips`` (images/s at the median), ``threads``,
+        ``device``, ``device_name``, ``backend`` (``"torch"``) and ``model`` (the label).
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if min_runs < 1:
+        raise ValueError(f"min_runs must be >= 1, got {min_runs}")
+    shape = _check_shape(input_shape)
+    sizes = _check_batch_sizes(batch_sizes)
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    home = _model_device(model)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    model.to(dev)
+    try:
+        with _eval_mode(model), _num_threads(threads) as n_threads, torch.inference_mode():
+            for b in sizes:
+                x = torch.randn((b, *shape), generator=gen).to(dev)
+                for _ in range(max(0, warmup)):
+                    model(x)
+                times, number = _timed_runs({"model": model, "x": x}, n_threads, min_run_time, min_runs)
+                out.append(_record(
+                    times, b, number_per_run=number, threads=n_threads,
+                    device=str(dev), device_name=_device_name(dev), backend="torch", model=label,
+                ))
+                del x
+    finally:
+        if home is not None:
+            model.to(home)
+    return out
+
+
+# ------------------------------------------------------------------------------------- ONNX
+def export_onnx(
+    model: nn.Module, input_shape: Sequence[int], path: str | os.PathLike, *, exporter: str = "auto",
+    opset_version: int | None = None,
+) -> str:
+    """Export ``model`` (eval mode, CPU) to ``path`` with a dynamic batch axis; returns the exporter
+    that worked: ``"dynamo"`` (``torch.export``-based, needs onnxscript) or ``"legacy"``
+    (TorchScript-based). ``exporter="auto"`` tries dynamo first, then legacy."""
+    if exporter not in ("auto", "dynamo", "legacy"):
+        raise ValueError(f"exporter must be 'auto', 'dynamo' or 'legacy', got {exporter!r}")
+    shape = _check_shape(input_shape)
+    x = torch.randn(2, *shape)  # batch 2: a batch of 1 would let the tracer specialise on it
+    tried = ["dynamo", "legacy"] if exporter == "auto" else [exporter]
+    errors = []
+    with _eval_mode(model):
+        for kind in tried:
+            try:
+                with _warnings_silenced(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+                    if kind == "dynamo":
+                        torch.onnx.export(
+                            model, (x,), str(path), input_names=["input"], output_names=["output"],
+                            dynamo=True, external_data=False, opset_version=opset_version,
+                            dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
+                        )
+                    else:
+                        torch.onnx.export(
+                            model, (x,), str(path), input_names=["input"], output_names=["output"],
+                            dynamo=False, opset_version=opset_version or 17,
+                            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                        )
+                return kind
+            except Exception as e:  # noqa: BLE001 - fall back to the other exporter
+                errors.append(f"{kind}: {type(e).__name__}: {str(e)[:500]}")
+    raise RuntimeError("ONNX export failed; " + " | ".join(errors))
+
+
+@contextlib.contextmanager
+def _warnings_silenced():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def onnx_latency(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_sizes: Iterable[int] = (1, 8, 64),
+    path: str | os.PathLike | None = None,
+    repeats: int = 20,
+    *,
+    warmup: int = 3,
+    threads: int | None = None,
+    exporter: str = "auto",
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    label: str | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Export ``model`` to ONNX and time it with ONNX Runtime's ``CPUExecutionProvider``.
+
+    Before timing each batch size, ONNX Runtime's output is compared with torch's on the same batch
+    (``allclose(atol, rtol)``); a mismatch raises ``AssertionError``.
+
+    Args:
+        model: a module taking one tensor (exported in eval mode on the CPU; modes restored).
+        input_shape: one sample's shape without the batch dimension.
+        batch_sizes: batch sizes to time (one exported model with a dynamic batch axis).
+        path: where to write the ``.onnx`` file; default a temporary file, deleted afterwards.
+        repeats: timed ``session.run`` calls per batch size (each is one run).
+        warmup: untimed calls per batch size.
+        threads: ONNX Runtime intra-op threads (default ``torch.get_num_threads()``).
+        exporter: ``"auto"`` (dynamo, then legacy), ``"dynamo"`` or ``"legacy"``.
+
+    Returns:
+        One dict per batch size with :func:`latency`'s fields (``number_per_run`` = 1,
+        ``backend`` = ``"onnxruntime"``) plus ``exporter`` and ``max_abs_diff`` (vs torch).
+    """
+    import onnxruntime as ort
+
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    shape = _check_shape(input_shape)
+    sizes = _check_batch_sizes(batch_sizes)
+    n_threads = int(threads or torch.get_num_threads())
+    home = _model_device(model)
+    model.to("cpu")
+    tmp = None
+    try:
+        if path is None:
+            tmp = tempfile.TemporaryDirectory(prefix="basisprune-onnx-")
+            path = Path(tmp.name) / "model.onnx"
+        kind = export_onnx(model, shape, path, exporter=exporter)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = n_threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        in_name = sess.get_inputs()[0].name
+        gen = torch.Generator().manual_seed(seed)
+        out = []
+        for b in sizes:
+            x = torch.randn((b, *shape), generator=gen)
+            feed = {in_name: x.numpy()}
+            got = torch.from_numpy(sess.run(None, feed)[0])
+            with _eval_mode(model), torch.inference_mode():
+                want = model(x)
+            diff = float((got - want).abs().max()) if got.numel() else 0.0
+            if got.shape != want.shape or not torch.allclose(got, want, atol=atol, rtol=rtol):
+                raise AssertionError(
+                    f"ONNX Runtime output differs from torch at batch {b}: shapes {tuple(got.shape)} vs "
+                    f"{tuple(want.shape)}, max |diff| = {diff:.3g} (atol={atol}, rtol={rtol})"
+                )
+            for _ in range(max(0, warmup)):
+                sess.run(None, feed)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                sess.run(None, feed)
+                times.append(time.perf_counter() - t0)
+            out.append(_record(
+                times, b, number_per_run=1, threads=n_threads, device="cpu", device_name=cpu_model(),
+                backend="onnxruntime", model=label, exporter=kind, max_abs_diff=diff,
+            ))
+        return out
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+        if home is not None:
+            model.to(home)
+
+
+# ------------------------------------------------------------------ latency-aware compaction
+def layer_input_shapes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """One sample's input shape (no batch dimension) of every basis layer, from forward hooks."""
+    layers = basis_layers(model)
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = []
+    for name, layer in layers.items():
+        def hook(mod, args, name=name):
+            shapes.setdefault(name, tuple(args[0].shape[1:]))
+        hooks.append(layer.register_forward_pre_hook(hook))
+    try:
+        with _eval_mode(model), torch.inference_mode():
+            model(example_input[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    missing = set(layers) - set(shapes)
+    if missing:
+        raise ValueError(f"basis layers never called on example_input: {sorted(missing)}")
+    return shapes
+
+
+class LatencyFoldRule:
+    """A ``fold_rule`` for :func:`basisprune.compact` that folds slow pairs (see
+    :func:`latency_fold_rule`). Call it as ``rule(name, layer, kept_per_group) -> bool``.
+
+    Attributes:
+        records: one dict per timed (or skipped) layer: ``name``, ``kept_per_group``, ``bases``,
+            ``input_shape``, ``pair_ms`` / ``folded_ms`` (lists, one per batch size; empty when the
+            parameter rule already folds), ``fold`` and ``reason`` (``"params"``, ``"latency"``
+            or ``"pair faster"``).
+    """
+
+    def __init__(
+        self,
+        shapes: dict[str, tuple[int, ...]],
+        batch_sizes: list[int],
+        criterion: str,
+        timer: LayerTimer,
+        base_rule: Callable[[str, BasisLayer, int], bool],
+        device: torch.device,
+        seed: int,
+    ):
+        self.shapes = shapes
+        self.batch_sizes = batch_sizes
+        self.criterion = criterion
+        self.timer = timer
+        self.base_rule = base_rule
+        self.device = device
+        self.seed = seed
+        self._cache: dict[tuple[str, int], dict[str, Any]] = {}
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._cache.values()]
+
+    def decide(self, name: str, layer: BasisLayer, kept_per_group: int) -> dict[str, Any]:
+        """Time (once, then cached) and decide one layer; returns its record."""
+        key = (name, int(kept_per_group))
+        if key in self._cache:
+            return self._cache[key]
+        rec: dict[str, Any] = {
+            "name": name, "kept_per_group": int(kept_per_group), "bases": layer.rank,
+            "input_shape": list(self.shapes.get(name, ())), "batch_sizes": list(self.batch_sizes),
+            "pair_ms": [], "folded_ms": [],
+        }
+        if self.base_rule(name, layer, kept_per_group):
+            rec.update(fold=True, reason="params")
+        elif name not in self.shapes:
+            raise KeyError(f"no input shape recorded for basis layer {name!r}; build the rule on this model")
+        else:
+            pair = compact_basis_layer(layer, fold=False).to(self.device)
+            single = compact_basis_layer(layer, fold=True).to(self.device)
+            gen = torch.Generator().manual_seed(self.seed)
+            for b in self.batch_sizes:
+                x = torch.randn((b, *self.shapes[name]), generator=gen).to(self.device)
+                rec["pair_ms"].append(1e3 * float(self.timer(pair, x)))
+                rec["folded_ms"].append(1e3 * float(self.timer(single, x)))
+            if self.criterion == "sum":
+                slower = sum(rec["pair_ms"]) >= sum(rec["folded_ms"])
+            else:  # "each": the pair must be faster at every batch size
+                slower = any(p >= f for p, f in zip(rec["pair_ms"], rec["folded_ms"]))
+            rec.update(fold=bool(slower), reason="latency" if slower else "pair faster")
+        self._cache[key] = rec
+        return rec
+
+    def __call__(self, name: str, layer: BasisLayer, kept_per_group: int) -> bool:
+        return bool(self.decide(name, layer, kept_per_group)["fold"])
+
+
+def latency_fold_rule(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    batch_sizes: Iterable[int] = (1, 8, 64),
+    *,
+    criterion: str = "each",
+    min_run_time: float = 0.02,
+    min_runs: int = 5,
+    threads: int | None = None,
+    timer: LayerTimer | None = None,
+    base_rule: Callable[[str, BasisLayer, int], bool] = fold_by_params,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> LatencyFoldRule:
+    """A fold rule that keeps a basis pair only where it is measurably faster than one conv.
+
+    For every basis layer of ``model`` (with its current masks), the kept pair
+    (basis conv + 1x1 conv, as :func:`basisprune.compact.compact_basis_layer` builds it) and the
+    single folded conv are timed, in eval mode, on random inputs of the layer's real input shape (captured with
+    forward hooks on ``example_input``) at each batch size. The layer is folded when
+
+    * ``base_rule`` says so (default :func:`basisprune.compact.fold_by_params`: the pair would
+      not have fewer weights; these layers are not timed), or
+    * the pair is not faster: with ``criterion="each"`` (default) when the pair's median is not
+      below the folded conv's at *some* batch size (the pair survives only if faster at every
+      measured batch size); with ``criterion="sum"`` when the sum over batch sizes of the pair's
+      medians is not below the folded conv's (dominated by the largest batch).
+
+    So, up to timing noise, ``compact(model, fold_rule=rule)`` has no layer slower than the
+    original conv at the measured batch sizes, and no layer with more weights.
+
+    Cost: ``2 * len(batch_sizes)`` timings of about ``min_run_time`` seconds (at least
+    ``min_runs`` runs of one call) per layer the parameter rule keeps, plus one warm-up pass each. The timings are done eagerly here, on the masks present now;
+    a layer whose kept count differs at ``compact`` time is timed again then.
+
+    Args:
+        timer: ``timer(module, x) -> seconds`` replacing the default
+            :func:`benchmark_timer` (median seconds per call over at least ``min_runs`` runs and
+            ``min_run_time`` seconds), e.g. fake timings in tests.
+        threads: torch threads for the default timer.
+        device: where the layers are timed.
+
+    Returns:
+        A :class:`LatencyFoldRule`; its ``records`` list every decision with its timings.
+    """
+    if criterion not in ("each", "sum"):
+        raise ValueError(f"criterion must be 'each' or 'sum', got {criterion!r}")
+    sizes = _check_batch_sizes(batch_sizes)
+    if not basis_layers(model):
+        raise ValueError("the model has no basis layers; call basisprune.decompose first")
+    dev = torch.device(device)
+    shapes = layer_input_shapes(model, example_input.to(_model_device(model) or "cpu"))
+    rule = LatencyFoldRule(shapes, sizes, criterion, timer or benchmark_timer(min_run_time, threads, min_runs),
+                           base_rule, dev, seed)
+    from .compact import _kept_indices
+
+    with _num_threads(threads):
+        for name, layer in basis_layers(model).items():
+            _, k = _kept_indices(layer)
+            rule.decide(name, layer, k)
+    return rule

@@ -1,0 +1,149 @@
+"""Invariants of the latency benchmarks and of latency-aware compaction (timings are never asserted).
+
+Timings use one thread (``threads=1``) where the thread count is not the point: on a shared CPU,
+OpenMP threads contending for cores make tiny convolutions hundreds of times slower.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+import basisprune as bp
+from basisprune import bench
+
+SHAPE = (3, 12, 12)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread unless a test asks otherwise (see the module docstring)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def tiny_net():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.5),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
+    )
+
+
+def pruned_basis_net(keep=0.4, seed=0):
+    """A decomposed tiny net with random basis masks (>= 1 basis per group) and random scales."""
+    torch.manual_seed(seed)
+    d = bp.decompose(tiny_net(), exclude=["11"]).eval()
+    g = torch.Generator().manual_seed(seed)
+    for layer in bp.basis_layers(d).values():
+        layer.mask.copy_((torch.rand(layer.num_bases, generator=g) < keep).float())
+        layer.mask.view(layer.groups, layer.rank)[:, 0] = 1
+        with torch.no_grad():
+            layer.scale.uniform_(0.5, 1.5, generator=g)
+    return d
+
+
+FIELDS = {"batch_size", "median_ms", "p25_ms", "p75_ms", "iqr_ms", "mean_ms", "runs", "number_per_run",
+          "throughput_ips", "threads", "device", "device_name", "backend"}
+
+
+def test_latency_one_record_per_batch_size_with_fields():
+    """latency() returns one record per batch size, in order, with every field and a positive median."""
+    recs = bench.latency(tiny_net(), SHAPE, batch_sizes=(1, 3), threads=1, min_run_time=0.005, min_runs=3,
+                         label="tiny")
+    assert [r["batch_size"] for r in recs] == [1, 3]
+    for r in recs:
+        assert FIELDS <= set(r)
+        assert r["median_ms"] > 0 and r["runs"] >= 3 and r["p25_ms"] <= r["median_ms"] <= r["p75_ms"]
+        assert r["threads"] == 1 and r["model"] == "tiny" and r["device"] == "cpu"
+
+
+def test_latency_runs_in_eval_mode_and_restores_mode():
+    """A model with BatchNorm and Dropout gives the same eval output before and after latency(),
+    so BN statistics were not updated (eval mode), and its training flag is restored."""
+    torch.manual_seed(0)
+    m = tiny_net().train()
+    x = torch.randn(4, *SHAPE)
+    m.eval()
+    before = m(x)
+    m.train()
+    bench.latency(m, SHAPE, batch_sizes=(2,), threads=1, min_run_time=0.01, min_runs=2)
+    assert m.training and all(mod.training for mod in m.modules())
+    m.eval()
+    torch.testing.assert_close(m(x), before, rtol=0, atol=0)
+
+
+def test_latency_threads_are_stated_and_restored():
+    """Without ``threads`` the current torch thread count is recorded; with ``threads`` that count
+    is used and recorded, and the previous torch thread count comes back afterwards."""
+    old = torch.get_num_threads()
+    assert bench.latency(nn.Flatten(), SHAPE, batch_sizes=(1,), min_run_time=0.001)[0]["threads"] == old
+    recs = bench.latency(nn.Flatten(), SHAPE, batch_sizes=(1,), threads=1, min_run_time=0.001, min_runs=2)
+    assert recs[0]["threads"] == 1 and torch.get_num_threads() == old
+
+
+def test_hardware_names_cpu_and_torch():
+    """hardware() names the CPU, the thread count and torch's version."""
+    hw = bench.hardware()
+    assert hw["cpu_model"] and hw["torch"] == torch.__version__ and hw["torch_threads"] >= 1
+
+
+def test_onnx_round_trip_matches_torch():
+    """onnxruntime's output of an exported compact (basis-pruned) net equals torch's to 1e-4, at
+    several batch sizes through one dynamic batch axis."""
+    c = bp.compact(pruned_basis_net()).eval()
+    assert any(isinstance(m, nn.Sequential) for m in c.modules() if m is not c)  # a pair survives
+    recs = bench.onnx_latency(c, SHAPE, batch_sizes=(1, 3), repeats=2, warmup=1, threads=1)
+    assert [r["batch_size"] for r in recs] == [1, 3]
+    for r in recs:
+        assert r["max_abs_diff"] <= 1e-4 and r["median_ms"] > 0 and r["backend"] == "onnxruntime"
+
+
+def _pairs(model):
+    return [m for m in model.modules() if isinstance(m, nn.Sequential) and len(m) == 2
+            and isinstance(m[1], nn.Conv2d) and m[1].kernel_size == (1, 1)]
+
+
+def test_latency_fold_rule_folds_every_slower_pair():
+    """When every pair is timed slower than its folded conv, the compact model has no pair left."""
+    d = pruned_basis_net(keep=0.2)
+    assert _pairs(bp.compact(d))  # the parameter rule alone keeps some pairs
+    slow_pairs = lambda module, x: 2.0 if isinstance(module, nn.Sequential) else 1.0  # noqa: E731
+    rule = bench.latency_fold_rule(d, torch.randn(2, *SHAPE), batch_sizes=(1, 4), timer=slow_pairs)
+    assert not _pairs(bp.compact(d, fold_rule=rule))
+    assert all(r["fold"] for r in rule.records)
+
+
+def test_latency_fold_rule_keeps_faster_pairs_only_if_params_allow():
+    """With pairs timed faster, the rule folds exactly the layers fold_by_params folds."""
+    d = pruned_basis_net(keep=0.6, seed=3)
+    fast_pairs = lambda module, x: 1.0 if isinstance(module, nn.Sequential) else 2.0  # noqa: E731
+    rule = bench.latency_fold_rule(d, torch.randn(2, *SHAPE), batch_sizes=(1,), timer=fast_pairs)
+    from basisprune.compact import _kept_indices, fold_by_params
+
+    for name, layer in bp.basis_layers(d).items():
+        k = _kept_indices(layer)[1]
+        assert rule(name, layer, k) == fold_by_params(name, layer, k)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_latency_fold_rule_compact_equals_masked_and_never_grows(seed):
+    """With real (short) timings, the compact model gives the masked model's outputs and has no
+    more parameters than the unpruned model."""
+    torch.manual_seed(seed)
+    base = tiny_net().eval()
+    d = pruned_basis_net(keep=0.3 + 0.3 * seed, seed=seed)
+    rule = bench.latency_fold_rule(d, torch.randn(2, *SHAPE), batch_sizes=(1, 2),
+                                   min_run_time=0.002, min_runs=2, threads=1)
+    c = bp.compact(d, fold_rule=rule).eval()
+    x = torch.randn(3, *SHAPE)
+    torch.testing.assert_close(c(x), d(x), rtol=1e-4, atol=1e-5)
+    assert bp.count_params(c) <= bp.count_params(base)
+
+
+def test_latency_fold_rule_needs_basis_layers():
+    """A model without basis layers is refused with a ValueError."""
+    with pytest.raises(ValueError, match="basis layers"):
+        bench.latency_fold_rule(tiny_net(), torch.randn(1, *SHAPE))
