@@ -71,6 +71,14 @@ class TaylorImportance:
             self._acc[name] = self._acc.get(name, 0) + contrib
         self.batches += 1
 
+    def state_dict(self) -> dict:
+        """Accumulated state, so a checkpointed run resumes with the same scores."""
+        return {"acc": {k: v.detach().cpu().clone() for k, v in self._acc.items()}, "batches": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._acc = {k: v.clone() for k, v in state["acc"].items()}
+        self.batches = state["batches"]
+
     def scores(self, holders: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
         if self.batches == 0:
             raise ValueError("no batch accumulated: run training batches with accumulate() first")

@@ -1,0 +1,104 @@
+"""The experiment runner: bad input fails fast, runs are deterministic, a killed run resumes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from basisprune import experiments
+from basisprune.cli import main as cli_main
+from basisprune.results import read_results, strip_volatile
+
+TINY = dict(subset_train=160, subset_test=64, batch_size=32, basis_rounds=3, warmup_epochs=1)
+
+
+@pytest.mark.parametrize(
+    "experiment, params, match",
+    [("nope", {}, "known experiments"), ("basis_pruning", {"epochs": 3}, "allowed"),
+     ("basis_pruning", {"model": "resnet999"}, "known models"),
+     ("basis_pruning", {"dataset": "imagenet21k"}, "known datasets"),
+     ("basis_pruning", {"basis_fraction": 1.5}, "basis_fraction"),
+     ("basis_pruning", {"image_size": 8}, "32"),
+     ("channel_pruning", {"channel_rounds": -1}, "channel_rounds")],
+)
+def test_bad_input_fails_before_work(experiment, params, match, monkeypatch):
+    """Unknown names and out-of-range values: a ValueError naming what is allowed, raised before
+    any data is loaded or model built."""
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the parameters were validated")
+
+    monkeypatch.setattr(experiments, "_Context", no_work)
+    with pytest.raises(ValueError, match=match):
+        experiments.run(experiment, profile="smoke", workdir=False, **params)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_gpu_is_refused():
+    """Asking for CUDA on a machine without one is an error before any data is loaded."""
+    with pytest.raises(ValueError, match="CUDA"):
+        experiments.run("basis_pruning", profile="smoke", workdir=False, device="cuda")
+
+
+def test_two_identical_runs_write_identical_results(tmp_path):
+    """Same parameters and seed on CPU: the results files agree exactly, timings aside."""
+    a = experiments.run("basis_pruning", profile="smoke", out=tmp_path / "a.json", workdir=False, **TINY)
+    b = experiments.run("basis_pruning", profile="smoke", out=tmp_path / "b.json", workdir=False, **TINY)
+    ra, rb = read_results(tmp_path / "a.json"), read_results(tmp_path / "b.json")
+    assert strip_volatile(ra) == strip_volatile(rb)
+    assert len(a["history"]) == len(b["history"]) >= 2
+
+
+def test_pruning_record_is_consistent(tmp_path):
+    """Every round prunes at least as much as the one before; the final round is one of them."""
+    r = experiments.run("basis_pruning", profile="smoke", workdir=False, max_drop=1.0, **TINY)
+    ratios = [h["param_pruning_ratio"] for h in r["history"]]
+    assert ratios == sorted(ratios) and ratios[0] == 0.0 and ratios[-1] > 0.1
+    assert r["final"]["round"] == len(r["history"]) - 1  # max_drop=1: the most pruned round is kept
+    kept = r["history"][-1]["kept"]
+    assert all(1 <= kept[n] <= r["history"][-1]["total"][n] for n in kept)
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    """A double-pruning run SIGKILLed after its first checkpoints ends, when restarted, exactly
+    like an uninterrupted run."""
+    params = dict(TINY, channel_rounds=2, basis_rounds=2)
+    ref = experiments.run("double_pruning", profile="smoke", workdir=tmp_path / "ref", **params)
+    wd = tmp_path / "killed"
+    code = (
+        "from basisprune import experiments\n"
+        f"experiments.run('double_pruning', profile='smoke', workdir={str(wd)!r}, **{params!r})\n"
+    )
+    env = dict(os.environ, TQDM_DISABLE="1")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    deadline = time.time() + 300
+    while not (wd / "channel.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (wd / "channel.pt").exists() and not (wd / "basis.pt").exists(), "killed too late to test resume"
+    resumed = experiments.run("double_pruning", profile="smoke", workdir=wd, **params)
+    strip = lambda r: strip_volatile({k: v for k, v in r.items() if k != "timings"})
+    assert strip(resumed) == strip(ref)
+
+
+def test_cli_runs_an_experiment_and_writes_results(tmp_path, capsys):
+    """`basisprune run` writes the same kind of results file the notebooks write."""
+    out = tmp_path / "r.json"
+    args = ["run", "channel_pruning", "--profile", "smoke", "--out", str(out), "--workdir", str(tmp_path / "w"),
+            "--subset-train", "128", "--subset-test", "64", "--channel-rounds", "1", "--warmup-epochs", "1"]
+    assert cli_main(args) == 0
+    rec = read_results(out)
+    assert rec["experiment"] == "channel_pruning" and rec["params"]["channel_rounds"] == 1
+    assert "provenance" in rec and len(rec["history"]) == 2
+
+
+def test_cli_bad_parameter_is_one_clear_line(capsys):
+    """A bad value gives exit code 2 and a message naming the allowed values."""
+    assert cli_main(["run", "basis_pruning", "--profile", "smoke", "--dataset", "nope"]) == 2
+    assert "known datasets" in capsys.readouterr().err
