@@ -167,9 +167,12 @@ def _prune_stage(
 
     stop = False
     if state["round"] < 0:
+        # Scores come from the last warm-up epoch only: earlier gradients reflect a random head.
+        _train(ctx, model, optimizer, max(warmup_epochs - 1, 0), bn_mode=p["bn_mode"], regularizer=regularizer,
+               desc=f"{kind} warm-up")
         importance.reset()
-        _train(ctx, model, optimizer, warmup_epochs, bn_mode=p["bn_mode"], regularizer=regularizer,
-               callback=gather if kind == "basis" else None, desc=f"{kind} warm-up")
+        _train(ctx, model, optimizer, 1, bn_mode=p["bn_mode"], regularizer=regularizer,
+               callback=gather if kind == "basis" else None, desc=f"{kind} warm-up (scoring)")
         state["round"] = 0
         state["history"].append(record(0))
         state["snapshots"].append(_snapshot(model, keys))
@@ -356,7 +359,8 @@ def resolve_params(experiment: str, profile: str = "default", **params: Any) -> 
     if unknown:
         raise ValueError(f"unknown parameter(s) {sorted(unknown)}; allowed: {sorted(profiles.PARAMETERS)}")
     p.update({k: v for k, v in params.items() if v is not None or profiles.PARAMETERS[k][0] is None})
-    p.pop("datasets"), p.pop("seeds")
+    for k in ("datasets", "seeds", "table_seeds"):
+        p.pop(k)
     if p["model"] not in models.available():
         raise ValueError(f"unknown model {p['model']!r}; known models: {models.available()}")
     if p["dataset"] not in data.available():
@@ -376,10 +380,15 @@ def resolve_params(experiment: str, profile: str = "default", **params: Any) -> 
     return p
 
 
+# The modules whose code decides an experiment's numbers; editing another module keeps the cache.
+_RESULT_MODULES = ("channel", "compact", "data", "decompose", "experiments", "importance", "measure",
+                   "models", "profiles", "prune", "train")
+
+
 def _code_hash() -> str:
     h = hashlib.sha256()
-    for f in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(f.read_bytes())
+    for name in _RESULT_MODULES:
+        h.update((Path(__file__).parent / f"{name}.py").read_bytes())
     return h.hexdigest()[:12]
 
 
