@@ -136,7 +136,8 @@ def _prune_stage(
     def gather(m, *_):
         importance.accumulate(get_holders(m))
 
-    state: dict[str, Any] = {"round": -1, "history": [], "snapshots": []}
+    # seconds: compute time of the stage so far, kept across resumes (a reload costs nothing).
+    state: dict[str, Any] = {"round": -1, "history": [], "snapshots": [], "seconds": 0.0}
     if checkpoint is not None and checkpoint.exists():
         saved = load_checkpoint(checkpoint, weights_only=False)
         model.load_state_dict(saved["model"])
@@ -146,7 +147,7 @@ def _prune_stage(
         for name, g in _loader_generators(ctx.loaders).items():
             g.set_state(saved["generators"][name])
         _set_rng_state(saved["rng"], ctx.device)
-        state = {k: saved[k] for k in ("round", "history", "snapshots")}
+        state = {k: saved[k] for k in ("round", "history", "snapshots", "seconds")}
 
     def save() -> None:
         if checkpoint is None:
@@ -166,6 +167,7 @@ def _prune_stage(
         return row
 
     stop = False
+    tic = time.perf_counter()
     if state["round"] < 0:
         # Scores come from the last warm-up epoch only: earlier gradients reflect a random head.
         _train(ctx, model, optimizer, max(warmup_epochs - 1, 0), bn_mode=p["bn_mode"], regularizer=regularizer,
@@ -176,6 +178,8 @@ def _prune_stage(
         state["round"] = 0
         state["history"].append(record(0))
         state["snapshots"].append(_snapshot(model, keys))
+        state["seconds"] += time.perf_counter() - tic
+        tic = time.perf_counter()
         save()
     ref_val = state["history"][0]["accuracy_val"]
     stop = state["history"][-1]["accuracy_val"] < ref_val - p["stop_drop"]
@@ -193,6 +197,8 @@ def _prune_stage(
         state["round"] = r
         state["history"].append(row)
         state["snapshots"].append(_snapshot(model, keys))
+        state["seconds"] += time.perf_counter() - tic
+        tic = time.perf_counter()
         save()
         bar.set_postfix(acc=f"{row['accuracy_test']:.3f}", pruned=f"{row['param_pruning_ratio']:.3f}")
         stop = row["accuracy_val"] < ref_val - p["stop_drop"]
@@ -203,7 +209,7 @@ def _prune_stage(
     sd = model.state_dict()
     sd.update(state["snapshots"][best["round"]])
     model.load_state_dict(sd)
-    return {"history": state["history"], "final": dict(best), "rule": rule.as_dict()}
+    return {"history": state["history"], "final": dict(best), "rule": rule.as_dict(), "seconds": state["seconds"]}
 
 
 def _unit_costs(holders: dict[str, nn.Module]) -> dict[str, float]:
@@ -250,6 +256,7 @@ def _pruning_record(out: dict, ref: dict) -> dict[str, Any]:
         "reference": {"accuracy_test": first["accuracy_test"], "accuracy_val": first["accuracy_val"],
                       "params": ref["params"], "flops": ref["flops"]},
         "history": out["history"], "final": out["final"], "rule": out["rule"],
+        "compute_seconds": out["seconds"],
     }
 
 
@@ -295,8 +302,9 @@ def double_pruning(ctx: _Context, workdir: Path | None) -> dict[str, Any]:
     rec = _pruning_record(ba, ref)
     rec["reference"]["accuracy_test"] = ch["history"][0]["accuracy_test"]
     rec["reference"]["accuracy_val"] = ch["history"][0]["accuracy_val"]
-    rec["stages"] = {"channel": {"history": ch["history"], "final": ch["final"]},
-                     "basis": {"history": ba["history"], "final": ba["final"]}}
+    rec["stages"] = {"channel": {"history": ch["history"], "final": ch["final"], "seconds": ch["seconds"]},
+                     "basis": {"history": ba["history"], "final": ba["final"], "seconds": ba["seconds"]}}
+    rec["compute_seconds"] = ch["seconds"] + ba["seconds"]
     return _save_compact(ctx, d, workdir, {"_experiment": "double_pruning", **rec})
 
 
@@ -426,6 +434,8 @@ def run(experiment: str, *, profile: str = "default", out: str | Path | None = N
         ctx = _Context(p)
         record = EXPERIMENTS[experiment](ctx, wd)
     record = {"experiment": experiment, "profile": profile, "params": p, **record}
+    # Compute time of the pipeline itself, summed over resumes (total_seconds is this call only).
+    timings["compute_seconds"] = record.pop("compute_seconds", timings["total_seconds"])
     if out is not None:
         record = write_results(out, record, p, p["seed"], timings)
     else:

@@ -1,0 +1,718 @@
+"""Measured efficiency of pruned models: latency against FLOPs, against Torch-Pruning, pipeline cost.
+
+The functions behind chapter 7 (``notebooks/07_efficiency.ipynb``):
+
+* :func:`speed_table` times models (PyTorch eager and ONNX Runtime) next to a reference model:
+  parameters, FLOPs, FLOP pruning ratio, median latency with quartiles and the measured speedup.
+* :func:`lift_pairs` / :func:`latency_compact` re-compact a saved compact model with
+  :func:`basisprune.bench.latency_fold_rule`, so that a kept basis pair survives only where it is
+  measurably faster than the single folded convolution.
+* :func:`timed_run` runs (or loads) an experiment and says how long the pipeline took to compute.
+* :func:`peer_comparison` prunes the same transfer model with Torch-Pruning's magnitude channel
+  pruning to the FLOPs of one of our models and fine-tunes all its weights with the epoch budget
+  our pipeline used, recording when it first reaches our accuracy.
+* :func:`pipeline_cost` and :func:`assess_targets` turn those measurements into the chapter's
+  tables and the verdict on its three targets.
+
+Conventions: FLOPs are for one image (:func:`basisprune.measure.count_flops`, 2 per MAC);
+``flop_pruning_ratio = 1 - flops / flops_ref`` and ``flop_reduction = flops_ref / flops`` (the speedup
+FLOPs promise); ``speedup = median_ref / median`` at the same batch size, threads and device.
+Timings depend on the machine, its load and the thread count: nothing here asserts on them.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from . import bench, experiments
+from .compact import compact, load_model, save_model
+from .decompose import BasisConv2d, basis_layers
+from .measure import count_flops, count_params
+
+__all__ = [
+    "TIMING",
+    "assess_targets",
+    "latency_compact",
+    "lift_pairs",
+    "latency_pivot",
+    "model_stats",
+    "never_slower",
+    "peer_comparison",
+    "prune_to_flops",
+    "pipeline_cost",
+    "speed_table",
+    "timed_run",
+    "timing_settings",
+    "training_epochs",
+]
+
+LEDGER = "wall_seconds.json"
+"""File in an experiment's checkpoint directory holding the wall time of its first full run."""
+
+TIMING: dict[str, dict[str, Any]] = {
+    # speed_table: seconds of timing per model, batch size and round (at least), runs per round (at
+    # least), untimed warm-up calls, rounds (every model timed once per round, so that a change of
+    # load on a shared machine hits all models alike), ONNX Runtime calls; and the per-layer
+    # timings of the latency fold rule.
+    "smoke": {"min_run_time": 0.02, "min_runs": 3, "warmup": 1, "rounds": 1, "onnx": False, "onnx_repeats": 5,
+              "fold_min_run_time": 0.003, "fold_min_runs": 3},
+    "default": {"min_run_time": 0.2, "min_runs": 5, "warmup": 3, "rounds": 3, "onnx": True, "onnx_repeats": 30,
+                "fold_min_run_time": 0.02, "fold_min_runs": 5},
+    "paper": {"min_run_time": 0.5, "min_runs": 7, "warmup": 3, "rounds": 3, "onnx": True, "onnx_repeats": 50,
+              "fold_min_run_time": 0.05, "fold_min_runs": 7},
+}
+
+
+def timing_settings(profile: str) -> dict[str, Any]:
+    """How long to time things for a profile (a copy of :data:`TIMING`'s entry)."""
+    if profile not in TIMING:
+        raise ValueError(f"unknown profile {profile!r}; known: {sorted(TIMING)}")
+    return dict(TIMING[profile])
+
+
+# ------------------------------------------------------------------------------------ tables
+def _example(input_shape: Sequence[int], device: str | torch.device = "cpu") -> torch.Tensor:
+    return torch.randn((1, *[int(s) for s in input_shape]), generator=torch.Generator().manual_seed(0)).to(device)
+
+
+def model_stats(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+    """``params`` and ``flops`` (one image of ``input_shape``, on the model's device)."""
+    dev = next((t.device for t in model.parameters()), torch.device("cpu"))
+    return {"params": count_params(model), "flops": count_flops(model, _example(input_shape, dev))}
+
+
+def speed_table(
+    models: Mapping[str, nn.Module],
+    input_shape: Sequence[int],
+    batch_sizes: Iterable[int] = (1, 8, 64),
+    threads: int | None = None,
+    onnx: bool = True,
+    *,
+    min_run_time: float = 0.5,
+    min_runs: int = 5,
+    warmup: int = 3,
+    rounds: int = 1,
+    onnx_repeats: int = 20,
+    onnx_exporter: str = "legacy",
+    device: str | torch.device = "cpu",
+) -> list[dict[str, Any]]:
+    """Latency of every model at every batch size, against the first model (the reference).
+
+    Args:
+        models: ``{label: model}``; the first entry is the reference (its speedup is 1).
+        input_shape: one sample's shape without the batch dimension, e.g. ``(3, 32, 32)``.
+        batch_sizes: batch sizes to time.
+        threads: torch (and ONNX Runtime) intra-op threads for the timings (default: the current
+            ``torch.get_num_threads()``).
+        onnx: also export each model to ONNX and time ONNX Runtime (CPU only; skipped on CUDA).
+            A model that fails to export gets ``onnx_error`` and no ONNX timings.
+        min_run_time, min_runs, warmup: per model, batch size and round, see
+            :func:`basisprune.bench.latency`.
+        rounds: the models are timed one after the other, ``rounds`` times over. With more than one
+            round, ``median_ms`` is the median of the rounds' medians, ``p25_ms`` / ``p75_ms`` the
+            medians of the rounds' quartiles, and ``speedup`` the median over rounds of the ratio
+            reference / model within the round (robust to a load that drifts between rounds).
+        onnx_repeats: timed ``InferenceSession.run`` calls per batch size (one round).
+        onnx_exporter: ``"legacy"`` (TorchScript-based, fast), ``"dynamo"`` or ``"auto"``.
+        device: ``"cpu"`` or a CUDA device for the PyTorch timings.
+
+    Returns:
+        One dict per model and batch size: ``model``, ``params``, ``flops`` (per image),
+        ``param_pruning_ratio``, ``flop_pruning_ratio``, ``flop_reduction`` (``flops_ref / flops``),
+        ``batch_size``, ``median_ms``, ``p25_ms``, ``p75_ms``, ``iqr_ms``, ``runs``, ``rounds``,
+        ``round_medians_ms``, ``throughput_ips``, ``threads``, ``device``, ``device_name``,
+        ``speedup`` and, with ``onnx``, ``onnx_median_ms``, ``onnx_p25_ms``, ``onnx_p75_ms``,
+        ``onnx_iqr_ms``, ``onnx_speedup``, ``onnx_exporter``, ``onnx_error``.
+    """
+    import statistics
+
+    if not models:
+        raise ValueError("models is empty; pass {label: model}, the reference first")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    sizes = [int(b) for b in batch_sizes]
+    dev = torch.device(device)
+    use_onnx = bool(onnx) and dev.type == "cpu"
+    n_threads = int(threads) if threads is not None else torch.get_num_threads()
+    labels = list(models)
+    stats = {label: model_stats(m, input_shape) for label, m in models.items()}
+    ref_stats = stats[labels[0]]
+    timed: dict[str, list[dict[int, dict[str, Any]]]] = {label: [] for label in labels}
+    for r in range(rounds):
+        for label, model in models.items():
+            lat = bench.latency(model, input_shape, sizes, threads=n_threads, min_run_time=min_run_time,
+                                min_runs=min_runs, warmup=warmup, device=dev, label=label, seed=r)
+            timed[label].append({rec["batch_size"]: rec for rec in lat})
+    onnx_recs: dict[str, dict[int, dict[str, Any]]] = {}
+    onnx_errors: dict[str, str] = {}
+    if use_onnx:
+        for label, model in models.items():
+            try:
+                recs = bench.onnx_latency(model, input_shape, sizes, repeats=onnx_repeats, threads=n_threads,
+                                          exporter=onnx_exporter, label=label)
+                onnx_recs[label] = {rec["batch_size"]: rec for rec in recs}
+            except Exception as e:  # noqa: BLE001 - a model that does not export still gets torch timings
+                onnx_errors[label] = f"{type(e).__name__}: {str(e)[:300]}"
+    med = statistics.median
+    rows: list[dict[str, Any]] = []
+    for label in labels:
+        st = stats[label]
+        for b in sizes:
+            recs = [rnd[b] for rnd in timed[label]]
+            refs = [rnd[b] for rnd in timed[labels[0]]]
+            median_ms = med([x["median_ms"] for x in recs])
+            p25, p75 = med([x["p25_ms"] for x in recs]), med([x["p75_ms"] for x in recs])
+            row = {
+                "model": label, "params": st["params"], "flops": st["flops"],
+                "param_pruning_ratio": 1.0 - st["params"] / ref_stats["params"],
+                "flop_pruning_ratio": 1.0 - st["flops"] / ref_stats["flops"],
+                "flop_reduction": ref_stats["flops"] / st["flops"] if st["flops"] else math.inf,
+                "batch_size": b, "median_ms": median_ms, "p25_ms": p25, "p75_ms": p75, "iqr_ms": p75 - p25,
+                "runs": sum(x["runs"] for x in recs), "rounds": rounds,
+                "round_medians_ms": [x["median_ms"] for x in recs],
+                "throughput_ips": b / median_ms * 1e3,
+                **{k: recs[0][k] for k in ("threads", "device", "device_name")},
+                "speedup": med([q["median_ms"] / x["median_ms"] for q, x in zip(refs, recs)]),
+            }
+            if use_onnx:
+                o = onnx_recs.get(label, {}).get(b)
+                ref_o = onnx_recs.get(labels[0], {}).get(b)
+                row.update({
+                    "onnx_median_ms": o["median_ms"] if o else None,
+                    "onnx_p25_ms": o["p25_ms"] if o else None,
+                    "onnx_p75_ms": o["p75_ms"] if o else None,
+                    "onnx_iqr_ms": o["iqr_ms"] if o else None,
+                    "onnx_speedup": ref_o["median_ms"] / o["median_ms"] if o and ref_o else None,
+                    "onnx_exporter": o["exporter"] if o else None,
+                    "onnx_error": onnx_errors.get(label),
+                })
+            rows.append(row)
+    return rows
+
+
+def latency_pivot(rows: Sequence[Mapping[str, Any]], backend: str = "torch", digits: int = 2):
+    """A table (pandas) of ``rows`` from :func:`speed_table`: one row per model, per batch size the
+    median latency in ms with its interquartile range, and the speedup against the reference."""
+    import pandas as pd
+
+    pre = "" if backend == "torch" else "onnx_"
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r.get(pre + "median_ms") is None:
+            continue
+        row = out.setdefault(r["model"], {"params (M)": r["params"] / 1e6, "MFLOPs": r["flops"] / 1e6,
+                                          "FLOPs reduction": r["flop_reduction"]})
+        b = r["batch_size"]
+        row[f"b{b} median ms [p25-p75]"] = (f"{r[pre + 'median_ms']:.{digits}f} "
+                                            f"[{r[pre + 'p25_ms']:.{digits}f}-{r[pre + 'p75_ms']:.{digits}f}]")
+        row[f"b{b} speedup"] = r[pre + "speedup"]
+    return pd.DataFrame.from_dict(out, orient="index").rename_axis("model")
+
+
+# -------------------------------------------------------------------- latency-aware compaction
+def _is_pair(m: nn.Module) -> bool:
+    """A compact basis pair: ``Sequential(conv without bias, pointwise conv)`` with matching groups."""
+    if not (isinstance(m, nn.Sequential) and len(m) == 2):
+        return False
+    basis, proj = m[0], m[1]
+    if not (isinstance(basis, nn.Conv2d) and type(proj) is nn.Conv2d) or basis.bias is not None:
+        return False
+    g = basis.groups
+    return (proj.kernel_size == (1, 1) and proj.stride == (1, 1) and proj.dilation == (1, 1)
+            and proj.padding in ((0, 0), "valid") and proj.groups == g and proj.padding_mode == "zeros"
+            and proj.in_channels == basis.out_channels and basis.out_channels % g == 0)
+
+
+def _lift(pair: nn.Sequential) -> BasisConv2d:
+    """The :class:`BasisConv2d` (all bases kept, scales 1) computing what ``pair`` computes."""
+    basis, proj = pair[0], pair[1]
+    g, k = basis.groups, basis.out_channels // basis.groups
+    layer = BasisConv2d.__new__(BasisConv2d)
+    nn.Module.__init__(layer)
+    layer.in_channels, layer.out_channels = basis.in_channels, proj.out_channels
+    layer.kernel_size = basis.kernel_size
+    layer._init_scaling(proj.weight.detach().reshape(proj.out_channels, k).clone(), proj.bias, g)
+    layer.basis = copy.deepcopy(basis)
+    return layer
+
+
+def lift_pairs(model: nn.Module) -> nn.Module:
+    """A copy of a compact model with every kept basis pair turned back into a basis layer.
+
+    :func:`basisprune.compact` replaces a pruned basis layer by ``Sequential(basis conv, 1x1 conv)``
+    (or folds it into one conv). Lifting the pairs gives a decomposed model whose layers keep all
+    their bases, so :func:`basisprune.compact` can compact it again under another fold rule; the
+    forward pass is unchanged.
+    """
+    out = copy.deepcopy(model)
+    names = [n for n, m in out.named_modules() if n and _is_pair(m)]
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = out.get_submodule(parent_name) if parent_name else out
+        setattr(parent, child, _lift(out.get_submodule(name)))
+    return out
+
+
+def latency_compact(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    batch_sizes: Iterable[int] = (1, 8, 64),
+    *,
+    threads: int | None = None,
+    min_run_time: float = 0.02,
+    min_runs: int = 5,
+    criterion: str = "each",
+    timer: bench.LayerTimer | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Re-compact a compact model with :func:`basisprune.bench.latency_fold_rule`.
+
+    Every kept basis pair of ``model`` is timed against its folded single conv on the layer's
+    real input shape at each batch size, and folded unless the pair is faster (``criterion``, see
+    :func:`basisprune.bench.latency_fold_rule`). Layers that were already folded stay folded.
+
+    Returns:
+        ``(compact model, decisions)``: one decision per kept pair (``name``, ``kept_per_group``,
+        ``input_shape``, ``pair_ms`` and ``folded_ms`` per batch size, ``fold``, ``reason``);
+        the model unchanged (a copy) and no decisions when it has no pairs.
+    """
+    lifted = lift_pairs(model).eval()
+    if not basis_layers(lifted):
+        return copy.deepcopy(model).eval(), []
+    rule = bench.latency_fold_rule(lifted, example_input, batch_sizes, criterion=criterion,
+                                   min_run_time=min_run_time, min_runs=min_runs, threads=threads,
+                                   timer=timer, device=device)
+    return compact(lifted, fold_rule=rule).eval(), rule.records
+
+
+# -------------------------------------------------------------------------- pipeline timings
+def training_epochs(record: Mapping[str, Any]) -> dict[str, int]:
+    """Training epochs a pruning record used: warm-up plus ``epochs_per_round`` per round run.
+
+    For double pruning both stages count (the channel stage's warm-up is
+    ``channel_warmup_epochs`` when set). Returns ``{"channel": ..., "basis": ..., "total": ...}``.
+    """
+    p = record["params"]
+    epr = int(p["epochs_per_round"])
+    out = {"channel": 0, "basis": 0}
+    if record.get("stages"):
+        ch_warm = p["channel_warmup_epochs"] if p.get("channel_warmup_epochs") is not None else p["warmup_epochs"]
+        out["channel"] = int(ch_warm) + (len(record["stages"]["channel"]["history"]) - 1) * epr
+        out["basis"] = int(p["warmup_epochs"]) + (len(record["stages"]["basis"]["history"]) - 1) * epr
+    elif record.get("experiment") == "channel_pruning":
+        ch_warm = p["channel_warmup_epochs"] if p.get("channel_warmup_epochs") is not None else p["warmup_epochs"]
+        out["channel"] = int(ch_warm) + (len(record["history"]) - 1) * epr
+    else:
+        out["basis"] = int(p["warmup_epochs"]) + (len(record["history"]) - 1) * epr
+    out["total"] = out["channel"] + out["basis"]
+    return out
+
+
+def _read_ledger(workdir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((workdir / LEDGER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_ledger(workdir: Path, experiment: str, seconds: float, how: str) -> None:
+    led = _read_ledger(workdir)
+    led[experiment] = {"seconds": float(seconds), "how": how, "threads": torch.get_num_threads(),
+                       "cpu": bench.cpu_model(),
+                       "utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()}
+    tmp = workdir / f".{LEDGER}.tmp"
+    tmp.write_text(json.dumps(led, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, workdir / LEDGER)
+
+
+_STAGE_FILES = {"basis_pruning": ("basis.pt",), "channel_pruning": ("channel.pt",),
+                "double_pruning": ("channel.pt", "double-basis.pt")}
+
+
+def timed_run(experiment: str, profile: str = "default", *, remeasure: bool = False, **params: Any) -> dict[str, Any]:
+    """:func:`basisprune.experiments.run` plus the wall time the pipeline took to *compute*.
+
+    A run that loads its rounds from checkpoints returns at once, so its ``timings.total_seconds``
+    is not the pipeline's cost. The wall time reported here is, in order of preference:
+
+    * ``"this run"``: the run started from scratch in this call (no checkpoint of any of its
+      stages existed); recorded in the checkpoint directory's ``wall_seconds.json``;
+    * ``"ledger"``: recorded there by an earlier call of this function;
+    * ``"remeasured"``: with ``remeasure=True``, the pipeline is run again from scratch in a
+      temporary directory (same parameters and seed, same numbers) and timed;
+    * otherwise ``None`` (the run came from checkpoints written by someone else).
+
+    Returns the record with ``pipeline_seconds``, ``pipeline_seconds_source``, ``epochs``
+    (:func:`training_epochs`) and ``workdir`` added.
+    """
+    p = experiments.resolve_params(experiment, profile, **params)
+    wd = experiments.default_workdir(p)
+    stage_files = _STAGE_FILES.get(experiment, ())
+    started_fresh = not any((wd / f).exists() for f in stage_files)
+    record = experiments.run(experiment, profile=profile, **params)
+    seconds, source = None, None
+    ledger = _read_ledger(wd).get(experiment)
+    recorded = record.get("timings", {}).get("compute_seconds")  # if experiments ever keep it across resumes
+    if recorded is not None:
+        seconds, source = float(recorded), "recorded"
+    elif started_fresh and stage_files:
+        seconds, source = float(record["timings"]["total_seconds"]), "this run"
+        _write_ledger(wd, experiment, seconds, source)
+    elif ledger:
+        seconds, source = float(ledger["seconds"]), "ledger"
+    elif remeasure:
+        with tempfile.TemporaryDirectory(prefix="basisprune-remeasure-") as tmp:
+            again = experiments.run(experiment, profile=profile, workdir=tmp, **params)
+        seconds, source = float(again["timings"]["total_seconds"]), "remeasured"
+        _write_ledger(wd, experiment, seconds, source)
+    record["pipeline_seconds"] = seconds
+    record["pipeline_seconds_source"] = source
+    record["epochs"] = training_epochs(record)
+    record["workdir"] = str(wd)
+    return record
+
+
+# ------------------------------------------------------------------------------ the peer
+def _finetune_timed(model: nn.Module, loaders: Mapping[str, Any], epochs: int, lr: float, device: torch.device,
+                    *, target: float | None, stop_at_target: bool, start_seconds: float) -> list[dict[str, Any]]:
+    """Fine-tune all weights (Adam, BatchNorm in train mode, as :func:`basisprune.peer.finetune`),
+    evaluating the test split after every epoch; wall seconds are cumulative from ``start_seconds``."""
+    from .train import evaluate, train_epoch
+
+    for prm in model.parameters():
+        prm.requires_grad_(True)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    t0 = time.perf_counter() - start_seconds
+    ev = evaluate(model, loaders["test"], device=device, desc="peer test")
+    hist = [{"epoch": 0, "train_loss": None, "train_accuracy": None, "accuracy_test": ev["accuracy"],
+             "train_seconds": 0.0, "eval_seconds": ev["seconds"], "wall_seconds": time.perf_counter() - t0}]
+    for e in range(1, epochs + 1):
+        if stop_at_target and target is not None and hist[-1]["accuracy_test"] >= target:
+            break
+        tr = train_epoch(model, loaders["train"], opt, device=device, bn_mode="train", desc=f"peer finetune {e}")
+        ev = evaluate(model, loaders["test"], device=device, desc="peer test")
+        hist.append({"epoch": e, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
+                     "accuracy_test": ev["accuracy"], "train_seconds": tr["seconds"],
+                     "eval_seconds": ev["seconds"], "wall_seconds": time.perf_counter() - t0})
+    model.eval()
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    return hist
+
+
+def prune_to_flops(reference: nn.Module, example_input: torch.Tensor, target_ratio: float,
+                   importance: str = "magnitude") -> tuple[nn.Module, dict[str, Any]]:
+    """Torch-Pruning's channel pruning of a copy of ``reference`` to FLOPs at most
+    ``(1 - target_ratio) * flops_ref`` (:func:`basisprune.peer.torch_pruning_channel_prune`);
+    below a ratio of 0.005 there is nothing to prune and the copy is returned as it is."""
+    from . import peer as _peer
+
+    if target_ratio > 0.005:
+        return _peer.torch_pruning_channel_prune(reference, example_input, target_ratio, importance=importance,
+                                                 return_info=True)
+    return copy.deepcopy(reference), {"pruning_ratio": 0.0, "iterations": 0}
+
+
+def _prefix(history: Sequence[Mapping[str, Any]], epochs: int, stop_at_target: bool,
+            target: float) -> list[Mapping[str, Any]]:
+    """The part of a fine-tuning history a request for ``epochs`` (stopping at ``target``) needs."""
+    out = []
+    for h in history:
+        if h["epoch"] > epochs:
+            break
+        out.append(h)
+        if stop_at_target and h["accuracy_test"] >= target:
+            break
+    return out
+
+
+def _covers(history: Sequence[Mapping[str, Any]], epochs: int, stop_at_target: bool, target: float) -> bool:
+    """Whether a stored history holds a request: fine-tuning is seeded and the same whatever its
+    length, so a longer run's first epochs are the shorter run."""
+    pre = _prefix(history, epochs, stop_at_target, target)
+    return bool(pre) and (pre[-1]["epoch"] == epochs or (stop_at_target and pre[-1]["accuracy_test"] >= target))
+
+
+def peer_comparison(
+    profile: str = "default",
+    dataset: str | None = None,
+    seed: int | None = None,
+    *,
+    experiment: str = "double_pruning",
+    importance: str = "magnitude",
+    epochs: int | None = None,
+    stop_at_target: bool = False,
+    record: Mapping[str, Any] | None = None,
+    remeasure: bool = False,
+    cache: bool = True,
+    **params: Any,
+) -> dict[str, Any]:
+    """Torch-Pruning's channel pruning of our transfer model to our FLOPs, fine-tuned with our budget.
+
+    1. Our run: :func:`timed_run` of ``experiment`` (double pruning by default) with the profile's
+       parameters (``dataset``, ``seed`` and ``params`` override them), or ``record`` if given.
+    2. The peer starts from the same transfer model our pipelines start from (pretrained backbone,
+       new classifier initialised from the run's seed), and
+       :func:`basisprune.peer.torch_pruning_channel_prune` (global ``GroupMagnitudeImportance(p=2)``
+       by default) removes channel groups until its FLOPs are at most ours (FLOP pruning ratio
+       within 0.01 above ours).
+    3. It is fine-tuned like the full fine-tuning baseline (all weights, Adam at ``full_lr``,
+       BatchNorm in train mode) for ``epochs`` epochs, by default as many as our pipeline trained
+       (:func:`training_epochs`: warm-up plus rounds of every stage), on the same data; the
+       test split is evaluated after every epoch to find when it first reaches our test accuracy.
+       ``stop_at_target`` stops there (to measure the time to our accuracy only).
+
+    The peer's run is cached in our run's checkpoint directory, per importance and FLOP target; as
+    fine-tuning is seeded, a cached longer run answers a shorter request with its first epochs (the
+    returned ``peer_model`` then has the longer run's weights: the same architecture, so the same
+    latency).
+
+    Returns:
+        ``ours`` (accuracy_test, params, flops, ratios, pipeline_seconds and its source, epochs,
+        compact_model path), ``peer`` (accuracy_test after the last epoch, params, flops, ratios,
+        prune_seconds, seconds, epochs_run, history, reached_epoch / reached_seconds: the first
+        epoch, and the cumulative wall seconds including pruning, at which the peer's test accuracy
+        is at least ours, or ``None``), ``target_accuracy``, ``budget_epochs`` and the models
+        ``peer_model`` and ``reference_model`` (the unpruned transfer model).
+    """
+    from .train import seed_everything
+
+    overrides = {k: v for k, v in {"dataset": dataset, "seed": seed, **params}.items() if v is not None}
+    p = experiments.resolve_params(experiment, profile, **overrides)
+    rec = dict(record) if record is not None else timed_run(experiment, profile, remeasure=remeasure, **overrides)
+    budget = training_epochs(rec)["total"]
+    n_epochs = int(budget if epochs is None else epochs)
+    target_ratio = float(rec["final"]["flop_pruning_ratio"])
+    target_acc = float(rec["final"]["accuracy_test"])
+    ctx = experiments._Context(p)
+    reference = ctx.fresh_model().eval()
+    wd = Path(rec.get("workdir") or experiments.default_workdir(p))
+    key = f"peer-{importance}-r{target_ratio:.4f}"
+    meta_path, model_path = wd / f"{key}.json", wd / f"{key}.pt"
+    run, stored = None, None
+    if cache and meta_path.exists() and model_path.exists():
+        stored = json.loads(meta_path.read_text(encoding="utf-8"))
+        if _covers(stored["history"], n_epochs, stop_at_target, target_acc):
+            run, peer_model = stored, load_model(model_path).eval()
+    cached = run is not None
+    if run is None:
+        seed_everything(p["seed"])
+        t0 = time.perf_counter()
+        peer_model, info = prune_to_flops(reference, ctx.example, target_ratio, importance)
+        prune_seconds = time.perf_counter() - t0
+        hist = _finetune_timed(peer_model, ctx.loaders, n_epochs, p["full_lr"], ctx.device, target=target_acc,
+                               stop_at_target=stop_at_target, start_seconds=prune_seconds)
+        peer_model = peer_model.cpu().eval()
+        stats = {"params": count_params(peer_model), "flops": count_flops(peer_model, ctx.example.cpu())}
+        run = {
+            "importance": importance,
+            "pruning_ratio": info.get("pruning_ratio"),
+            "bisection_iterations": info.get("iterations"),
+            **stats,
+            "param_pruning_ratio": 1.0 - stats["params"] / rec["reference"]["params"],
+            "flop_pruning_ratio": 1.0 - stats["flops"] / rec["reference"]["flops"],
+            "prune_seconds": prune_seconds,
+            "lr": p["full_lr"],
+            "threads": torch.get_num_threads(),
+            "device": str(ctx.device),
+            "history": hist,
+        }
+        if cache and (stored is None or len(hist) >= len(stored["history"])):
+            wd.mkdir(parents=True, exist_ok=True)
+            save_model(peer_model, model_path)
+            meta_path.write_text(json.dumps(run, indent=2, default=float) + "\n", encoding="utf-8")
+    hist = _prefix(run["history"], n_epochs, stop_at_target, target_acc)
+    reached = next((h for h in hist if h["accuracy_test"] >= target_acc), None)
+    result = {
+        **{k: v for k, v in run.items() if k != "history"},
+        "accuracy_test": hist[-1]["accuracy_test"],
+        "seconds": hist[-1]["wall_seconds"],
+        "epochs": n_epochs,
+        "epochs_run": hist[-1]["epoch"],
+        "stop_at_target": stop_at_target,
+        "history": hist,
+        "reached_epoch": reached["epoch"] if reached else None,
+        "reached_seconds": reached["wall_seconds"] if reached else None,
+        "cached": cached,
+    }
+    fin = rec["final"]
+    ours = {
+        "experiment": experiment,
+        "accuracy_test": target_acc,
+        "accuracy_val": fin.get("accuracy_val"),
+        "params": fin["params"], "flops": fin["flops"],
+        "param_pruning_ratio": fin["param_pruning_ratio"], "flop_pruning_ratio": target_ratio,
+        "pipeline_seconds": rec.get("pipeline_seconds"),
+        "pipeline_seconds_source": rec.get("pipeline_seconds_source"),
+        "epochs": training_epochs(rec),
+        "compact_model": rec.get("compact_model"),
+    }
+    return {
+        "experiment": experiment, "dataset": p["dataset"], "seed": p["seed"], "model": p["model"],
+        "image_size": p["image_size"], "input_shape": tuple(ctx.example.shape[1:]),
+        "reference": dict(rec["reference"]), "ours": ours, "peer": result,
+        "target_accuracy": target_acc, "budget_epochs": budget,
+        "record": rec, "peer_model": peer_model, "reference_model": reference.cpu(),
+        "example_input": ctx.example.cpu(),
+    }
+
+
+# ------------------------------------------------------------------------- cost and targets
+def pipeline_cost(comparisons: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per :func:`peer_comparison`: our pipeline's wall time and epochs against the peer's
+    (Torch-Pruning + fine-tuning) time to reach our test accuracy.
+
+    ``time_ratio`` is ours / the peer's time to our accuracy; when the peer never reached it,
+    ``peer_to_accuracy_s`` is ``None`` and ``time_ratio_bound`` is ours / the peer's whole run (an
+    upper bound on the true ratio, which is what can be said).
+    """
+    rows = []
+    for c in comparisons:
+        o, pr = c["ours"], c["peer"]
+        ours_s = o["pipeline_seconds"]
+        reach = pr["reached_seconds"]
+        rows.append({
+            "method": c["experiment"].replace("_", " "),
+            "dataset": c["dataset"],
+            "FLOPs pruned": o["flop_pruning_ratio"],
+            "our accuracy": o["accuracy_test"],
+            "our epochs": o["epochs"]["total"],
+            "our wall s": ours_s,
+            "our time measured": o["pipeline_seconds_source"],
+            "peer FLOPs pruned": pr["flop_pruning_ratio"],
+            "peer epochs run": pr["epochs_run"],
+            "peer accuracy": pr["accuracy_test"],
+            "peer wall s": pr["seconds"],
+            "peer prune s": pr["prune_seconds"],
+            "peer epochs to our accuracy": pr["reached_epoch"],
+            "peer s to our accuracy": reach,
+            "time_ratio": ours_s / reach if ours_s is not None and reach else None,
+            "time_ratio_bound": ours_s / pr["seconds"] if ours_s is not None and reach is None else None,
+        })
+    return rows
+
+
+def _row(rows: Sequence[Mapping[str, Any]], model: str, batch: int) -> Mapping[str, Any] | None:
+    return next((r for r in rows if r["model"] == model and r["batch_size"] == batch), None)
+
+
+def _paired_ratio(slow: Mapping[str, Any], fast: Mapping[str, Any]) -> float:
+    """``slow / fast`` latency: the median over rounds of the ratio within each round when both rows
+    have the same rounds (as :func:`speed_table`'s ``speedup``), else the ratio of the medians."""
+    import statistics
+
+    a, b = slow.get("round_medians_ms"), fast.get("round_medians_ms")
+    if a and b and len(a) == len(b):
+        return statistics.median(x / y for x, y in zip(a, b))
+    return slow["median_ms"] / fast["median_ms"]
+
+
+def never_slower(rows: Sequence[Mapping[str, Any]], model: str, reference: str) -> dict[str, Any]:
+    """Whether ``model`` is slower than ``reference`` at any measured batch size: by median
+    (speedup below 1, paired by round as in :func:`speed_table`) and clearly (its first quartile
+    above the reference's third quartile)."""
+    out = {"model": model, "min_speedup": None, "slower_median_at": [], "clearly_slower_at": []}
+    speedups = []
+    for r in rows:
+        if r["model"] != model:
+            continue
+        ref = _row(rows, reference, r["batch_size"])
+        speedups.append(_paired_ratio(ref, r))
+        if speedups[-1] < 1.0:
+            out["slower_median_at"].append(r["batch_size"])
+        if r["p25_ms"] > ref["p75_ms"]:
+            out["clearly_slower_at"].append(r["batch_size"])
+    out["min_speedup"] = min(speedups) if speedups else None
+    return out
+
+
+def assess_targets(
+    rows: Sequence[Mapping[str, Any]],
+    comparison: Mapping[str, Any],
+    *,
+    ours: str,
+    peer: str,
+    batch_size: int = 64,
+    accuracy_tolerance: float = 0.01,
+    time_fraction: float = 1 / 3,
+    speedup_fraction: float = 0.5,
+    cost_comparison: Mapping[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The chapter's three targets from the measurements, each with ``met`` (True / False / None
+    for not measured), the numbers and a sentence.
+
+    (a) CPU, ``batch_size``: the measured speedup of ``ours`` (a label of ``rows``) is at least
+        ``speedup_fraction`` of its FLOP reduction.
+    (b) At equal accuracy (the peer's test accuracy at most ``accuracy_tolerance`` above ours),
+        ``ours`` is at least as fast as ``peer`` at ``batch_size`` (latency ratio paired by round).
+    (c) Our pipeline's wall time is at most ``time_fraction`` of the peer's prune-then-fine-tune
+        wall time to our accuracy (``cost_comparison``, default ``comparison``).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    r = _row(rows, ours, batch_size)
+    if r is None:
+        out["a"] = {"met": None, "text": f"(a) not measured: no timing of {ours!r} at batch {batch_size}."}
+    else:
+        need = speedup_fraction * r["flop_reduction"]
+        met = r["speedup"] >= need
+        out["a"] = {"met": met, "speedup": r["speedup"], "flop_reduction": r["flop_reduction"], "required": need,
+                    "text": f"(a) {'met' if met else 'not met'}: at batch {batch_size} on {r['device']} "
+                            f"({r['threads']} thread(s)), {ours} runs {r['speedup']:.2f}x faster than the unpruned "
+                            f"model; its FLOPs are {r['flop_reduction']:.2f}x fewer, so the target is "
+                            f">= {need:.2f}x."}
+    o, q = _row(rows, ours, batch_size), _row(rows, peer, batch_size)
+    if o is None or q is None:
+        out["b"] = {"met": None,
+                    "text": f"(b) not measured: no timings of {ours!r} and {peer!r} at batch {batch_size}."}
+    else:
+        speed = _paired_ratio(q, o)
+        acc_o, acc_p = comparison["ours"]["accuracy_test"], comparison["peer"]["accuracy_test"]
+        equal_acc = acc_p <= acc_o + accuracy_tolerance
+        faster = speed >= 1.0
+        met = bool(faster and equal_acc)
+        why = []
+        if not faster:
+            why.append("the Torch-Pruning model is faster")
+        if not equal_acc:
+            why.append(f"the Torch-Pruning model is more accurate by {100 * (acc_p - acc_o):.1f} points "
+                       f"(more than the {100 * accuracy_tolerance:.1f}-point tolerance)")
+        out["b"] = {"met": met, "speed_ratio": speed, "accuracy_ours": acc_o, "accuracy_peer": acc_p,
+                    "text": f"(b) {'met' if met else 'not met'}: at batch {batch_size}, ours takes "
+                            f"{o['median_ms']:.2f} ms and Torch-Pruning's equal-FLOPs model {q['median_ms']:.2f} ms "
+                            f"(ours {speed:.2f}x as fast); test accuracy {100 * acc_o:.1f}% vs "
+                            f"{100 * acc_p:.1f}% after "
+                            f"{comparison['peer']['epochs_run']} fine-tuning epochs"
+                            + (f" ({'; '.join(why)})." if why else ".")}
+    c = cost_comparison or comparison
+    ours_s, reach, whole = c["ours"]["pipeline_seconds"], c["peer"]["reached_seconds"], c["peer"]["seconds"]
+    name = c["experiment"].replace("_", " ")
+    if ours_s is None:
+        out["c"] = {"met": None, "text": f"(c) not measured: the {name} run was loaded from checkpoints written "
+                                         "elsewhere, so its wall time is unknown (run with remeasure_pipeline=True)."}
+    elif reach is not None:
+        ratio = ours_s / reach
+        met = ratio <= time_fraction
+        out["c"] = {"met": met, "ratio": ratio,
+                    "text": f"(c) {'met' if met else 'not met'}: {name} took {ours_s:.1f} s; Torch-Pruning + "
+                            f"fine-tuning reached that accuracy after {c['peer']['reached_epoch']} epoch(s), "
+                            f"{reach:.1f} s (ratio {ratio:.2f}, target <= {time_fraction:.2f})."}
+    else:
+        bound = ours_s / whole
+        met = True if bound <= time_fraction else None
+        out["c"] = {"met": met, "ratio": None, "ratio_bound": bound,
+                    "text": f"(c) {'met' if met else 'undecided'}: {name} took {ours_s:.1f} s; Torch-Pruning + "
+                            f"fine-tuning did not reach its accuracy within its {c['peer']['epochs_run']} epochs "
+                            f"({whole:.1f} s), so the ratio is below {bound:.2f}"
+                            + ("." if met else f", which does not show <= {time_fraction:.2f}.")}
+    return out

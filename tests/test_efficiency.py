@@ -1,0 +1,230 @@
+"""Invariants of the efficiency measurements (tiny models; no timing is ever asserted)."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import basisprune as bp
+from basisprune import efficiency, smallnets
+
+SHAPE = (3, 12, 12)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared CPU, contending OpenMP threads make tiny nets very slow."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def tiny_net():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, groups=2), nn.ReLU(),
+        nn.Conv2d(32, 32, 1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 5),
+    ).eval()
+
+
+def pruned_compact(keep=0.3, seed=0):
+    """(decomposed net with random basis masks, its compact model with some kept pairs)."""
+    d = bp.decompose(tiny_net(), exclude=["9"]).eval()
+    g = torch.Generator().manual_seed(seed)
+    for layer in bp.basis_layers(d).values():
+        layer.mask.copy_((torch.rand(layer.num_bases, generator=g) < keep).float())
+        layer.mask.view(layer.groups, layer.rank)[:, 0] = 1
+        with torch.no_grad():
+            layer.scale.uniform_(0.5, 1.5, generator=g)
+    return d, bp.compact(d).eval()
+
+
+QUICK = {"min_run_time": 0.002, "min_runs": 2, "warmup": 1}
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_speed_table_rows_have_fields_and_reference_speedup_is_one(rounds):
+    """One row per model and batch size, in order, with every field; the reference's speedup is
+    exactly 1 and the FLOP columns agree with count_flops."""
+    _, small = pruned_compact()
+    models = {"ref": tiny_net(), "small": small}
+    rows = efficiency.speed_table(models, SHAPE, batch_sizes=(1, 3), threads=1, onnx=False, rounds=rounds, **QUICK)
+    assert [(r["model"], r["batch_size"]) for r in rows] == [("ref", 1), ("ref", 3), ("small", 1), ("small", 3)]
+    fields = {"model", "params", "flops", "param_pruning_ratio", "flop_pruning_ratio", "flop_reduction", "batch_size",
+              "median_ms", "p25_ms", "p75_ms", "iqr_ms", "runs", "rounds", "threads", "device", "speedup"}
+    x = torch.randn(1, *SHAPE)
+    for r in rows:
+        assert fields <= set(r)
+        assert r["threads"] == 1 and r["rounds"] == rounds and len(r["round_medians_ms"]) == rounds
+        m = models[r["model"]]
+        assert r["flops"] == bp.count_flops(m, x) and r["params"] == bp.count_params(m)
+        assert r["flop_reduction"] == pytest.approx(1 / (1 - r["flop_pruning_ratio"]))
+    for r in rows[:2]:
+        assert r["speedup"] == 1.0 and r["flop_pruning_ratio"] == 0.0 and r["flop_reduction"] == 1.0
+    assert rows[2]["flops"] < rows[0]["flops"]
+
+
+def test_speed_table_onnx_columns():
+    """With onnx, every row has ONNX Runtime timings and the reference's ONNX speedup is 1."""
+    rows = efficiency.speed_table({"ref": tiny_net(), "copy": tiny_net()}, SHAPE, batch_sizes=(2,), threads=1,
+                                  onnx=True, onnx_repeats=2, **QUICK)
+    for r in rows:
+        assert r["onnx_error"] is None and r["onnx_median_ms"] > 0 and r["onnx_exporter"] == "legacy"
+    assert rows[0]["onnx_speedup"] == 1.0
+    assert "b2 speedup" in efficiency.latency_pivot(rows, "onnx").columns
+
+
+def test_speed_table_refuses_empty_and_bad_rounds():
+    with pytest.raises(ValueError, match="empty"):
+        efficiency.speed_table({}, SHAPE)
+    with pytest.raises(ValueError, match="rounds"):
+        efficiency.speed_table({"ref": tiny_net()}, SHAPE, rounds=0)
+
+
+def test_lift_pairs_keeps_the_function_and_finds_every_pair():
+    """Lifting the kept pairs of a compact model back to basis layers changes no output; each pair
+    becomes one basis layer with all its bases kept."""
+    d, small = pruned_compact()
+    pairs = [n for n, m in small.named_modules() if isinstance(m, nn.Sequential) and len(m) == 2 and n]
+    assert pairs, "the fixture should leave at least one kept pair"
+    lifted = efficiency.lift_pairs(small)
+    assert set(bp.basis_layers(lifted)) == set(pairs)
+    assert all(l.kept == l.num_bases for l in bp.basis_layers(lifted).values())
+    x = torch.randn(4, *SHAPE)
+    torch.testing.assert_close(lifted(x), small(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(small(x), d(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("pair_faster", [True, False])
+def test_latency_compact_follows_the_timings(pair_faster):
+    """With fake timings, pairs survive exactly when they are faster; the output never changes."""
+    _, small = pruned_compact()
+
+    def timer(module, x):  # a Sequential is the pair, a plain conv the folded layer
+        return (1.0 if pair_faster else 3.0) if isinstance(module, nn.Sequential) else 2.0
+
+    x = torch.randn(1, *SHAPE)
+    out, decisions = efficiency.latency_compact(small, x, batch_sizes=(1, 2), timer=timer)
+    assert decisions and all(dec["fold"] is (not pair_faster) for dec in decisions)
+    assert all(dec["reason"] == ("pair faster" if pair_faster else "latency") for dec in decisions)
+    n_pairs = sum(isinstance(m, nn.Sequential) and len(m) == 2 for n, m in out.named_modules() if n)
+    assert n_pairs == (len(decisions) if pair_faster else 0)
+    xb = torch.randn(3, *SHAPE)
+    torch.testing.assert_close(out(xb), small(xb), rtol=1e-4, atol=1e-4)
+
+
+def test_latency_compact_without_pairs_is_a_copy():
+    net = tiny_net()
+    out, decisions = efficiency.latency_compact(net, torch.randn(1, *SHAPE))
+    assert decisions == [] and out is not net
+    x = torch.randn(2, *SHAPE)
+    torch.testing.assert_close(out(x), net(x))
+
+
+@pytest.mark.parametrize("target", [0.3, 0.6])
+def test_peer_at_target_flops_has_at_most_the_target(target):
+    """The peer pruned to our FLOP ratio has at most our FLOPs (and the reference is untouched)."""
+    torch.manual_seed(0)
+    ref = smallnets.resnet20(num_classes=4, in_channels=1, width=8)
+    x = torch.randn(1, 1, 16, 16)
+    before = {k: v.clone() for k, v in ref.state_dict().items()}
+    net, info = efficiency.prune_to_flops(ref, x, target)
+    flops, flops_ref = bp.count_flops(net, x), bp.count_flops(ref, x)
+    assert flops <= (1 - target) * flops_ref
+    assert info["flop_pruning_ratio"] >= target
+    assert all(torch.equal(v, before[k]) for k, v in ref.state_dict().items())
+
+
+def test_peer_with_nothing_to_prune_is_a_copy():
+    ref = tiny_net()
+    net, info = efficiency.prune_to_flops(ref, torch.randn(1, *SHAPE), 0.0)
+    assert net is not ref and info["pruning_ratio"] == 0.0
+    assert bp.count_params(net) == bp.count_params(ref)
+
+
+def test_finetune_timed_stops_at_target_and_counts_time():
+    """The history starts with epoch 0, wall seconds grow and include the starting offset; with
+    stop_at_target and a target already met, no epoch is trained."""
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(16, *SHAPE, generator=g), torch.randint(0, 5, (16,), generator=g))
+    loaders = {"train": DataLoader(data, batch_size=8), "test": DataLoader(data, batch_size=16)}
+    hist = efficiency._finetune_timed(tiny_net(), loaders, 2, 1e-2, torch.device("cpu"), target=None,
+                                      stop_at_target=False, start_seconds=5.0)
+    assert [h["epoch"] for h in hist] == [0, 1, 2]
+    walls = [h["wall_seconds"] for h in hist]
+    assert walls[0] >= 5.0 and walls == sorted(walls)
+    hist = efficiency._finetune_timed(tiny_net(), loaders, 3, 1e-2, torch.device("cpu"), target=0.0,
+                                      stop_at_target=True, start_seconds=0.0)
+    assert [h["epoch"] for h in hist] == [0]
+
+
+def _record(experiment, hist_len, stages=None, **p):
+    params = {"epochs_per_round": 1, "warmup_epochs": 5, "channel_warmup_epochs": None, **p}
+    rec = {"experiment": experiment, "params": params, "history": [{}] * hist_len}
+    if stages:
+        rec["stages"] = {k: {"history": [{}] * n} for k, n in stages.items()}
+    return rec
+
+
+def test_training_epochs_counts_warmup_and_rounds_run():
+    assert efficiency.training_epochs(_record("basis_pruning", 21)) == {"channel": 0, "basis": 25, "total": 25}
+    dp = _record("double_pruning", 9, stages={"channel": 13, "basis": 9}, channel_warmup_epochs=2, epochs_per_round=2)
+    assert efficiency.training_epochs(dp) == {"channel": 2 + 24, "basis": 5 + 16, "total": 47}
+    assert efficiency.training_epochs(_record("channel_pruning", 3))["total"] == 7
+
+
+def _comparison(ours_s, reached_s, whole_s, acc_ours=0.9, acc_peer=0.9):
+    return {"experiment": "basis_pruning", "dataset": "d",
+            "ours": {"accuracy_test": acc_ours, "flop_pruning_ratio": 0.5, "pipeline_seconds": ours_s,
+                     "pipeline_seconds_source": "this run", "epochs": {"total": 10}},
+            "peer": {"accuracy_test": acc_peer, "flop_pruning_ratio": 0.51, "epochs_run": 10, "seconds": whole_s,
+                     "prune_seconds": 1.0, "reached_epoch": None if reached_s is None else 3,
+                     "reached_seconds": reached_s}}
+
+
+def _rows(ours_ms, peer_ms, ref_ms=100.0, reduction=4.0):
+    def row(model, ms, red):
+        return {"model": model, "batch_size": 64, "median_ms": ms, "p25_ms": ms * 0.95, "p75_ms": ms * 1.05,
+                "speedup": ref_ms / ms, "flop_reduction": red, "device": "cpu", "threads": 1}
+    return [row("ref", ref_ms, 1.0), row("ours", ours_ms, reduction), row("peer", peer_ms, reduction)]
+
+
+def test_assess_targets_logic():
+    """(a) speedup vs half the FLOP reduction, (b) speed at equal accuracy, (c) time ratio, and the
+    not-reached and not-measured cases."""
+    v = efficiency.assess_targets(_rows(40.0, 50.0), _comparison(10.0, 40.0, 100.0), ours="ours", peer="peer")
+    assert v["a"]["met"] and v["b"]["met"] and v["c"]["met"] and v["c"]["ratio"] == pytest.approx(0.25)
+    v = efficiency.assess_targets(_rows(60.0, 50.0), _comparison(20.0, 40.0, 100.0), ours="ours", peer="peer")
+    assert v["a"]["met"] is False and v["b"]["met"] is False and v["c"]["met"] is False
+    more_accurate_peer = _comparison(10.0, 40.0, 100.0, acc_ours=0.8, acc_peer=0.9)
+    v = efficiency.assess_targets(_rows(40.0, 50.0), more_accurate_peer, ours="ours", peer="peer")
+    assert v["b"]["met"] is False
+    never = efficiency.assess_targets(_rows(40.0, 50.0), _comparison(10.0, None, 100.0), ours="ours", peer="peer")["c"]
+    assert never["met"] is True and never["ratio_bound"] == pytest.approx(0.1)
+    assert efficiency.assess_targets(_rows(40.0, 50.0), _comparison(50.0, None, 100.0), ours="ours",
+                                     peer="peer")["c"]["met"] is None
+    assert efficiency.assess_targets(_rows(40.0, 50.0), _comparison(None, 40.0, 100.0), ours="ours",
+                                     peer="peer")["c"]["met"] is None
+    cost = efficiency.pipeline_cost([_comparison(10.0, 40.0, 100.0), _comparison(10.0, None, 100.0)])
+    assert cost[0]["time_ratio"] == pytest.approx(0.25) and cost[1]["time_ratio_bound"] == pytest.approx(0.1)
+
+
+def test_never_slower():
+    rows = _rows(40.0, 120.0)
+    assert efficiency.never_slower(rows, "ours", "ref")["slower_median_at"] == []
+    v = efficiency.never_slower(rows, "peer", "ref")
+    assert v["slower_median_at"] == [64] and v["clearly_slower_at"] == [64] and v["min_speedup"] < 1
+
+
+def test_cached_peer_history_prefix():
+    """A stored fine-tuning history answers shorter requests (and stop-at-target ones it reaches),
+    not longer ones."""
+    hist = [{"epoch": e, "accuracy_test": a} for e, a in enumerate([0.1, 0.5, 0.7, 0.8])]
+    assert [h["epoch"] for h in efficiency._prefix(hist, 2, False, 0.9)] == [0, 1, 2]
+    assert [h["epoch"] for h in efficiency._prefix(hist, 3, True, 0.6)] == [0, 1, 2]
+    assert efficiency._covers(hist, 3, False, 0.9) and efficiency._covers(hist, 2, True, 0.95)
+    assert efficiency._covers(hist, 10, True, 0.6)
+    assert not efficiency._covers(hist, 4, False, 0.9) and not efficiency._covers(hist, 5, True, 0.95)
