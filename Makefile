@@ -9,12 +9,18 @@ PROFILE ?= default
 export TQDM_DISABLE ?= 1
 export PYTHONHASHSEED = 0
 export MPLBACKEND = Agg
+# OpenMP threads per notebook kernel. One thread avoids the large slow-down of OpenMP threads on a CPU
+# shared with other jobs, and papermill and nbval then compute identical numbers. NB_THREADS= lifts it.
+NB_THREADS ?= 1
+NB_THREADS_OPT := $(if $(NB_THREADS),--threads $(NB_THREADS))
+NB_THREADS_ENV := $(if $(NB_THREADS),OMP_NUM_THREADS=$(NB_THREADS) MKL_NUM_THREADS=$(NB_THREADS))
 
-.PHONY: help env assets system-deps test test-unit test-notebooks book book-html notebooks clean lock bench
+.PHONY: help env assets system-deps browser-deps test test-unit test-notebooks test-book book book-html notebooks clean lock bench
 
 help:
-	@echo "make book    execute every notebook (PROFILE=$(PROFILE)) and build the HTML book in _build/html"
+	@echo "make book    execute every notebook (PROFILE=$(PROFILE)) and build the HTML book in _build/src-$(PROFILE)/_build/html"
 	@echo "make test    unit tests, then nbval on the notebooks executed with the smoke profile"
+	@echo "make test-book  open the built smoke book in headless Chromium (after make book PROFILE=smoke)"
 	@echo "make bench   latency benchmark of the compact models (benchmarks/latency.py)"
 
 $(STAMP): requirements.lock pyproject.toml
@@ -35,23 +41,37 @@ system-deps:
 	  else sudo -n apt-get install -y -q dataset-fashion-mnist >/dev/null; fi; } || \
 	  echo "warning: could not install dataset-fashion-mnist; fashion_mnist needs a data root or the internet"
 
+# Headless Chromium for the reader test (tests/test_book_pages.py); only `make test-book` needs it.
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q chromium >/dev/null || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
+	  else sudo -n apt-get install -y -q chromium >/dev/null; fi; } || \
+	  echo "warning: could not install chromium; the reader test needs it (or set CHROMIUM=/path/to/browser)"
+
 assets: $(STAMP) system-deps
 	$(BIN)/python -m basisprune.assets
 
 test: assets
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m "not slow" --ignore=tests/test_book_pages.py tests
 	$(MAKE) test-notebooks
 
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m "not slow" --ignore=tests/test_book_pages.py tests
 
 # Execute every notebook on the smoke profile, then compare their marked outputs with nbval.
 test-notebooks: assets
-	$(BIN)/python -m basisprune.book execute --profile smoke --out notebooks/_executed/smoke
-	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks/_executed/smoke
+	$(BIN)/python -m basisprune.book execute --profile smoke --out notebooks/_executed/smoke $(NB_THREADS_OPT)
+	rm -rf notebooks/_executed/smoke/nbval-runs
+	$(NB_THREADS_ENV) BASISPRUNE_RUNS=$(CURDIR)/notebooks/_executed/smoke/nbval-runs \
+	  $(BIN)/python -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks/_executed/smoke
+
+# The reader test, on the book built by `make book PROFILE=smoke`: fails (not skips) if it is missing.
+test-book: $(STAMP) browser-deps
+	BASISPRUNE_REQUIRE_BOOK=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_book_pages.py
 
 notebooks: assets
-	$(BIN)/python -m basisprune.book execute --profile $(PROFILE) --out notebooks/_executed/$(PROFILE)
+	$(BIN)/python -m basisprune.book execute --profile $(PROFILE) --out notebooks/_executed/$(PROFILE) $(NB_THREADS_OPT)
 
 book: notebooks
 	$(BIN)/python -m basisprune.book build --profile $(PROFILE)

@@ -241,11 +241,13 @@ def _channel_stage(ctx: _Context, model: nn.Module, ref: dict, acc_ref: dict, ck
     return s, out
 
 
-def _basis_stage(ctx: _Context, model: nn.Module, ref: dict, acc_ref: dict, ckpt: Path | None):
+def _basis_stage(ctx: _Context, model: nn.Module, ref: dict, acc_ref: dict, ckpt: Path | None,
+                 warmup_epochs: int | None = None):
     p = ctx.p
     d = decompose(model, exclude=[ctx.head(model)])
     rule = PruningRule(scope=p["basis_scope"], fraction=p["basis_fraction"], normalize=p["basis_normalize"])
-    out = _prune_stage(ctx, d, kind="basis", rule=rule, rounds=p["basis_rounds"], warmup_epochs=p["warmup_epochs"],
+    warm = p["warmup_epochs"] if warmup_epochs is None else warmup_epochs
+    out = _prune_stage(ctx, d, kind="basis", rule=rule, rounds=p["basis_rounds"], warmup_epochs=warm,
                        regularizer=None, reference=acc_ref, checkpoint=ckpt, measure_fn=_measure_fn(ctx, ref))
     return d, out
 
@@ -296,7 +298,9 @@ def double_pruning(ctx: _Context, workdir: Path | None) -> dict[str, Any]:
     _fix_drops(ch)
     small = compact(s, ctx.example)
     ch_ref = {"accuracy_test": ch["history"][0]["accuracy_test"]}
-    d, ba = _basis_stage(ctx, small, ref, ch_ref, _ck(workdir, "double-basis"))
+    # The channel stage already trained the head; the decomposed model starts equal to it, so the
+    # basis stage's warm-up is the one scoring epoch (more would mix extra training into the drop).
+    d, ba = _basis_stage(ctx, small, ref, ch_ref, _ck(workdir, "double-basis"), warmup_epochs=1)
     for row in ba["history"] + [ba["final"]]:  # drops against the unpruned (channel-scaled) reference
         row["accuracy_drop"] = ch_ref["accuracy_test"] - row["accuracy_test"]
     rec = _pruning_record(ba, ref)

@@ -1,0 +1,696 @@
+"""Execute the notebooks and build the book, offline.
+
+Two commands (the Makefile's ``notebooks``, ``test-notebooks`` and ``book`` targets call them)::
+
+    python -m basisprune.book execute --profile smoke --out notebooks/_executed/smoke [--only 01]
+    python -m basisprune.book build --profile smoke
+
+``execute`` runs every ``notebooks/NN_*.ipynb`` (sorted) with papermill, injecting only
+``profile=<profile>`` (plus any ``-p KEY VALUE`` given), on the ``python3`` kernel of the Python
+that runs this command, with ``notebooks/`` as the working directory. Executed copies go to
+``--out``; per-notebook wall times are printed and written to ``<out>/timings.json``. A failing
+notebook makes the command exit with status 1 and name the notebook (the others still run unless
+``--fail-fast``).
+
+``build`` copies ``_config.yml``, ``_toc.yml`` (without the entries whose notebook was not executed),
+``book/`` and the executed notebooks of the profile into ``_build/src-<profile>/`` and runs
+``jupyter-book build _build/src-<profile> -W -n --keep-going`` there (notebooks are not executed
+again: ``execute_notebooks: "off"``). The HTML is in ``_build/src-<profile>/_build/html``
+(:func:`html_dir`). Math is rendered by a local MathJax copy (sphinx-mathjax-offline); the build
+fails if any page loads a script or style sheet from an http(s) URL.
+
+The measured wall times (execution and book build) are written to ``timings.json`` and rendered
+into ``book/_timings.md`` of the build tree, which the "Reproduce" chapter includes. Because the
+build time is only known once the build is over, the book is built twice: the first, full build is
+the one timed; the second only re-renders the pages that include the timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = [
+    "PROFILES",
+    "NOTEBOOK_PATTERN",
+    "repo_root",
+    "notebooks",
+    "executed_dir",
+    "results_dir",
+    "build_dir",
+    "html_dir",
+    "execute",
+    "build",
+    "selection",
+    "table_seeds",
+    "history_frame",
+    "kept_frame",
+    "mean_std",
+    "main",
+]
+
+PROFILES = ("smoke", "default", "paper")
+NOTEBOOK_PATTERN = re.compile(r"^\d\d_[A-Za-z0-9_\-]+\.ipynb$")
+KERNEL_NAME = "python3"
+RESULTS_ENV = "BASISPRUNE_RESULTS"
+RUNS_ENV = "BASISPRUNE_RUNS"  # experiments.default_workdir puts checkpoints there
+ROOT_ENV = "BASISPRUNE_ROOT"
+TIMINGS_FILE = "timings.json"
+TIMINGS_PAGE = "_timings.md"
+PROFILES_PAGE = "_profiles.md"
+_INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
+class BookError(RuntimeError):
+    """Execution or build failed; the message says which notebook or step."""
+
+
+# ------------------------------------------------------------------------------------ paths
+def _is_root(path: Path) -> bool:
+    return (path / "_toc.yml").is_file() and (path / "notebooks").is_dir()
+
+
+def repo_root(start: str | os.PathLike | None = None) -> Path:
+    """The project directory (holding ``_toc.yml`` and ``notebooks/``).
+
+    ``$BASISPRUNE_ROOT`` if set; else the first parent of ``start`` (default: the working
+    directory) that holds both; else the checkout this module was imported from (src layout).
+    """
+    env = os.environ.get(ROOT_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    here = Path(start or os.getcwd()).resolve()
+    for p in (here, *here.parents):
+        if _is_root(p):
+            return p
+    src = Path(__file__).resolve().parents[2]
+    if _is_root(src):
+        return src
+    raise BookError(
+        f"cannot find the project directory (with _toc.yml and notebooks/) from {here}; "
+        f"run from the checkout or set ${ROOT_ENV}"
+    )
+
+
+def _check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    return profile
+
+
+def notebooks(root: str | os.PathLike | None = None, only: Sequence[str] | None = None) -> list[Path]:
+    """The book's notebooks ``notebooks/NN_*.ipynb``, sorted; ``only`` keeps those whose stem
+    equals, or starts with, one of the given names (``"04"``, ``"04_basis_pruning"``)."""
+    nb_dir = Path(root or repo_root()) / "notebooks"
+    found = sorted(p for p in nb_dir.iterdir() if NOTEBOOK_PATTERN.match(p.name))
+    if only:
+        keys = [o.removesuffix(".ipynb") for o in only]
+        picked = [p for p in found if any(p.stem == k or p.stem.startswith(k) for k in keys)]
+        missing = [k for k in keys if not any(p.stem == k or p.stem.startswith(k) for p in found)]
+        if missing:
+            raise ValueError(
+                f"no notebook matches {missing}; notebooks: {', '.join(p.stem for p in found)}"
+            )
+        return picked
+    return found
+
+
+def executed_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
+    """Where ``execute`` puts a profile's executed notebooks by default."""
+    return Path(root or repo_root()) / "notebooks" / "_executed" / _check_profile(profile)
+
+
+def results_dir(profile: str, override: str | os.PathLike | None = None) -> Path:
+    """Where a notebook writes its results JSON (created).
+
+    ``override`` if given; else ``$BASISPRUNE_RESULTS`` (``execute`` sets it to
+    ``<out>/results``); else ``notebooks/_executed/<profile>/results`` of the project; outside a
+    checkout, ``./results/<profile>``.
+    """
+    if override is not None:
+        path = Path(override)
+    elif os.environ.get(RESULTS_ENV):
+        path = Path(os.environ[RESULTS_ENV])
+    else:
+        try:
+            path = executed_dir(profile) / "results"
+        except BookError:
+            path = Path.cwd() / "results" / _check_profile(profile)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def build_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
+    """The build tree ``_build/src-<profile>`` (sources copied there, then built)."""
+    return Path(root or repo_root()) / "_build" / f"src-{_check_profile(profile)}"
+
+
+def html_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
+    """The built HTML of a profile: ``_build/src-<profile>/_build/html``."""
+    return build_dir(profile, root) / "_build" / "html"
+
+
+# ------------------------------------------------------------------------------------ timings
+def _hardware() -> dict[str, Any]:
+    try:
+        cores: int | None = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count()
+    cpu = platform.processor() or None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001 - timings must not fail on a broken torch
+        pass
+    return {"cpu": cpu, "cores": cores, "gpu": gpu, "platform": platform.platform(), "python": platform.python_version()}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+# ------------------------------------------------------------------------------------ execute
+def _kernel_python() -> str | None:
+    """The Python the ``python3`` kernel will run (jupyter_client maps ``python`` to sys.executable)."""
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        argv = KernelSpecManager().get_kernel_spec(KERNEL_NAME).argv
+    except Exception:  # noqa: BLE001
+        return None
+    exe = argv[0]
+    if exe in {"python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}"}:
+        return sys.executable
+    return exe
+
+
+def execute(
+    profile: str,
+    out: str | os.PathLike | None = None,
+    *,
+    only: Sequence[str] | None = None,
+    parameters: dict[str, Any] | None = None,
+    fail_fast: bool = False,
+    timeout: int | None = None,
+    threads: int | None = None,
+    resume: bool = False,
+    root: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Execute the notebooks with papermill; returns the timings record (also in ``<out>/timings.json``).
+
+    Experiment checkpoints go to ``<out>/runs`` (``$BASISPRUNE_RUNS`` for the kernels), emptied
+    first unless ``resume`` (then finished rounds are reused and the wall times are not those of a
+    full run). ``threads`` sets ``OMP_NUM_THREADS`` for the kernels (on a CPU shared with other
+    jobs, one thread per process avoids the large slow-downs of oversubscribed OpenMP threads).
+
+    Raises :class:`BookError` naming the notebooks that failed (their executed copies, with the
+    error, are still written to ``out``).
+    """
+    import papermill as pm
+
+    _check_profile(profile)
+    root = Path(root or repo_root())
+    out = Path(out) if out is not None else executed_dir(profile, root)
+    out = out if out.is_absolute() else (Path.cwd() / out)
+    out.mkdir(parents=True, exist_ok=True)
+    selected = notebooks(root, only)
+    if not selected:
+        raise BookError(f"no notebooks in {root / 'notebooks'}")
+    kernel_py = _kernel_python()
+    if kernel_py is not None and Path(kernel_py).resolve() != Path(sys.executable).resolve():
+        print(
+            f"warning: the {KERNEL_NAME} kernel runs {kernel_py}, not {sys.executable}; "
+            "install ipykernel in this environment or remove the other kernelspec",
+            file=sys.stderr,
+        )
+    params = {"profile": profile, **(parameters or {})}
+    # The kernels inherit this environment: plots must use the inline backend (the Makefile sets
+    # MPLBACKEND=Agg for the unit tests), progress bars stay quiet, results go next to the copies.
+    runs = out / "runs"
+    if runs.exists() and not resume:
+        shutil.rmtree(runs)
+    keys = ("MPLBACKEND", "TQDM_DISABLE", RESULTS_ENV, RUNS_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    env_backup = {k: os.environ.get(k) for k in keys}
+    os.environ["MPLBACKEND"] = _INLINE_BACKEND
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ[RESULTS_ENV] = str(out / "results")
+    os.environ[RUNS_ENV] = str(runs)
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(int(threads))
+
+    if not only:  # executed copies of notebooks that no longer exist must not reach the book
+        wanted = {nb.name for nb in selected}
+        for stale in out.iterdir():
+            if NOTEBOOK_PATTERN.match(stale.name) and stale.name not in wanted:
+                stale.unlink()
+    timings_path = out / TIMINGS_FILE
+    record = _read_json(timings_path) if only else {}
+    if record.get("profile") not in (None, profile):
+        record = {}
+    record.setdefault("notebooks", {})
+    if not only:
+        record["notebooks"] = {}
+    failures: list[str] = []
+    kernel_threads = os.environ.get("OMP_NUM_THREADS")
+    t_all = time.perf_counter()
+    try:
+        for nb in selected:
+            dest = out / nb.name
+            print(f"[{profile}] {nb.stem} ...", flush=True)
+            t0 = time.perf_counter()
+            status, error = "ok", None
+            try:
+                pm.execute_notebook(
+                    str(nb),
+                    str(dest),
+                    parameters=params,
+                    kernel_name=KERNEL_NAME,
+                    cwd=str(nb.parent),
+                    progress_bar=False,
+                    execution_timeout=timeout,
+                )
+            except Exception as e:  # noqa: BLE001 - papermill raises several kinds
+                status = "failed"
+                error = f"{type(e).__name__}: {_short(str(e))}"
+            seconds = time.perf_counter() - t0
+            record["notebooks"][nb.stem] = {"seconds": round(seconds, 2), "status": status, "executed_utc": _now()}
+            print(f"[{profile}] {nb.stem}: {status} in {seconds:.1f} s", flush=True)
+            if error:
+                print(f"[{profile}] {nb.stem}: {error}", file=sys.stderr, flush=True)
+                failures.append(nb.stem)
+                if fail_fast:
+                    break
+    finally:
+        for k, v in env_backup.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    total = time.perf_counter() - t_all
+    record.update(
+        profile=profile,
+        parameters=params,
+        threads=int(kernel_threads) if kernel_threads and kernel_threads.isdigit() else None,
+        resumed=bool(resume),
+        execute_seconds=round(sum(v["seconds"] for v in record["notebooks"].values()), 2),
+        executed_utc=_now(),
+        hardware=_hardware(),
+    )
+    for stale in ("build_seconds", "total_seconds", "built_utc"):
+        record.pop(stale, None)
+    _write_json(timings_path, record)
+    print(f"[{profile}] executed {len(selected)} notebook(s) in {total:.1f} s -> {out} ({TIMINGS_FILE})")
+    if failures:
+        raise BookError(f"notebook(s) failed with profile {profile!r}: {', '.join(failures)} (see {out})")
+    return record
+
+
+def _short(text: str, limit: int = 2000) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text).strip()
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+# ------------------------------------------------------------------------------------ build
+def _toc_without_missing(toc_text: str, present: set[str]) -> tuple[str, list[str]]:
+    """Drop ``- file: notebooks/NN_x`` lines whose notebook is not in ``present`` (stems)."""
+    kept, dropped = [], []
+    for line in toc_text.splitlines(keepends=True):
+        m = re.match(r"^\s*-\s*file:\s*notebooks/([^\s#]+?)(?:\.ipynb)?\s*(#.*)?$", line)
+        if m and m.group(1) not in present:
+            dropped.append(m.group(1))
+            continue
+        kept.append(line)
+    return "".join(kept), dropped
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "n/a"
+    if s < 90:
+        return f"{s:.1f} s"
+    return f"{s / 60:.1f} min ({s:.0f} s)"
+
+
+def timings_markdown(record: dict[str, Any]) -> str:
+    """The measured timings as a MyST table (included by book/reproduce.md)."""
+    hw = record.get("hardware", {})
+    lines = [
+        f"Measured for the **{record.get('profile', '?')}** profile of this build "
+        f"(executed {record.get('executed_utc', '?')}, built {record.get('built_utc', 'n/a')}) on "
+        f"{hw.get('cpu') or 'an unknown CPU'}, {hw.get('cores', '?')} cores"
+        f"{', GPU ' + hw['gpu'] if hw.get('gpu') else ', no GPU'}; Python {hw.get('python', '?')}. "
+        f"Kernel threads: {record.get('threads') or 'default (OMP_NUM_THREADS unset)'}"
+        f"{'; resumed from earlier checkpoints, so the times are not those of a full run' if record.get('resumed') else ''}. "
+        "Generated from `timings.json` by `python -m basisprune.book build`.",
+        "",
+        "| step | status | wall time |",
+        "|:--|:--|--:|",
+    ]
+    for name, v in record.get("notebooks", {}).items():
+        lines.append(f"| execute `{name}.ipynb` | {v.get('status', '?')} | {_fmt_seconds(v.get('seconds'))} |")
+    lines.append(f"| **execute, all notebooks** | | **{_fmt_seconds(record.get('execute_seconds'))}** |")
+    lines.append(f"| **build the book (jupyter-book)** | | **{_fmt_seconds(record.get('build_seconds'))}** |")
+    lines.append(f"| **execute + build** | | **{_fmt_seconds(record.get('total_seconds'))}** |")
+    return "\n".join(lines) + "\n"
+
+
+def profiles_markdown() -> str:
+    """The parameters of every profile as a MyST table (included by book/reproduce.md)."""
+    from . import profiles
+
+    names = list(profiles.PROFILES)
+    values = {n: profiles.get(n) for n in names}
+    keys = ["datasets", "seeds", "table_seeds", "per_dataset", *profiles.PARAMETERS]
+    for n in names:  # per-dataset overrides are not merged by get() without a dataset
+        values[n]["per_dataset"] = profiles.PROFILES[n].get("per_dataset", {})
+
+    def cell(v: Any) -> str:
+        if isinstance(v, dict):
+            def inner(x: Any) -> str:
+                if isinstance(x, dict):
+                    return ", ".join(f"{k2}={x2!r}" for k2, x2 in x.items())
+                return ", ".join(map(str, x)) if isinstance(x, (list, tuple)) else repr(x)
+
+            text = "; ".join(f"{k}: {inner(x)}" for k, x in v.items()) if v else "–"
+        elif isinstance(v, (list, tuple)):
+            text = ", ".join(map(str, v))
+        else:
+            text = repr(v)
+        return text.replace("|", "\\|")
+
+    help_ = {"datasets": "data sets the notebooks loop over", "seeds": "seeds the notebooks loop over",
+             "table_seeds": "seeds of the main table (chapter 5), per data set (else `seeds`)",
+             "per_dataset": "parameters that differ for one data set"}
+    lines = ["| parameter | " + " | ".join(f"`{n}`" for n in names) + " | meaning |",
+             "|:--|" + "--:|" * len(names) + ":--|"]
+    for k in keys:
+        row = [cell(values[n].get(k)) for n in names]
+        default = values["default"].get(k) if "default" in values else None
+        marks = [f"**{c}**" if n != "default" and values[n].get(k) != default else c for n, c in zip(names, row)]
+        meaning = help_.get(k) or profiles.PARAMETERS[k][1]
+        lines.append(f"| `{k}` | " + " | ".join(marks) + f" | {meaning.replace('|', chr(92) + '|')} |")
+    return "\n".join(lines) + "\n\nBold: differs from the `default` profile.\n"
+
+
+def _jupyter_book_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("jupyter-book")
+    if exe.is_file():
+        return [str(exe)]
+    found = shutil.which("jupyter-book")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "jupyter_book.cli.main"]
+
+
+_REMOTE_ASSET = re.compile(
+    r"""<script[^>]*\bsrc=["'](?:https?:)?//[^"']+["']|<link[^>]*\bhref=["'](?:https?:)?//[^"']+\.css[^"']*["']""",
+    re.IGNORECASE,
+)
+
+
+def remote_assets(html: str | os.PathLike) -> dict[str, list[str]]:
+    """Scripts / style sheets loaded from http(s) URLs, by page (empty dict: fully offline)."""
+    found: dict[str, list[str]] = {}
+    for page in sorted(Path(html).rglob("*.html")):
+        hits = _REMOTE_ASSET.findall(page.read_text(encoding="utf-8", errors="replace"))
+        if hits:
+            found[str(page.relative_to(html))] = hits
+    return found
+
+
+def _run_jupyter_book(src: Path, extra: Sequence[str] = ()) -> tuple[int, str]:
+    cmd = [*_jupyter_book_cmd(), "build", str(src), "-W", "-n", "--keep-going", *extra]
+    proc = subprocess.run(cmd, cwd=src, capture_output=True, text=True)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _error_outputs(executed: Path) -> list[str]:
+    """``notebook: cell n (ename)`` for every error output not in a cell tagged ``raises-exception``."""
+    import nbformat
+
+    found = []
+    for path in sorted(executed.iterdir()):
+        if not NOTEBOOK_PATTERN.match(path.name):
+            continue
+        nb = nbformat.read(path, as_version=4)
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type != "code" or "raises-exception" in cell.get("metadata", {}).get("tags", []):
+                continue
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "error":
+                    found.append(f"{path.stem}: cell {i} ({out.get('ename')})")
+    return found
+
+
+def _set_aside(html: Path) -> None:
+    """Move the HTML of a failed build to ``html.failed`` so that it is not taken for a good book."""
+    failed = html.with_name("html.failed")
+    if failed.exists():
+        shutil.rmtree(failed)
+    if html.exists():
+        html.rename(failed)
+
+
+def _warnings(log: str) -> str:
+    """The warning and error lines of a jupyter-book log (else its tail), without colour codes."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln) for ln in log.splitlines()]
+    hits = [ln for ln in lines if "WARNING" in ln or "ERROR" in ln or "Error" in ln]
+    return "\n".join(hits[:40] if hits else lines[-40:])
+
+
+def build(
+    profile: str,
+    executed: str | os.PathLike | None = None,
+    *,
+    root: str | os.PathLike | None = None,
+) -> Path:
+    """Build the HTML book of ``profile`` from its executed notebooks; returns the HTML directory."""
+    _check_profile(profile)
+    root = Path(root or repo_root())
+    executed = Path(executed) if executed is not None else executed_dir(profile, root)
+    if not executed.is_dir() or not any(NOTEBOOK_PATTERN.match(p.name) for p in executed.iterdir()):
+        raise BookError(
+            f"no executed notebooks in {executed}; run "
+            f"`python -m basisprune.book execute --profile {profile} --out {executed}` first"
+        )
+    timings_path = executed / TIMINGS_FILE
+    record = _read_json(timings_path)
+    failed = [k for k, v in record.get("notebooks", {}).items() if v.get("status") != "ok"]
+    if failed:
+        raise BookError(f"notebook(s) failed when executed, not building: {', '.join(failed)}")
+
+    errors = _error_outputs(executed)
+    if errors:
+        raise BookError(f"executed notebooks contain error outputs, not building: {'; '.join(errors)}")
+
+    src = build_dir(profile, root)
+    if src.exists():
+        shutil.rmtree(src)
+    src.mkdir(parents=True)
+    shutil.copy2(root / "_config.yml", src / "_config.yml")
+    shutil.copytree(root / "book", src / "book", ignore=shutil.ignore_patterns("_build", ".*"))
+    (src / "notebooks").mkdir()
+    present = set()
+    for nb in sorted(executed.iterdir()):
+        if NOTEBOOK_PATTERN.match(nb.name):
+            shutil.copy2(nb, src / "notebooks" / nb.name)
+            present.add(nb.stem)
+    toc, dropped = _toc_without_missing((root / "_toc.yml").read_text(encoding="utf-8"), present)
+    (src / "_toc.yml").write_text(toc, encoding="utf-8")
+    if dropped:
+        print(f"[{profile}] not in this build (no executed notebook): {', '.join(dropped)}")
+    page = src / "book" / TIMINGS_PAGE
+    page.write_text(timings_markdown(record), encoding="utf-8")
+    (src / "book" / PROFILES_PAGE).write_text(profiles_markdown(), encoding="utf-8")
+
+    print(f"[{profile}] jupyter-book build {src} -W -n --keep-going ...", flush=True)
+    t0 = time.perf_counter()
+    rc, log = _run_jupyter_book(src)
+    build_seconds = time.perf_counter() - t0
+    (src / "build.log").write_text(log, encoding="utf-8")
+    if rc != 0:
+        _set_aside(html_dir(profile, root))
+        raise BookError(f"jupyter-book build failed (exit {rc}); full log in {src / 'build.log'}\n{_warnings(log)}")
+    print(f"[{profile}] book built in {build_seconds:.1f} s", flush=True)
+
+    record.update(
+        build_seconds=round(build_seconds, 2),
+        total_seconds=round(record.get("execute_seconds", 0.0) + build_seconds, 2),
+        built_utc=_now(),
+    )
+    _write_json(timings_path, record)
+    # Second pass: put the measured build time into the timings page (only it is re-rendered).
+    page.write_text(timings_markdown(record), encoding="utf-8")
+    t1 = time.perf_counter()
+    rc, log2 = _run_jupyter_book(src)
+    (src / "build.log").write_text(log + "\n--- timings pass ---\n" + log2, encoding="utf-8")
+    if rc != 0:
+        _set_aside(html_dir(profile, root))
+        raise BookError(f"jupyter-book build (timings pass) failed (exit {rc}); log in {src / 'build.log'}\n{_warnings(log2)}")
+    print(f"[{profile}] timings page re-rendered in {time.perf_counter() - t1:.1f} s", flush=True)
+    shutil.copy2(timings_path, src / TIMINGS_FILE)
+
+    html = html_dir(profile, root)
+    remote = remote_assets(html)
+    if remote:
+        listing = "; ".join(f"{p}: {h[:2]}" for p, h in list(remote.items())[:5])
+        raise BookError(f"pages load scripts/styles from the internet (the book must work offline): {listing}")
+    if not (html / "_static" / "mathjax" / "tex-chtml.js").is_file():
+        raise BookError(f"the local MathJax copy is missing from {html / '_static' / 'mathjax'}")
+    print(f"[{profile}] HTML: {html}/index.html  (offline: no http(s) scripts or style sheets)")
+    return html
+
+
+
+# ------------------------------------------------------------------------------------ notebook helpers
+def selection(profile: str, *, datasets=None, seeds=None, dataset=None, seed=None) -> tuple[list[str], list[int]]:
+    """Datasets and seeds a notebook loops over: one ``dataset`` / ``seed`` if given, else the
+    ``datasets`` / ``seeds`` lists if given, else the profile's."""
+    from . import profiles
+
+    p = profiles.get(profile)
+    ds = [dataset] if dataset is not None else list(datasets or p["datasets"])
+    ss = [int(seed)] if seed is not None else [int(s) for s in (seeds or p["seeds"])]
+    return ds, ss
+
+
+def table_seeds(profile: str, *, datasets=None, seeds=None, dataset=None, seed=None) -> dict[str, list[int]]:
+    """Seeds per data set for the main table (notebook 05): one ``seed`` or the ``seeds`` list if
+    given, else the profile's ``table_seeds`` for that data set, else the profile's ``seeds``."""
+    from . import profiles
+
+    p = profiles.get(profile)
+    ds, default = selection(profile, datasets=datasets, seeds=seeds, dataset=dataset, seed=seed)
+    if seed is not None or seeds:
+        return {d: list(default) for d in ds}
+    per = p.get("table_seeds") or {}
+    return {d: [int(s) for s in per.get(d, default)] for d in ds}
+
+
+def history_frame(record: dict[str, Any], **labels: Any):
+    """One row per pruning round of a record (or of one stage of it), with ``selected`` marking the
+    round the experiment kept; ``labels`` (dataset, seed, method, ...) become leading columns."""
+    import pandas as pd
+
+    rows = []
+    final_round = record["final"]["round"]
+    for h in record["history"]:
+        row = {k: v for k, v in h.items() if k not in ("kept", "total")}
+        row["selected"] = h["round"] == final_round
+        rows.append({**labels, **row})
+    return pd.DataFrame(rows)
+
+
+def kept_frame(row: dict[str, Any], **labels: Any):
+    """Per-layer kept and total units (bases or channels) of one history row."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [{**labels, "layer": name, "kept": row["kept"][name], "total": row["total"][name]} for name in row["total"]]
+    )
+
+
+def mean_std(values, scale: float = 1.0, digits: int = 1) -> str:
+    """``"mean ± std"`` of ``values * scale`` (sample std; just the mean for a single value)."""
+    import numpy as np
+
+    v = np.asarray(list(values), dtype=float) * scale
+    if v.size == 0:
+        return "n/a"
+    def fmt(x: float) -> str:
+        text = f"{x:.{digits}f}"
+        return text[1:] if text.startswith("-") and not any(ch in "123456789" for ch in text) else text  # no "-0.0"
+
+    if v.size == 1:
+        return fmt(v[0])
+    return f"{fmt(v.mean())} ± {fmt(v.std(ddof=1))}"
+
+
+# ------------------------------------------------------------------------------------ CLI
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m basisprune.book", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("execute", help="execute the notebooks with papermill")
+    ex.add_argument("--profile", default="default", choices=PROFILES)
+    ex.add_argument("--out", help="folder for the executed copies (default notebooks/_executed/PROFILE)")
+    ex.add_argument("--only", action="append", metavar="NAME", help="only this notebook (stem or prefix, e.g. 04); repeatable")
+    ex.add_argument(
+        "-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"), default=[],
+        help="another parameter to inject (VALUE parsed as YAML), e.g. -p dataset fashion_mnist",
+    )
+    ex.add_argument("--fail-fast", action="store_true", help="stop at the first failing notebook")
+    ex.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    ex.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the kernels")
+    ex.add_argument("--resume", action="store_true", help="reuse the checkpoints of an earlier (interrupted) run in OUT/runs")
+    bd = sub.add_parser("build", help="build the HTML book from the executed notebooks")
+    bd.add_argument("--profile", default="default", choices=PROFILES)
+    bd.add_argument("--executed", help="folder of executed notebooks (default notebooks/_executed/PROFILE)")
+    wh = sub.add_parser("html", help="print the HTML folder of a profile")
+    wh.add_argument("--profile", default="default", choices=PROFILES)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "execute":
+            params = {k: _parse_value(v) for k, v in args.parameter}
+            if "profile" in params:
+                parser.error("give the profile with --profile, not -p profile")
+            execute(
+                args.profile, args.out, only=args.only, parameters=params,
+                fail_fast=args.fail_fast, timeout=args.timeout, threads=args.threads, resume=args.resume,
+            )
+        elif args.command == "build":
+            build(args.profile, args.executed)
+        else:
+            print(html_dir(args.profile))
+    except (BookError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
