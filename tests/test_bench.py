@@ -14,13 +14,7 @@ from basisprune import bench
 SHAPE = (3, 12, 12)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread unless a test asks otherwise (see the module docstring)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_net():

@@ -11,13 +11,7 @@ from basisprune import efficiency, smallnets
 SHAPE = (3, 12, 12)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared CPU, contending OpenMP threads make tiny nets very slow."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_net():

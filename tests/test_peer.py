@@ -10,13 +10,7 @@ from basisprune import peer, smallnets
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared CPU, contending OpenMP threads make tiny nets very slow."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 X = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))

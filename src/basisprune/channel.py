@@ -19,6 +19,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .decompose import set_submodule
+
 __all__ = [
     "ChannelScale",
     "ScaledInput",
@@ -142,12 +144,6 @@ def find_groups(
     return groups
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def add_channel_scales(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -190,7 +186,7 @@ def add_channel_scales(
                 inner = out.get_submodule(name)
                 n_in = inner.in_channels if isinstance(inner, nn.Conv2d) else inner.in_features
                 wrappers[name] = ScaledInput(inner, n_in).to(ref.device)
-                _set_submodule(out, name, wrappers[name])
+                set_submodule(out, name, wrappers[name])
             wrappers[name].add(scale, pos, src)
     return out
 
@@ -235,5 +231,5 @@ def remove_channel_scales(model: nn.Module, *, fold: bool = True) -> dict[str, t
         if isinstance(m, ScaledInput):
             if fold:
                 fold_scale_into(m.inner, m.multiplier().detach())
-            _set_submodule(model, name, m.inner)
+            set_submodule(model, name, m.inner)
     return masks

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .channel import channel_scales, dependency_graph, remove_channel_scales
-from .decompose import BasisConv2d, BasisLayer, basis_layers
+from .decompose import BasisConv2d, BasisLayer, basis_layers, set_submodule
 
 __all__ = ["compact", "compact_basis_layer", "pair_cost", "save_model", "load_model"]
 
@@ -139,10 +139,7 @@ def compact(
         _compact_channels(out, example_input)
     for name, layer in basis_layers(out).items():
         _, k = _kept_indices(layer)
-        new = compact_basis_layer(layer, fold_rule(name, layer, k))
-        parent_name, _, child = name.rpartition(".")
-        parent = out.get_submodule(parent_name) if parent_name else out
-        setattr(parent, child, new)
+        set_submodule(out, name, compact_basis_layer(layer, fold_rule(name, layer, k)))
     for p in out.parameters():
         p.requires_grad_(False)
     return out

@@ -187,7 +187,8 @@ def basis_layers(model: nn.Module) -> dict[str, BasisLayer]:
     return {n: m for n, m in model.named_modules() if isinstance(m, BasisLayer)}
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule called ``name`` (dotted path) by ``new``."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
@@ -233,7 +234,7 @@ def decompose(
     out = model if inplace else copy.deepcopy(model)
     for name in targets:
         m = out.get_submodule(name)
-        _set_submodule(out, name, BasisConv2d(m) if isinstance(m, nn.Conv2d) else BasisLinear(m))
+        set_submodule(out, name, BasisConv2d(m) if isinstance(m, nn.Conv2d) else BasisLinear(m))
     return out
 
 

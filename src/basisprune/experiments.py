@@ -115,7 +115,6 @@ def _prune_stage(
     rounds: int,
     warmup_epochs: int,
     regularizer: Callable | None,
-    reference: dict[str, float],
     checkpoint: Path | None,
     measure_fn: Callable[[nn.Module], dict[str, float]],
 ) -> dict[str, Any]:
@@ -163,7 +162,8 @@ def _prune_stage(
         hs = get_holders(model)
         row = {"round": r, **ctx.evaluate(model), **measure_fn(model),
                "kept": {n: h.kept for n, h in hs.items()}, "total": {n: h.mask.numel() for n, h in hs.items()}}
-        row["accuracy_drop"] = reference["accuracy_test"] - row["accuracy_test"]
+        ref_acc = state["history"][0]["accuracy_test"] if state["history"] else row["accuracy_test"]
+        row["accuracy_drop"] = ref_acc - row["accuracy_test"]  # against this stage's round 0
         return row
 
     stop = False
@@ -229,26 +229,25 @@ def _reference(ctx: _Context, model: nn.Module) -> dict[str, float]:
     return measure(model, ctx.example)
 
 
-def _channel_stage(ctx: _Context, model: nn.Module, ref: dict, acc_ref: dict, ckpt: Path | None):
+def _channel_stage(ctx: _Context, model: nn.Module, ref: dict, ckpt: Path | None):
     p = ctx.p
     s = add_channel_scales(model, ctx.example, ignored=[ctx.head(model)])
     rule = (PruningRule(fraction=None, threshold=p["channel_threshold"]) if p["channel_threshold"] is not None
             else PruningRule(fraction=p["channel_fraction"]))
     warm = p["channel_warmup_epochs"] if p["channel_warmup_epochs"] is not None else p["warmup_epochs"]
     out = _prune_stage(ctx, s, kind="channel", rule=rule, rounds=p["channel_rounds"], warmup_epochs=warm,
-                       regularizer=lambda m: p["channel_l1"] * l1_penalty(m), reference=acc_ref,
-                       checkpoint=ckpt, measure_fn=_measure_fn(ctx, ref))
+                       regularizer=lambda m: p["channel_l1"] * l1_penalty(m), checkpoint=ckpt, measure_fn=_measure_fn(ctx, ref))
     return s, out
 
 
-def _basis_stage(ctx: _Context, model: nn.Module, ref: dict, acc_ref: dict, ckpt: Path | None,
+def _basis_stage(ctx: _Context, model: nn.Module, ref: dict, ckpt: Path | None,
                  warmup_epochs: int | None = None):
     p = ctx.p
     d = decompose(model, exclude=[ctx.head(model)])
     rule = PruningRule(scope=p["basis_scope"], fraction=p["basis_fraction"], normalize=p["basis_normalize"])
     warm = p["warmup_epochs"] if warmup_epochs is None else warmup_epochs
     out = _prune_stage(ctx, d, kind="basis", rule=rule, rounds=p["basis_rounds"], warmup_epochs=warm,
-                       regularizer=None, reference=acc_ref, checkpoint=ckpt, measure_fn=_measure_fn(ctx, ref))
+                       regularizer=None, checkpoint=ckpt, measure_fn=_measure_fn(ctx, ref))
     return d, out
 
 
@@ -272,50 +271,43 @@ def _save_compact(ctx: _Context, model: nn.Module, workdir: Path | None, record:
     return record
 
 
-def channel_pruning(ctx: _Context, workdir: Path | None) -> dict[str, Any]:
-    """Channel scaling and iterative channel pruning of the transfer model."""
+def _single_stage(ctx: _Context, workdir: Path | None, kind: str) -> dict[str, Any]:
     model = ctx.fresh_model()
     ref = _reference(ctx, model)
-    s, out = _channel_stage(ctx, model, ref, {"accuracy_test": float("nan")}, _ck(workdir, "channel"))
-    _fix_drops(out)
-    return _save_compact(ctx, s, workdir, {"_experiment": "channel_pruning", **_pruning_record(out, ref)})
+    stage = _channel_stage if kind == "channel" else _basis_stage
+    pruned, out = stage(ctx, model, ref, _ck(workdir, kind))
+    return _save_compact(ctx, pruned, workdir, {"_experiment": f"{kind}_pruning", **_pruning_record(out, ref)})
+
+
+def channel_pruning(ctx: _Context, workdir: Path | None) -> dict[str, Any]:
+    """Channel scaling and iterative channel pruning of the transfer model."""
+    return _single_stage(ctx, workdir, "channel")
 
 
 def basis_pruning(ctx: _Context, workdir: Path | None) -> dict[str, Any]:
     """Basis scaling and iterative basis pruning of the transfer model."""
-    model = ctx.fresh_model()
-    ref = _reference(ctx, model)
-    d, out = _basis_stage(ctx, model, ref, {"accuracy_test": float("nan")}, _ck(workdir, "basis"))
-    _fix_drops(out)
-    return _save_compact(ctx, d, workdir, {"_experiment": "basis_pruning", **_pruning_record(out, ref)})
+    return _single_stage(ctx, workdir, "basis")
 
 
 def double_pruning(ctx: _Context, workdir: Path | None) -> dict[str, Any]:
     """Channel pruning, compaction, then basis pruning; ratios against the unpruned transfer model."""
     model = ctx.fresh_model()
     ref = _reference(ctx, model)
-    s, ch = _channel_stage(ctx, model, ref, {"accuracy_test": float("nan")}, _ck(workdir, "channel"))
-    _fix_drops(ch)
+    s, ch = _channel_stage(ctx, model, ref, _ck(workdir, "channel"))
     small = compact(s, ctx.example)
-    ch_ref = {"accuracy_test": ch["history"][0]["accuracy_test"]}
     # The channel stage already trained the head; the decomposed model starts equal to it, so the
     # basis stage's warm-up is the one scoring epoch (more would mix extra training into the drop).
-    d, ba = _basis_stage(ctx, small, ref, ch_ref, _ck(workdir, "double-basis"), warmup_epochs=1)
-    for row in ba["history"] + [ba["final"]]:  # drops against the unpruned (channel-scaled) reference
-        row["accuracy_drop"] = ch_ref["accuracy_test"] - row["accuracy_test"]
+    d, ba = _basis_stage(ctx, small, ref, _ck(workdir, "double-basis"), warmup_epochs=1)
+    ch0 = ch["history"][0]
+    for row in ba["history"] + [ba["final"]]:  # drops against the unpruned (channel-scaled) model
+        row["accuracy_drop"] = ch0["accuracy_test"] - row["accuracy_test"]
     rec = _pruning_record(ba, ref)
-    rec["reference"]["accuracy_test"] = ch["history"][0]["accuracy_test"]
-    rec["reference"]["accuracy_val"] = ch["history"][0]["accuracy_val"]
+    rec["reference"]["accuracy_test"] = ch0["accuracy_test"]
+    rec["reference"]["accuracy_val"] = ch0["accuracy_val"]
     rec["stages"] = {"channel": {"history": ch["history"], "final": ch["final"], "seconds": ch["seconds"]},
                      "basis": {"history": ba["history"], "final": ba["final"], "seconds": ba["seconds"]}}
     rec["compute_seconds"] = ch["seconds"] + ba["seconds"]
     return _save_compact(ctx, d, workdir, {"_experiment": "double_pruning", **rec})
-
-
-def _fix_drops(out: dict) -> None:
-    ref = out["history"][0]["accuracy_test"]
-    for row in out["history"] + [out["final"]]:
-        row["accuracy_drop"] = ref - row["accuracy_test"]
 
 
 def transfer(ctx: _Context, workdir: Path | None) -> dict[str, Any]:

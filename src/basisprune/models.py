@@ -24,6 +24,8 @@ from torch import nn
 
 from . import assets
 from .assets import AssetUnavailableError
+from .data import IMAGENET_MEAN, IMAGENET_STD
+from .decompose import set_submodule
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -41,8 +43,6 @@ __all__ = [
     "imagenet_categories",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE0 = "efficientnet_lite0"
 OFFLINE_PRETRAINED = ("mobilenet_v2", LITE0)
 """Models whose ImageNet weights load with no internet."""
@@ -174,12 +174,6 @@ def classifier(model: nn.Module) -> tuple[str, nn.Module]:
     return hit
 
 
-def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, leaf = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, leaf, new)
-
-
 def replace_classifier(model: nn.Module, num_classes: int) -> nn.Module:
     """Swap the final layer for a freshly initialised one with ``num_classes`` outputs (in place)."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -190,7 +184,7 @@ def replace_classifier(model: nn.Module, num_classes: int) -> nn.Module:
     else:  # squeezenet's 1x1 conv head
         new = nn.Conv2d(old.in_channels, num_classes, kernel_size=1, bias=old.bias is not None)
     new = new.to(device=old.weight.device, dtype=old.weight.dtype)
-    _set_submodule(model, path, new)
+    set_submodule(model, path, new)
     return model
 
 
