@@ -128,7 +128,10 @@ def _prune_stage(
     head = ctx.head(model)
     trainable = freeze(model, lambda n, prm: n.endswith(".scale") or n.startswith(head + "."))
     optimizer = torch.optim.Adam(trainable, lr=p["lr"])
-    importance = TaylorImportance() if kind == "basis" else ScaleMagnitude()
+    # Channels: the paper ranks by |scale| after L1 training to convergence; with a few epochs the
+    # scales stay near 1 and |scale| barely ranks anything, so Taylor is the default (our choice).
+    taylor = kind == "basis" or p["channel_importance"] == "taylor"
+    importance = TaylorImportance() if taylor else ScaleMagnitude()
     costs = _unit_costs(get_holders(model)) if kind == "basis" else None
     keys = _snapshot_keys(model, p["bn_mode"])
 
@@ -141,7 +144,7 @@ def _prune_stage(
         saved = load_checkpoint(checkpoint, weights_only=False)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        if kind == "basis":
+        if taylor:
             importance.load_state_dict(saved["importance"])
         for name, g in _loader_generators(ctx.loaders).items():
             g.set_state(saved["generators"][name])
@@ -153,7 +156,7 @@ def _prune_stage(
             return
         save_checkpoint(
             checkpoint, model=model.state_dict(), optimizer=optimizer.state_dict(),
-            importance=importance.state_dict() if kind == "basis" else None,
+            importance=importance.state_dict() if taylor else None,
             generators={n: g.get_state() for n, g in _loader_generators(ctx.loaders).items()},
             rng=_rng_state(ctx.device), **state,
         )
@@ -174,7 +177,7 @@ def _prune_stage(
                desc=f"{kind} warm-up")
         importance.reset()
         _train(ctx, model, optimizer, 1, bn_mode=p["bn_mode"], regularizer=regularizer,
-               callback=gather if kind == "basis" else None, desc=f"{kind} warm-up (scoring)")
+               callback=gather if taylor else None, desc=f"{kind} warm-up (scoring)")
         state["round"] = 0
         state["history"].append(record(0))
         state["snapshots"].append(_snapshot(model, keys))
@@ -192,7 +195,7 @@ def _prune_stage(
         apply_masks(hs, masks)
         importance.reset()
         _train(ctx, model, optimizer, p["epochs_per_round"], bn_mode=p["bn_mode"], regularizer=regularizer,
-               callback=gather if kind == "basis" else None, desc=f"{kind} round {r}")
+               callback=gather if taylor else None, desc=f"{kind} round {r}")
         row = record(r)
         state["round"] = r
         state["history"].append(row)
@@ -380,6 +383,8 @@ def resolve_params(experiment: str, profile: str = "default", **params: Any) -> 
         if not isinstance(p[k], int) or p[k] < (1 if k in ("batch_size", "epochs_per_round") else 0):
             raise ValueError(f"{k} must be a non-negative integer (batch_size, epochs_per_round >= 1), got {p[k]!r}")
     PruningRule(scope=p["basis_scope"], fraction=p["basis_fraction"], normalize=p["basis_normalize"])
+    if p["channel_importance"] not in ("taylor", "magnitude"):
+        raise ValueError(f"channel_importance must be 'taylor' or 'magnitude', got {p['channel_importance']!r}")
     pick_device(p["device"])
     return p
 

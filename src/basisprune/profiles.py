@@ -38,6 +38,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "channel_fraction": (0.15, "share of live channels pruned per round"),
     "channel_threshold": (None, "prune channels with |scale| below this instead of a fraction"),
     "channel_l1": (1e-4, "L1 penalty on channel scales"),
+    "channel_importance": ("taylor", "rank channels by taylor (|s dL/ds|) or magnitude (|s|, the paper's)"),
     "channel_warmup_epochs": (None, "warm-up epochs of the channel stage (None: warmup_epochs)"),
     "transfer_epochs": (4, "epochs of each transfer baseline"),
     "full_lr": (3e-4, "Adam learning rate of full fine-tuning"),
