@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import basisprune as bp
+from conftest import random_basis_masks
 from basisprune import bench
 
 SHAPE = (3, 12, 12)
@@ -30,12 +31,7 @@ def pruned_basis_net(keep=0.4, seed=0):
     """A decomposed tiny net with random basis masks (>= 1 basis per group) and random scales."""
     torch.manual_seed(seed)
     d = bp.decompose(tiny_net(), exclude=["11"]).eval()
-    g = torch.Generator().manual_seed(seed)
-    for layer in bp.basis_layers(d).values():
-        layer.mask.copy_((torch.rand(layer.num_bases, generator=g) < keep).float())
-        layer.mask.view(layer.groups, layer.rank)[:, 0] = 1
-        with torch.no_grad():
-            layer.scale.uniform_(0.5, 1.5, generator=g)
+    random_basis_masks(d, keep, seed)
     return d
 
 

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import basisprune as bp
+from conftest import random_basis_masks
 from basisprune.compact import pair_cost
 
 
@@ -20,22 +21,13 @@ def tiny_net():
     )
 
 
-def random_masks(model, keep, seed):
-    g = torch.Generator().manual_seed(seed)
-    for layer in bp.basis_layers(model).values():
-        layer.mask.copy_((torch.rand(layer.num_bases, generator=g) < keep).float())
-        layer.mask.view(layer.groups, layer.rank)[:, 0] = 1  # pruning keeps >= 1 basis per layer
-        with torch.no_grad():
-            layer.scale.uniform_(0.5, 1.5, generator=g)
-
-
 @settings(max_examples=25, deadline=None)
 @given(keep=st.floats(0.05, 1.0), seed=st.integers(0, 1000))
 def test_compact_model_equals_masked_model(keep, seed):
     """Whatever the masks, the compact model computes the masked model's outputs."""
     torch.manual_seed(seed)
     d = bp.decompose(tiny_net().eval(), include_linear=True).eval()
-    random_masks(d, keep, seed)
+    random_basis_masks(d, keep, seed)
     x = torch.randn(2, 3, 12, 12)
     c = bp.compact(d).eval()
     assert not bp.basis_layers(c)
@@ -49,7 +41,7 @@ def test_compaction_never_grows_a_layer(keep, seed):
     torch.manual_seed(seed)
     base = tiny_net().eval()
     d = bp.decompose(base).eval()
-    random_masks(d, keep, seed)
+    random_basis_masks(d, keep, seed)
     c = bp.compact(d).eval()
     x = torch.randn(1, 3, 12, 12)
     for name in bp.basis_layers(d):
@@ -99,7 +91,7 @@ def test_save_load_round_trip(tmp_path):
     """A saved compact model loads back and gives identical outputs."""
     torch.manual_seed(0)
     d = bp.decompose(tiny_net().eval()).eval()
-    random_masks(d, 0.3, 0)
+    random_basis_masks(d, 0.3, 0)
     c = bp.compact(d).eval()
     bp.save_model(c, tmp_path / "m.pt")
     loaded = bp.load_model(tmp_path / "m.pt").eval()

@@ -6,6 +6,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import basisprune as bp
+from conftest import random_basis_masks
 from basisprune import efficiency, smallnets
 
 SHAPE = (3, 12, 12)
@@ -27,12 +28,7 @@ def tiny_net():
 def pruned_compact(keep=0.3, seed=0):
     """(decomposed net with random basis masks, its compact model with some kept pairs)."""
     d = bp.decompose(tiny_net(), exclude=["9"]).eval()
-    g = torch.Generator().manual_seed(seed)
-    for layer in bp.basis_layers(d).values():
-        layer.mask.copy_((torch.rand(layer.num_bases, generator=g) < keep).float())
-        layer.mask.view(layer.groups, layer.rank)[:, 0] = 1
-        with torch.no_grad():
-            layer.scale.uniform_(0.5, 1.5, generator=g)
+    random_basis_masks(d, keep, seed)
     return d, bp.compact(d).eval()
 
 
