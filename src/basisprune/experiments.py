@@ -169,8 +169,20 @@ def _prune_stage(
         row["accuracy_drop"] = ref_acc - row["accuracy_test"]  # against this stage's round 0
         return row
 
-    stop = False
     tic = time.perf_counter()
+
+    def finish(r: int) -> dict[str, Any]:
+        """Record round ``r``, keep its state for selection, add its compute time, checkpoint."""
+        nonlocal tic
+        row = record(r)
+        state["round"] = r
+        state["history"].append(row)
+        state["snapshots"].append(_snapshot(model, keys))
+        state["seconds"] += time.perf_counter() - tic
+        save()
+        tic = time.perf_counter()
+        return row
+
     if state["round"] < 0:
         # Scores come from the last warm-up epoch only: earlier gradients reflect a random head.
         _train(ctx, model, optimizer, max(warmup_epochs - 1, 0), bn_mode=p["bn_mode"], regularizer=regularizer,
@@ -178,12 +190,7 @@ def _prune_stage(
         importance.reset()
         _train(ctx, model, optimizer, 1, bn_mode=p["bn_mode"], regularizer=regularizer,
                callback=gather if taylor else None, desc=f"{kind} warm-up (scoring)")
-        state["round"] = 0
-        state["history"].append(record(0))
-        state["snapshots"].append(_snapshot(model, keys))
-        state["seconds"] += time.perf_counter() - tic
-        tic = time.perf_counter()
-        save()
+        finish(0)
     ref_val = state["history"][0]["accuracy_val"]
     stop = state["history"][-1]["accuracy_val"] < ref_val - p["stop_drop"]
     bar = tqdm(range(state["round"] + 1, rounds + 1), desc=f"{kind} pruning", leave=False)
@@ -196,13 +203,7 @@ def _prune_stage(
         importance.reset()
         _train(ctx, model, optimizer, p["epochs_per_round"], bn_mode=p["bn_mode"], regularizer=regularizer,
                callback=gather if taylor else None, desc=f"{kind} round {r}")
-        row = record(r)
-        state["round"] = r
-        state["history"].append(row)
-        state["snapshots"].append(_snapshot(model, keys))
-        state["seconds"] += time.perf_counter() - tic
-        tic = time.perf_counter()
-        save()
+        row = finish(r)
         bar.set_postfix(acc=f"{row['accuracy_test']:.3f}", pruned=f"{row['param_pruning_ratio']:.3f}")
         stop = row["accuracy_val"] < ref_val - p["stop_drop"]
 

@@ -255,6 +255,27 @@ def _sum_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
+class _Tally:
+    """Sample-weighted loss and top-1 hits over an epoch, summed on the device (no per-batch sync)."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), dtype=_sum_dtype(device), device=device)
+        self.correct: Tensor | None = torch.zeros((), dtype=torch.int64, device=device)
+        self.n = 0
+
+    def add(self, loss: Tensor, outputs: Any, targets: Tensor) -> None:
+        size = len(targets)
+        self.loss_sum += loss.detach().to(self.loss_sum.dtype) * size
+        if self.correct is not None:
+            hits = _count_correct(outputs, targets)
+            self.correct = None if hits is None else self.correct + hits
+        self.n += size
+
+    def result(self) -> dict[str, Any]:
+        return {"loss": self.loss_sum.item() / self.n,
+                "accuracy": None if self.correct is None else self.correct.item() / self.n, "n": self.n}
+
+
 def train_epoch(
     model: nn.Module,
     loader: Iterable,
@@ -291,10 +312,9 @@ def train_epoch(
     set_bn_mode(model, bn_mode)
 
     start = time.perf_counter()
-    loss_sum = torch.zeros((), dtype=_sum_dtype(device), device=device)
+    tally = _Tally(device)
     reg_sum = torch.zeros((), dtype=_sum_dtype(device), device=device)
-    correct: Tensor | None = torch.zeros((), dtype=torch.int64, device=device)
-    n = batches = 0
+    batches = 0
     for batch_idx, batch in enumerate(tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)):
         inputs, targets = _split_batch(batch)
         inputs = inputs.to(device, non_blocking=True)
@@ -321,22 +341,12 @@ def train_epoch(
         else:
             optimizer.step()
 
-        size = len(targets)
-        loss_sum += loss.detach().to(loss_sum.dtype) * size
-        if correct is not None:
-            hits = _count_correct(outputs, targets)
-            correct = None if hits is None else correct + hits
-        n += size
+        tally.add(loss, outputs, targets)
         batches += 1
     if batches == 0:
         raise ValueError(f"{desc}: the loader yielded no batches")
 
-    result: dict[str, Any] = {
-        "loss": loss_sum.item() / n,
-        "accuracy": None if correct is None else correct.item() / n,
-        "n": n,
-        "seconds": time.perf_counter() - start,
-    }
+    result: dict[str, Any] = {**tally.result(), "seconds": time.perf_counter() - start}
     if regularizer is not None:
         result["regularizer"] = reg_sum.item() / batches
     return result
@@ -363,9 +373,7 @@ def evaluate(
     model.to(device)
     model.eval()
     start = time.perf_counter()
-    loss_sum = torch.zeros((), dtype=_sum_dtype(device), device=device)
-    correct: Tensor | None = torch.zeros((), dtype=torch.int64, device=device)
-    n = 0
+    tally = _Tally(device)
     try:
         with torch.no_grad():
             for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
@@ -375,23 +383,13 @@ def evaluate(
                 with _autocast(use_amp):
                     outputs = model(inputs)
                     loss = loss_fn(outputs, targets)
-                size = len(targets)
-                loss_sum += loss.detach().to(loss_sum.dtype) * size
-                if correct is not None:
-                    hits = _count_correct(outputs, targets)
-                    correct = None if hits is None else correct + hits
-                n += size
+                tally.add(loss, outputs, targets)
     finally:
         for module, training in modes:
             module.training = training
-    if n == 0:
+    if tally.n == 0:
         raise ValueError(f"{desc}: the loader yielded no samples")
-    return {
-        "loss": loss_sum.item() / n,
-        "accuracy": None if correct is None else correct.item() / n,
-        "n": n,
-        "seconds": time.perf_counter() - start,
-    }
+    return {**tally.result(), "seconds": time.perf_counter() - start}
 
 
 # --------------------------------------------------------------------------------------------
