@@ -27,6 +27,11 @@ class PruningRule:
             units, or by the parameters one unit costs (``cost``), before ranking; ``none`` keeps
             raw scores.
         min_keep: units every layer keeps whatever the scores.
+        layer_floor: share of a layer's *live* units that one round always keeps (in [0, 1)): a
+            round removes at most ``1 - layer_floor`` of any layer, so no single round can strip a
+            layer to near nothing (a badly scored round once took a stem conv from 27 bases to 1).
+            Layers still shrink geometrically over rounds. The default 0.5 is our choice; on the
+            CPU calibration runs no round of the faithful schedule came near it.
     """
 
     scope: str = "global"
@@ -34,6 +39,7 @@ class PruningRule:
     threshold: float | None = None
     normalize: str = "none"
     min_keep: int = 1
+    layer_floor: float = 0.5
 
     def __post_init__(self) -> None:
         if self.scope not in _SCOPES:
@@ -48,6 +54,8 @@ class PruningRule:
             raise ValueError(f"threshold must be a finite number >= 0, got {self.threshold}")
         if self.min_keep < 1:
             raise ValueError(f"min_keep must be >= 1 (a layer with no unit left is not allowed), got {self.min_keep}")
+        if isinstance(self.layer_floor, bool) or not 0.0 <= self.layer_floor < 1.0:
+            raise ValueError(f"layer_floor must be a share in [0, 1), got {self.layer_floor!r}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -73,16 +81,28 @@ def select(
 ) -> dict[str, torch.Tensor]:
     """New 0/1 masks after one round of ``rule``; pruned units stay pruned.
 
-    Ties are broken by position (stable sort), so the result is deterministic.
+    Ties are broken by position (stable sort), so the result is deterministic. Every layer keeps at
+    least ``max(min_keep, ceil(layer_floor * live))`` of its live units. A score that is not finite
+    (NaN or inf, e.g. from a diverged run) raises :class:`ValueError` naming the layer.
     """
     if set(scores) != set(masks):
         raise ValueError(f"scores and masks name different layers: {sorted(set(scores) ^ set(masks))}")
     names = list(scores)
+    for n in names:
+        if scores[n].shape != masks[n].shape:
+            raise ValueError(f"layer {n!r}: scores of shape {tuple(scores[n].shape)} for a mask of shape {tuple(masks[n].shape)}")
+        bad = ~torch.isfinite(scores[n].detach())
+        if bad.any():
+            raise ValueError(f"layer {n!r} has {int(bad.sum())} non-finite importance score(s) (NaN or inf); "
+                             "the run that produced them diverged or its gradients overflowed")
     normed = {n: _normalise(scores[n].detach().float().cpu(), masks[n].cpu(), rule.normalize,
                             None if costs is None else costs.get(n)) for n in names}
     new = {n: masks[n].detach().clone().float().cpu() for n in names}
-    # Units each layer may still lose without going below min_keep.
-    budget = {n: max(0, int(new[n].sum().item()) - rule.min_keep) for n in names}
+    # Units each layer may still lose this round without going below its floor.
+    budget = {}
+    for n in names:
+        live = int(new[n].sum().item())
+        budget[n] = max(0, live - max(rule.min_keep, math.ceil(rule.layer_floor * live)))
 
     def candidates(n: str) -> list[tuple[float, str, int]]:
         live = torch.nonzero(new[n] > 0).flatten()
@@ -109,8 +129,22 @@ def select(
     return {n: new[n].to(masks[n].device, masks[n].dtype) for n in names}
 
 
-def apply_masks(holders: dict[str, nn.Module], masks: dict[str, torch.Tensor]) -> None:
-    """Write masks into the holders (a pruned unit's mask becomes 0)."""
+def apply_masks(holders: dict[str, nn.Module], masks: dict[str, torch.Tensor], *, allow_empty: bool = False) -> None:
+    """Write 0/1 masks into the holders (a pruned unit's mask becomes 0).
+
+    Every holder needs a mask of its shape and every mask a holder. A mask that keeps no unit of a
+    layer would make the model output a constant: it is refused unless ``allow_empty=True``.
+    Nothing is written unless every mask passes.
+    """
+    missing, extra = sorted(set(holders) - set(masks)), sorted(set(masks) - set(holders))
+    if missing or extra:
+        raise ValueError(f"masks must name exactly the model's unit holders: missing {missing}, unknown {extra}")
+    for n, h in holders.items():
+        if tuple(masks[n].shape) != tuple(h.mask.shape):
+            raise ValueError(f"mask for {n!r} has shape {tuple(masks[n].shape)}, the layer has {tuple(h.mask.shape)}")
+        if not allow_empty and not bool((masks[n] != 0).any()):
+            raise ValueError(f"the mask for {n!r} keeps no unit, which would empty the layer; "
+                             "pass allow_empty=True to do it anyway")
     for n, h in holders.items():
         h.mask.copy_(masks[n])
 

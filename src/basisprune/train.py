@@ -18,10 +18,10 @@ State kept by a ``callback`` (e.g. accumulated importance scores) is the caller'
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,10 +38,14 @@ __all__ = [
     "BN_MODES",
     "FIT_CHECKPOINT_FORMAT",
     "CheckpointError",
+    "DivergenceError",
+    "PRECISIONS",
+    "amp_dtype",
     "evaluate",
     "fit",
     "freeze",
     "load_checkpoint",
+    "make_scaler",
     "pick_device",
     "save_checkpoint",
     "seed_everything",
@@ -52,6 +56,10 @@ __all__ = [
 BN_MODES = ("train", "eval")
 FIT_CHECKPOINT_FORMAT = "basisprune.fit/1"
 _DEVICE_FORMS = "'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'"
+
+#: Values of ``amp``: ``"auto"`` (bfloat16 autocast on CUDA devices that support it, float16 with a
+#: gradient scaler on older ones, float32 elsewhere), ``"fp32"`` (no autocast), ``"bf16"``, ``"fp16"``.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 Callback = Callable[[nn.Module, int, Tensor, Tensor, Tensor], Any]
 Regularizer = Callable[[nn.Module], Tensor]
@@ -67,6 +75,10 @@ class CheckpointError(RuntimeError):
             f"checkpoint {self.path} {reason}. Delete it (or pass another checkpoint path) "
             "to start from scratch."
         )
+
+
+class DivergenceError(RuntimeError):
+    """Training diverged (a non-finite loss, or accuracy collapsed to chance): no result is valid."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,17 +232,39 @@ def freeze(
 # --------------------------------------------------------------------------------------------
 # One epoch / evaluation
 # --------------------------------------------------------------------------------------------
-def _use_amp(amp: bool | None, device: torch.device) -> bool:
-    if amp is None:
-        return device.type == "cuda"
-    if amp and device.type != "cuda":
-        warnings.warn(f"amp=True ignored on {device}: mixed precision is only used on CUDA", stacklevel=3)
-        return False
-    return bool(amp)
+def amp_dtype(amp: bool | str | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype that ``amp`` means on ``device`` (``None``: run in float32).
+
+    ``None``/``True``/``"auto"``: bfloat16 on CUDA where supported (it has float32's range, so no
+    gradient scaling and no overflowing steps), else float16; float32 on CPU and MPS.
+    ``False``/``"fp32"``: float32. ``"bf16"``/``"fp16"``: that dtype (bf16 also on CPU; fp16 only
+    on CUDA). Our choice: float16 autocast once collapsed pruning on CUDA (underflowing scale
+    gradients, skipped steps read as scores), so ``auto`` prefers bfloat16.
+    """
+    if amp is None or amp is True:
+        amp = "auto"
+    if amp is False:
+        amp = "fp32"
+    if amp not in PRECISIONS:
+        raise ValueError(f"amp (precision) must be one of {PRECISIONS} or a bool, got {amp!r}")
+    if amp == "fp32" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"amp='fp16' needs a CUDA device, got {device}; use 'bf16' or 'fp32' here")
+    if amp == "bf16" and device.type not in ("cuda", "cpu"):
+        raise ValueError(f"amp='bf16' runs on CUDA or CPU, got {device}")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
-def _autocast(enabled: bool) -> contextlib.AbstractContextManager:
-    return torch.autocast(device_type="cuda", dtype=torch.float16) if enabled else contextlib.nullcontext()
+def _autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.AbstractContextManager:
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def make_scaler(amp: bool | str | None, device: torch.device) -> torch.amp.GradScaler | None:
+    """A gradient scaler when ``amp`` means float16 (keep one for a whole run), else ``None``."""
+    return torch.amp.GradScaler("cuda") if amp_dtype(amp, device) == torch.float16 else None
 
 
 def _split_batch(batch: Any) -> tuple[Tensor, Tensor]:
@@ -285,7 +319,7 @@ def train_epoch(
     loss_fn: Callable[[Any, Tensor], Tensor] = F.cross_entropy,
     regularizer: Regularizer | None = None,
     bn_mode: str = "eval",
-    amp: bool | None = None,
+    amp: bool | str | None = None,
     callback: Callback | None = None,
     desc: str = "train",
     scaler: torch.amp.GradScaler | None = None,
@@ -298,15 +332,17 @@ def train_epoch(
     and targets are not a classification. BatchNorm layers run in ``bn_mode`` (see
     :func:`set_bn_mode`).
 
-    Mixed precision (float16 autocast + gradient scaling) is used on CUDA when ``amp`` is ``None``
-    or ``True``, never elsewhere; pass a ``scaler`` to keep its scale across epochs (:func:`fit`
-    does). ``callback(model, batch_idx, inputs, targets, loss)`` runs after ``backward()`` and
-    before ``optimizer.step()``, with ``loss`` the (detached) total loss that was backpropagated;
-    under AMP the gradients are already unscaled (and may be inf/nan on a step the scaler skips).
+    Precision follows ``amp`` (see :func:`amp_dtype`); under float16 a gradient scaler is used: pass
+    one ``scaler`` (:func:`make_scaler`) to keep its scale across epochs (:func:`fit` does).
+    ``callback(model, batch_idx, inputs, targets, loss)`` runs after ``backward()`` and before
+    ``optimizer.step()``, with ``loss`` the (detached) total loss that was backpropagated; under
+    float16 the gradients are already unscaled (and may be inf/nan on a step the scaler skips).
+    A non-finite training loss raises :class:`DivergenceError` at the end of the epoch.
     """
     device = pick_device(device)
-    use_amp = _use_amp(amp, device)
-    if use_amp and scaler is None:
+    dtype = amp_dtype(amp, device)
+    use_scaler = dtype == torch.float16
+    if use_scaler and scaler is None:
         scaler = torch.amp.GradScaler("cuda")
     model.to(device)
     set_bn_mode(model, bn_mode)
@@ -320,7 +356,7 @@ def train_epoch(
         inputs = inputs.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(use_amp):
+        with _autocast(dtype, device):
             outputs = model(inputs)
             loss = loss_fn(outputs, targets)
         total = loss.float()
@@ -328,14 +364,14 @@ def train_epoch(
             reg = regularizer(model)
             total = total + reg
             reg_sum += reg.detach()
-        if use_amp:
+        if use_scaler:
             scaler.scale(total).backward()
             scaler.unscale_(optimizer)
         else:
             total.backward()
         if callback is not None:
             callback(model, batch_idx, inputs, targets, total.detach())
-        if use_amp:
+        if use_scaler:
             scaler.step(optimizer)
             scaler.update()
         else:
@@ -349,6 +385,13 @@ def train_epoch(
     result: dict[str, Any] = {**tally.result(), "seconds": time.perf_counter() - start}
     if regularizer is not None:
         result["regularizer"] = reg_sum.item() / batches
+    if not math.isfinite(result["loss"]) or not math.isfinite(result.get("regularizer", 0.0)):
+        lrs = sorted({float(g["lr"]) for g in optimizer.param_groups})
+        raise DivergenceError(
+            f"{desc}: training diverged (mean loss {result['loss']}, regularizer "
+            f"{result.get('regularizer', 0.0)}); learning rate {lrs[0] if len(lrs) == 1 else lrs} is too high "
+            "or the inputs hold non-finite values"
+        )
     return result
 
 
@@ -358,17 +401,20 @@ def evaluate(
     *,
     device: str | torch.device,
     loss_fn: Callable[[Any, Tensor], Tensor] = F.cross_entropy,
-    amp: bool | None = None,
+    amp: bool | str | None = None,
     desc: str = "eval",
+    return_correct: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (eval mode, no grad); returns ``loss``, ``accuracy``, ``n``, ``seconds``.
 
     ``loss`` is the sample-weighted mean of ``loss_fn``; ``accuracy`` is top-1, or ``None`` when
-    not a classification. Autocast (float16) is used on CUDA when ``amp`` is ``None`` or ``True``.
+    not a classification. Precision follows ``amp`` (:func:`amp_dtype`). With ``return_correct``,
+    ``correct`` holds one bool per sample (in loader order) for paired comparisons of two models.
     The train/eval mode of every submodule is restored afterwards.
     """
     device = pick_device(device)
-    use_amp = _use_amp(amp, device)
+    dtype = amp_dtype(amp, device)
+    hits: list[Tensor] = []
     modes = [(m, m.training) for m in model.modules()]
     model.to(device)
     model.eval()
@@ -380,16 +426,21 @@ def evaluate(
                 inputs, targets = _split_batch(batch)
                 inputs = inputs.to(device, non_blocking=True)
                 targets = targets.to(device, non_blocking=True)
-                with _autocast(use_amp):
+                with _autocast(dtype, device):
                     outputs = model(inputs)
                     loss = loss_fn(outputs, targets)
                 tally.add(loss, outputs, targets)
+                if return_correct:
+                    hits.append((outputs.argmax(1) == targets).cpu())
     finally:
         for module, training in modes:
             module.training = training
     if tally.n == 0:
         raise ValueError(f"{desc}: the loader yielded no samples")
-    return {**tally.result(), "seconds": time.perf_counter() - start}
+    out = {**tally.result(), "seconds": time.perf_counter() - start}
+    if return_correct:
+        out["correct"] = torch.cat(hits)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -573,7 +624,7 @@ def fit(
     callback: Callback | None = None,
     eval_every: int = 1,
     loss_fn: Callable[[Any, Tensor], Tensor] = F.cross_entropy,
-    amp: bool | None = None,
+    amp: bool | str | None = None,
 ) -> dict[str, Any]:
     """Train for ``epochs`` epochs with per-epoch checkpoints; resume from ``checkpoint`` if it exists.
 
@@ -604,8 +655,7 @@ def fit(
 
     device = pick_device(device)
     model.to(device)
-    use_amp = _use_amp(amp, device)
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    scaler = make_scaler(amp, device)
     generators = _loader_generators(loaders)
     eval_names = [name for name in loaders if name != "train"]
     config = {
@@ -650,12 +700,12 @@ def fit(
         entry: dict[str, Any] = {"epoch": epoch + 1, "lr": [float(g["lr"]) for g in optimizer.param_groups]}
         entry["train"] = train_epoch(
             model, loaders["train"], optimizer, device=device, loss_fn=loss_fn, regularizer=regularizer,
-            bn_mode=bn_mode, amp=use_amp, callback=callback, desc=f"{label} train", scaler=scaler,
+            bn_mode=bn_mode, amp=amp, callback=callback, desc=f"{label} train", scaler=scaler,
         )
         if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
             for name in eval_names:
                 entry[name] = evaluate(
-                    model, loaders[name], device=device, loss_fn=loss_fn, amp=use_amp, desc=f"{label} {name}"
+                    model, loaders[name], device=device, loss_fn=loss_fn, amp=amp, desc=f"{label} {name}"
                 )
         if scheduler is not None:
             _step_scheduler(scheduler, entry, eval_names)
@@ -679,5 +729,5 @@ def fit(
     final: dict[str, Any] = {k: v for k, v in history[-1].items() if k != "lr"} if history else {"epoch": 0}
     for name in eval_names:
         if name not in final:
-            final[name] = evaluate(model, loaders[name], device=device, loss_fn=loss_fn, amp=use_amp, desc=f"final {name}")
+            final[name] = evaluate(model, loaders[name], device=device, loss_fn=loss_fn, amp=amp, desc=f"final {name}")
     return {"history": history, "final": final}
