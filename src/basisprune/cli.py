@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from . import profiles
 from .experiments import EXPERIMENTS, run
+from .train import DivergenceError
 
 __all__ = ["main"]
 
@@ -71,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.update(params)
         out = args.out or Path("results") / f"{args.experiment}-{p['model']}-{p['dataset']}-s{p['seed']}.json"
         record = run(args.experiment, profile=args.profile, out=out, workdir=args.workdir, **params)
-    except ValueError as exc:  # bad input: one clear line, no traceback
+    except (ValueError, DivergenceError) as exc:  # bad input or a diverged run: one clear line, no traceback
         print(f"basisprune: error: {exc}", file=sys.stderr)
         return 2
     summary = record.get("final") or record.get("baselines")

@@ -1,0 +1,92 @@
+"""The fair reference, selection against it, and the divergence guard (issue: trustworthy results)."""
+
+import pytest
+import torch
+from torch import nn
+
+from basisprune import experiments
+from basisprune.cli import main as cli_main
+from basisprune.experiments import _paired_drop
+from basisprune.train import DivergenceError, train_epoch
+
+TINY = dict(subset_train=160, subset_test=64, batch_size=32, warmup_epochs=2, epochs_per_round=2)
+
+
+def test_reference_is_trained_exactly_as_long_as_each_round(one_thread):
+    """With a rule that prunes nothing, every round equals its reference: the reference forks at
+    round 0 and sees the same batches for the same number of epochs (warm-up + r * epochs_per_round)."""
+    r = experiments.run("basis_pruning", profile="smoke", workdir=False, basis_rounds=2, stop_drop=1.0,
+                        basis_fraction=1e-9, **TINY)
+    assert [h["epochs"] for h in r["history"]] == [2, 4, 6]
+    for h in r["history"]:
+        assert h["param_pruning_ratio"] == 0.0
+        assert (h["accuracy_val"], h["accuracy_test"]) == (h["reference_val"], h["reference_test"])
+        assert h["accuracy_drop"] == h["drop_val"] == 0.0
+    assert r["reference"]["epochs"] == r["final"]["epochs"]
+
+
+def test_drops_are_measured_against_the_reference_at_the_same_epochs(one_thread):
+    """Every round's drop is its reference's accuracy minus its own, on the same images; the record's
+    reference is the one at the selected round's epochs, not round 0."""
+    r = experiments.run("basis_pruning", profile="smoke", workdir=False, basis_rounds=2, stop_drop=1.0,
+                        max_drop=1.0, **TINY)
+    for h in r["history"]:
+        assert h["accuracy_drop"] == pytest.approx(h["reference_test"] - h["accuracy_test"])
+        assert h["drop_val"] == pytest.approx(h["reference_val"] - h["accuracy_val"])
+    f = r["final"]
+    assert r["reference"]["accuracy_test"] == f["reference_test"]
+    assert r["reference"]["round0_accuracy_test"] == r["history"][0]["accuracy_test"]
+    # The undertrained round 0 is not the reference of a later round.
+    assert any(h["reference_test"] != r["history"][0]["accuracy_test"] for h in r["history"][1:])
+
+
+def test_selection_keeps_the_budget_against_the_reference(one_thread):
+    """The selected round is the most pruned one whose validation drop is within max_drop."""
+    r = experiments.run("basis_pruning", profile="smoke", workdir=False, basis_rounds=2, stop_drop=1.0,
+                        max_drop=0.05, **TINY)
+    ok = [h for h in r["history"] if h["drop_val"] <= 0.05]
+    assert r["final"]["drop_val"] <= 0.05
+    assert r["final"]["param_pruning_ratio"] == max(h["param_pruning_ratio"] for h in ok)
+
+
+def test_double_pruning_has_one_budget_and_one_reference(one_thread):
+    """The basis stage of double pruning continues the channel stage's epochs and is judged against
+    the unpruned model trained as long (the reference the channel stage forked)."""
+    r = experiments.run("double_pruning", profile="smoke", workdir=False, channel_rounds=1, basis_rounds=1,
+                        stop_drop=1.0, max_drop=1.0, **TINY)
+    ch, ba = r["stages"]["channel"], r["stages"]["basis"]
+    assert [h["epochs"] for h in ba["history"]] == [ch["final"]["epochs"] + 1, ch["final"]["epochs"] + 3]
+    assert r["reference"]["round0_accuracy_test"] == ch["history"][0]["accuracy_test"]
+    assert r["reference"]["epochs"] == r["final"]["epochs"]
+    assert r["final"]["accuracy_drop"] == pytest.approx(r["final"]["reference_test"] - r["final"]["accuracy_test"])
+
+
+def test_paired_drop_and_its_standard_error():
+    """Drop = (b - c) / n and SE = sqrt((b + c)/n - d^2) / sqrt(n), with b, c the disagreements."""
+    ref = torch.tensor([True] * 90 + [False] * 10)
+    new = ref.clone()
+    new[:6] = False  # the pruned model loses 6 images the reference had
+    new[95:97] = True  # and wins 2 it did not
+    d, se = _paired_drop(ref, new)
+    assert d == pytest.approx(0.04)
+    assert se == pytest.approx(((0.08 - 0.04 ** 2) / 100) ** 0.5)
+    assert _paired_drop(ref, ref) == (0.0, 0.0)
+
+
+def test_nan_loss_raises_divergence():
+    """A non-finite training loss ends the epoch with DivergenceError, never a result."""
+    model = nn.Linear(4, 3)
+    loader = [(torch.full((8, 4), float("nan")), torch.zeros(8, dtype=torch.long))]
+    with pytest.raises(DivergenceError, match="diverged"):
+        train_epoch(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), device="cpu")
+
+
+@pytest.mark.parametrize("lr, match", [("inf", "lr must be a finite number"), ("1e9", "at chance")])
+def test_cli_refuses_infinite_lr_and_reports_divergence_in_one_line(lr, match, tmp_path, capsys, one_thread):
+    """--lr inf is refused before work; --lr 1e9 diverges: exit 2, one line, no results file."""
+    out = tmp_path / "r.json"
+    rc = cli_main(["run", "basis_pruning", "--profile", "smoke", "--lr", lr, "--subset-train", "160",
+                   "--subset-test", "64", "--batch-size", "32", "--out", str(out), "--workdir", str(tmp_path / "w")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("basisprune: error:") and match in err[0]
+    assert not out.exists()
