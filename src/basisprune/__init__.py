@@ -12,7 +12,7 @@ from .channel import ChannelScale, add_channel_scales, channel_scales, l1_penalt
 from .compact import compact, load_model, save_model
 from .decompose import BasisConv2d, BasisLayer, BasisLinear, basis_layers, decompose
 from .importance import ScaleMagnitude, TaylorImportance, holders
-from .measure import count_flops, count_params, measure
+from .measure import basis_ceiling, count_flops, count_params, measure
 from .prune import PruningRule, apply_masks, select
 
 __version__ = "0.1.0"
@@ -27,6 +27,7 @@ __all__ = [
     "TaylorImportance",
     "add_channel_scales",
     "apply_masks",
+    "basis_ceiling",
     "basis_layers",
     "channel_scales",
     "compact",

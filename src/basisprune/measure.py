@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_params", "count_flops", "measure"]
+__all__ = ["basis_ceiling", "count_params", "count_flops", "measure"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -52,3 +54,21 @@ def measure(
         out["param_pruning_ratio"] = 1.0 - out["params"] / ref["params"]
         out["flop_pruning_ratio"] = 1.0 - out["flops"] / ref["flops"]
     return out
+
+
+def basis_ceiling(model: nn.Module, example_input: torch.Tensor, exclude: list[str] | None = None) -> dict[str, float]:
+    """How far basis pruning alone can go: ``measure`` of ``model`` with one basis left per layer
+    group (every decomposable layer decomposed, except ``exclude``), compacted, against ``model``.
+
+    Layers where a single basis pair is not cheaper fold back to one convolution, so this is the
+    largest parameter and FLOP pruning ratio basis pruning can reach on the architecture: layers it
+    cannot touch (depthwise convs, excluded heads, batch norms) bound it.
+    """
+    from .compact import compact
+    from .decompose import basis_layers, decompose
+
+    d = decompose(copy.deepcopy(model), exclude=exclude)
+    for layer in basis_layers(d).values():
+        layer.mask.zero_()
+        layer.mask.view(layer.groups, layer.rank)[:, 0] = 1
+    return measure(compact(d), example_input, reference=model)

