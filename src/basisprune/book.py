@@ -626,6 +626,74 @@ def kept_frame(row: dict[str, Any], **labels: Any):
     )
 
 
+def ceiling_table(names, image_size: int, num_classes: int = 10):
+    """Per architecture (randomly initialised: only shapes matter), its parameters and FLOPs with a
+    ``num_classes`` head and the share basis pruning alone removes at one basis per layer
+    (:func:`basisprune.basis_ceiling`; the classifier is not decomposed)."""
+    import pandas as pd
+    import torch
+
+    from . import measure, models
+
+    rows = []
+    for name in names:
+        net = models.load(name, num_classes, pretrained=False).eval()
+        x = torch.zeros(1, 3, image_size, image_size)
+        c = measure.basis_ceiling(net, x, exclude=[models.classifier(net)[0]])
+        rows.append({"model": name, "params (M)": c["params_ref"] / 1e6, "FLOPs (M)": c["flops_ref"] / 1e6,
+                     "params pruned at the ceiling (%)": 100 * c["param_pruning_ratio"],
+                     "FLOPs pruned at the ceiling (%)": 100 * c["flop_pruning_ratio"]})
+    return pd.DataFrame(rows)
+
+
+def selected_frame(records: dict[tuple[str, int], dict[str, Any]]):
+    """One row per run ``{(dataset, seed): record}``: the selected round, its fair reference (the
+    unpruned model trained as many epochs) and the run's round 0 (the undertrained warm-up model)."""
+    import pandas as pd
+
+    return pd.DataFrame([
+        {"dataset": ds, "seed": s, **{k: v for k, v in r["final"].items() if k not in ("kept", "total")},
+         "reference_accuracy": r["reference"]["accuracy_test"], "round0_accuracy": r["reference"]["round0_accuracy_test"]}
+        for (ds, s), r in records.items()])
+
+
+def selected_summary(final):
+    """Per data set, mean ± std over seeds of a :func:`selected_frame`: accuracy of the fair
+    reference, of round 0 and of the selected round, the change against the reference with its
+    paired standard error (the mean over seeds), and the pruning ratios."""
+    return final.groupby("dataset", sort=False).agg(
+        **{"reference (%)": ("reference_accuracy", lambda v: mean_std(v, 100, 1)),
+           "round 0 (%)": ("round0_accuracy", lambda v: mean_std(v, 100, 1)),
+           "accuracy after (%)": ("accuracy_test", lambda v: mean_std(v, 100, 1)),
+           "change (pts)": ("accuracy_drop", lambda v: mean_std(v, -100, 2)),
+           "paired SE (pts)": ("drop_se_test", lambda v: f"{100 * float(v.mean()):.2f}"),
+           "params pruned (%)": ("param_pruning_ratio", lambda v: mean_std(v, 100, 1)),
+           "FLOPs pruned (%)": ("flop_pruning_ratio", lambda v: mean_std(v, 100, 1)),
+           "seeds": ("seed", "nunique")})
+
+
+def plot_pruning_curves(history, title: str):
+    """Test accuracy against parameters and FLOPs pruned, one line per run, the selected rounds
+    ringed, and dashed the fair reference (unpruned, trained as long) at every round."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    plot = history.assign(accuracy=100 * history["accuracy_test"], reference=100 * history["reference_test"],
+                          params_pruned=100 * history["param_pruning_ratio"],
+                          flops_pruned=100 * history["flop_pruning_ratio"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, x, label in zip(axes, ["params_pruned", "flops_pruned"], ["parameters pruned (%)", "FLOPs pruned (%)"]):
+        sns.lineplot(data=plot, x=x, y="accuracy", hue="dataset", style="seed", markers=True, dashes=False,
+                     estimator=None, sort=False, ax=ax, legend=ax is axes[0])
+        for _, g in plot.groupby(["dataset", "seed"]):
+            ax.plot(g[x], g["reference"], ls="--", lw=0.8, color="grey")
+        sel = plot[plot["selected"]]
+        ax.scatter(sel[x], sel["accuracy"], s=160, facecolors="none", edgecolors="black", lw=1.5, zorder=5)
+        ax.set(xlabel=label, ylabel="test accuracy (%)")
+    fig.suptitle(title + " (ringed: selected round; dashed: unpruned reference trained as long)")
+    return fig
+
+
 def mean_std(values, scale: float = 1.0, digits: int = 1) -> str:
     """``"mean ± std"`` of ``values * scale`` (sample std; just the mean for a single value)."""
     import numpy as np

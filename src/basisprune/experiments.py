@@ -581,7 +581,8 @@ def run(experiment: str, *, profile: str = "default", out: str | Path | None = N
     with Timer(timings, "total_seconds"):
         ctx = _Context(p)
         record = EXPERIMENTS[experiment](ctx, wd)
-    record = {"experiment": experiment, "profile": profile, "params": p, **record}
+    record = {"experiment": experiment, "profile": profile, "params": p,
+              "split_sizes": {k: len(v.dataset) for k, v in ctx.loaders.items()}, **record}
     # Compute time of the pipeline itself, summed over resumes (total_seconds is this call only).
     timings["compute_seconds"] = record.pop("compute_seconds", timings["total_seconds"])
     # Training the fair reference is the evaluation protocol's cost, not the pipeline's.

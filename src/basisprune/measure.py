@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -67,7 +65,7 @@ def basis_ceiling(model: nn.Module, example_input: torch.Tensor, exclude: list[s
     from .compact import compact
     from .decompose import basis_layers, decompose
 
-    d = decompose(copy.deepcopy(model), exclude=exclude)
+    d = decompose(model, exclude=exclude or ())
     for layer in basis_layers(d).values():
         layer.mask.zero_()
         layer.mask.view(layer.groups, layer.rank)[:, 0] = 1
