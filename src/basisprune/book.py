@@ -633,13 +633,14 @@ def ceiling_table(names, image_size: int, num_classes: int = 10):
     import pandas as pd
     import torch
 
-    from . import measure, models
+    from . import models
+    from .measure import basis_ceiling
 
     rows = []
     for name in names:
         net = models.load(name, num_classes, pretrained=False).eval()
         x = torch.zeros(1, 3, image_size, image_size)
-        c = measure.basis_ceiling(net, x, exclude=[models.classifier(net)[0]])
+        c = basis_ceiling(net, x, exclude=[models.classifier(net)[0]])
         rows.append({"model": name, "params (M)": c["params_ref"] / 1e6, "FLOPs (M)": c["flops_ref"] / 1e6,
                      "params pruned at the ceiling (%)": 100 * c["param_pruning_ratio"],
                      "FLOPs pruned at the ceiling (%)": 100 * c["flop_pruning_ratio"]})
