@@ -35,6 +35,7 @@ __all__ = [
     "available",
     "load",
     "normalization",
+    "check_head",
     "classifier",
     "replace_classifier",
     "min_image_size",
@@ -172,6 +173,22 @@ def classifier(model: nn.Module) -> tuple[str, nn.Module]:
     if hit is None:
         raise ValueError(f"no Linear classification layer found in {type(model).__name__}")
     return hit
+
+
+def check_head(model: nn.Module, loaders) -> None:
+    """Refuse labels ``model``'s classifier cannot score (ValueError naming num_classes and the
+    labels' range, instead of an IndexError from the loss); see :func:`basisprune.data.check_labels`.
+
+    ``loaders``: split name -> DataLoader or dataset with ``targets``. A model without a
+    recognisable classification layer is not checked.
+    """
+    from .data import check_labels
+
+    try:
+        _, head = classifier(model)
+    except ValueError:
+        return
+    check_labels(loaders, head.out_features if isinstance(head, nn.Linear) else head.out_channels, min_classes=1)
 
 
 def replace_classifier(model: nn.Module, num_classes: int) -> nn.Module:

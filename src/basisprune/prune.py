@@ -110,7 +110,17 @@ def select(
 
 
 def apply_masks(holders: dict[str, nn.Module], masks: dict[str, torch.Tensor]) -> None:
-    """Write masks into the holders (a pruned unit's mask becomes 0)."""
+    """Write masks into the holders (a pruned unit's mask becomes 0).
+
+    ``masks`` must name exactly the holders' layers, each with one entry per unit (ValueError).
+    """
+    missing, extra = sorted(set(holders) - set(masks)), sorted(set(masks) - set(holders))
+    if missing or extra:
+        what = [f"no mask for layer(s) {missing}"] * bool(missing) + [f"masks for unknown layer(s) {extra}"] * bool(extra)
+        raise ValueError(f"masks must name exactly the layers of holders: {'; '.join(what)}; layers: {sorted(holders)}")
+    for n, h in holders.items():
+        if tuple(masks[n].shape) != tuple(h.mask.shape):
+            raise ValueError(f"mask of layer {n!r} has shape {tuple(masks[n].shape)}, the layer has {tuple(h.mask.shape)} units")
     for n, h in holders.items():
         h.mask.copy_(masks[n])
 
