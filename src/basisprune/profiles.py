@@ -212,8 +212,10 @@ def validate(p: dict[str, Any]) -> dict[str, Any]:
     Raises :class:`~basisprune.errors.ParameterError` (a ValueError) naming the first parameter
     that is not allowed and what is: unknown names, wrong types (a bool is not an integer),
     values out of range, unknown choices, a device this machine lacks, an image size too small
-    for the model, a ``data_root`` that does not exist (unless a download will create it).
-    Nothing is loaded: data and models are only looked up by name.
+    for the model, a ``data_root`` that does not exist (unless a download will create it);
+    pretrained weights that are neither cached nor obtainable raise
+    :class:`~basisprune.models.PretrainedUnavailableError`. Nothing is loaded: data, models and
+    weights are only looked up by name.
     """
     unknown = sorted(set(p) - set(SPECS))
     if unknown:
@@ -240,6 +242,8 @@ def validate(p: dict[str, Any]) -> dict[str, Any]:
     except ValueError as e:
         raise ParameterError("image_size", str(e), out["image_size"]) from None
     data.check_root(out["dataset"], out["data_root"])
+    if out["pretrained"]:
+        models.check_pretrained(out["model"])
     return out
 
 
