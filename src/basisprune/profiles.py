@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -48,7 +49,6 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "transfer_epochs": (4, "epochs of each transfer baseline"),
     "full_lr": (3e-4, "Adam learning rate of full fine-tuning"),
 }
-
 
 
 @dataclass(frozen=True)
@@ -141,14 +141,10 @@ def _num(x: float) -> str:
 
 
 def _is_int(value: Any) -> bool:
-    import numbers
-
-    return isinstance(value, numbers.Integral)
+    return isinstance(value, numbers.Integral)  # int and numpy integers
 
 
 def _is_float(value: Any) -> bool:
-    import numbers
-
     return isinstance(value, numbers.Real)
 
 
@@ -232,7 +228,6 @@ def validate(p: dict[str, Any]) -> dict[str, Any]:
     if isinstance(p["device"], torch.device):
         p["device"] = str(p["device"])
     out = {k: SPECS[k].check(k, p[k]) for k in PARAMETERS}
-
     try:
         pick_device(out["device"])
     except ValueError as e:
