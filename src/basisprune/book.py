@@ -262,13 +262,13 @@ def _check_notebook_value(name: str, value: Any) -> None:
         scalars[name].check(name, value)
     elif name in lists:
         if not isinstance(value, (list, tuple)) or not value:
-            raise ParameterError(name, f"{name} must be a non-empty list of {lists[name].describe()} values "
-                                 f"(e.g. -p {name} '[...]'), got {value!r}", value)
+            raise ParameterError(name, f"{name} must be a non-empty list (e.g. -p {name} '[...]'), each item "
+                                 f"{lists[name].describe()}, got {value!r}", value)
         for item in value:
             try:
                 lists[name].check(name, item)
             except ParameterError:
-                raise ParameterError(name, f"{name} must be a list of {lists[name].describe()} values, "
+                raise ParameterError(name, f"{name} must be a list, each item {lists[name].describe()}, "
                                      f"got {value!r}", value) from None
     elif name in _MAPPINGS and not isinstance(value, dict):
         raise ParameterError(name, f"{name} must be a mapping (e.g. -p {name} '{{key: value}}'), got {value!r}", value)
