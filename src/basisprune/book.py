@@ -40,6 +40,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import errors
+from .errors import BasisPruneError, ParameterError
+
 __all__ = [
     "PROFILES",
     "NOTEBOOK_PATTERN",
@@ -50,6 +53,7 @@ __all__ = [
     "build_dir",
     "html_dir",
     "execute",
+    "check_notebook_parameters",
     "build",
     "selection",
     "table_seeds",
@@ -71,7 +75,7 @@ PROFILES_PAGE = "_profiles.md"
 _INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 
-class BookError(RuntimeError):
+class BookError(BasisPruneError, RuntimeError):
     """Execution or build failed; the message says which notebook or step."""
 
 
@@ -118,8 +122,8 @@ def notebooks(root: str | os.PathLike | None = None, only: Sequence[str] | None 
         picked = [p for p in found if any(p.stem == k or p.stem.startswith(k) for k in keys)]
         missing = [k for k in keys if not any(p.stem == k or p.stem.startswith(k) for p in found)]
         if missing:
-            raise ValueError(
-                f"no notebook matches {missing}; notebooks: {', '.join(p.stem for p in found)}"
+            raise ParameterError(
+                "only", f"only: no notebook matches {missing}; notebooks: {', '.join(p.stem for p in found)}", missing
             )
         return picked
     return found
@@ -195,10 +199,15 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from .results import write_json  # here: results imports torch
+
+    write_json(path, obj)
+
+
+def _write_text(path: Path, text: str) -> None:
+    from .results import write_text
+
+    write_text(path, text)
 
 
 def _now() -> str:
@@ -218,6 +227,72 @@ def _kernel_python() -> str | None:
     if exe in {"python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}"}:
         return sys.executable
     return exe
+
+
+# Parameters of the notebooks that are not experiment parameters (those are checked with
+# basisprune.profiles.SPECS): one spec per value, or per item of a list.
+def _notebook_specs() -> tuple[dict[str, Any], dict[str, Any]]:
+    from .profiles import SPECS, Spec
+
+    scalars = {
+        "n_images": Spec("int", low=1, optional=True), "threads": Spec("int", low=1, optional=True),
+        "peer_epochs": Spec("int", low=0, optional=True), "onnx": Spec("bool", optional=True),
+        "remeasure_pipeline": Spec("bool", optional=True), "results_dir": Spec("path", optional=True),
+        "calibration_dir": Spec("path", optional=True),
+    }
+    lists = {
+        "datasets": SPECS["dataset"], "seeds": SPECS["seed"], "batch_sizes": Spec("int", low=1),
+        "sparsities": Spec("float", low=0.0, high=1.0, low_open=True, high_open=True), "methods": Spec("str"),
+    }
+    return scalars, lists
+
+
+_MAPPINGS = ("overrides", "transfer_overrides", "cost_overrides")
+
+
+def _check_notebook_value(name: str, value: Any) -> None:
+    from .profiles import SPECS
+
+    scalars, lists = _notebook_specs()
+    if value is None:  # None: the profile's value, for every notebook parameter
+        return
+    if name in SPECS:
+        SPECS[name].check(name, value)
+    elif name in scalars:
+        scalars[name].check(name, value)
+    elif name in lists:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ParameterError(name, f"{name} must be a non-empty list (e.g. -p {name} '[...]'), each item "
+                                 f"{lists[name].describe()}, got {value!r}", value)
+        for item in value:
+            try:
+                lists[name].check(name, item)
+            except ParameterError:
+                raise ParameterError(name, f"{name} must be a list, each item {lists[name].describe()}, "
+                                     f"got {value!r}", value) from None
+    elif name in _MAPPINGS and not isinstance(value, dict):
+        raise ParameterError(name, f"{name} must be a mapping (e.g. -p {name} '{{key: value}}'), got {value!r}", value)
+
+
+def check_notebook_parameters(selected: Sequence[Path], parameters: dict[str, Any]) -> dict[Path, dict[str, Any]]:
+    """The parameters to inject into each notebook, after checking them; nothing runs here.
+
+    A parameter no selected notebook declares (in its cell tagged ``parameters``, as papermill
+    reads it) is refused, naming the parameters those notebooks take; so is a value of the wrong
+    kind (``-p seed abc``). Each notebook receives only the parameters it declares (``profile``
+    always). Raises :class:`~basisprune.errors.ParameterError`.
+    """
+    import papermill as pm
+
+    declared = {nb: set(pm.inspect_notebook(str(nb))) for nb in selected}
+    known = set().union(*declared.values()) | {"profile"}
+    for name, value in parameters.items():
+        if name not in known:
+            where = selected[0].stem if len(selected) == 1 else f"any of the {len(selected)} selected notebooks"
+            raise ParameterError(name, f"parameter {name!r} is not declared by {where}; allowed: "
+                                 f"{', '.join(sorted(known - {'profile'}))}", value)
+        _check_notebook_value(name, value)
+    return {nb: {k: v for k, v in parameters.items() if k in declared[nb] or k == "profile"} for nb in selected}
 
 
 def execute(
@@ -244,14 +319,20 @@ def execute(
     """
     import papermill as pm
 
+    from .results import check_writable, clean_stale_temporaries
+
     _check_profile(profile)
     root = Path(root or repo_root())
     out = Path(out) if out is not None else executed_dir(profile, root)
     out = out if out.is_absolute() else (Path.cwd() / out)
-    out.mkdir(parents=True, exist_ok=True)
     selected = notebooks(root, only)
     if not selected:
         raise BookError(f"no notebooks in {root / 'notebooks'}")
+    per_notebook = check_notebook_parameters(selected, {"profile": profile, **(parameters or {})})
+    check_writable(out, "out", directory=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / "results"):
+        clean_stale_temporaries(folder)
     kernel_py = _kernel_python()
     if kernel_py is not None and Path(kernel_py).resolve() != Path(sys.executable).resolve():
         print(
@@ -299,7 +380,7 @@ def execute(
                 pm.execute_notebook(
                     str(nb),
                     str(dest),
-                    parameters=params,
+                    parameters=per_notebook[nb],
                     kernel_name=KERNEL_NAME,
                     cwd=str(nb.parent),
                     progress_bar=False,
@@ -532,18 +613,18 @@ def build(
             shutil.copy2(nb, src / "notebooks" / nb.name)
             present.add(nb.stem)
     toc, dropped = _toc_without_missing((root / "_toc.yml").read_text(encoding="utf-8"), present)
-    (src / "_toc.yml").write_text(toc, encoding="utf-8")
+    _write_text(src / "_toc.yml", toc)
     if dropped:
         print(f"[{profile}] not in this build (no executed notebook): {', '.join(dropped)}")
     page = src / "book" / TIMINGS_PAGE
-    page.write_text(timings_markdown(record), encoding="utf-8")
-    (src / "book" / PROFILES_PAGE).write_text(profiles_markdown(), encoding="utf-8")
+    _write_text(page, timings_markdown(record))
+    _write_text(src / "book" / PROFILES_PAGE, profiles_markdown())
 
     print(f"[{profile}] jupyter-book build {src} -W -n --keep-going ...", flush=True)
     t0 = time.perf_counter()
     rc, log = _run_jupyter_book(src)
     build_seconds = time.perf_counter() - t0
-    (src / "build.log").write_text(log, encoding="utf-8")
+    _write_text(src / "build.log", log)
     if rc != 0:
         _set_aside(html_dir(profile, root))
         raise BookError(f"jupyter-book build failed (exit {rc}); full log in {src / 'build.log'}\n{_warnings(log)}")
@@ -556,10 +637,10 @@ def build(
     )
     _write_json(timings_path, record)
     # Second pass: put the measured build time into the timings page (only it is re-rendered).
-    page.write_text(timings_markdown(record), encoding="utf-8")
+    _write_text(page, timings_markdown(record))
     t1 = time.perf_counter()
     rc, log2 = _run_jupyter_book(src)
-    (src / "build.log").write_text(log + "\n--- timings pass ---\n" + log2, encoding="utf-8")
+    _write_text(src / "build.log", log + "\n--- timings pass ---\n" + log2)
     if rc != 0:
         _set_aside(html_dir(profile, root))
         raise BookError(f"jupyter-book build (timings pass) failed (exit {rc}); log in {src / 'build.log'}\n{_warnings(log2)}")
@@ -722,7 +803,8 @@ def _parse_value(text: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m basisprune.book", description=__doc__.split("\n\n")[0])
+    parser = errors.ArgumentParser(prog="python -m basisprune.book", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("execute", help="execute the notebooks with papermill")
     ex.add_argument("--profile", default="default", choices=PROFILES)
@@ -741,12 +823,17 @@ def main(argv: list[str] | None = None) -> int:
     bd.add_argument("--executed", help="folder of executed notebooks (default notebooks/_executed/PROFILE)")
     wh = sub.add_parser("html", help="print the HTML folder of a profile")
     wh.add_argument("--profile", default="default", choices=PROFILES)
-    args = parser.parse_args(argv)
+    for p in (ex, bd, wh):  # --debug after the subcommand too (SUPPRESS: no override of the first)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (one line, status 2) and --help (status 0)
+        return exc.code if isinstance(exc.code, int) else errors.EXIT_ERROR
     try:
         if args.command == "execute":
             params = {k: _parse_value(v) for k, v in args.parameter}
             if "profile" in params:
-                parser.error("give the profile with --profile, not -p profile")
+                raise ParameterError("profile", "give the profile with --profile, not -p profile")
             execute(
                 args.profile, args.out, only=args.only, parameters=params,
                 fail_fast=args.fail_fast, timeout=args.timeout, threads=args.threads, resume=args.resume,
@@ -755,9 +842,8 @@ def main(argv: list[str] | None = None) -> int:
             build(args.profile, args.executed)
         else:
             print(html_dir(args.profile))
-    except (BookError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except errors.REPORTED as e:
+        return errors.report(e, debug=args.debug)
     return 0
 
 

@@ -1,66 +1,72 @@
 """Command line: ``basisprune run EXPERIMENT [--param value ...]``.
 
 Runs the same function as the notebooks (:func:`basisprune.experiments.run`) and writes the same
-results file.
+results file. Every input is checked before any work starts; an error is one line on stderr,
+``basisprune: error: ...``, with exit status 2 (``--debug``: the traceback instead).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import profiles
-from .experiments import EXPERIMENTS, run
-from .train import DivergenceError
+from . import errors, profiles
+from .experiments import EXPERIMENTS, resolve_params, run
 
 __all__ = ["main"]
 
 
-def _parse_value(text: str, default: Any) -> Any:
-    """Parse a parameter value in the type of its default (None/bool/int/float/str)."""
-    if text.lower() in ("none", "null"):
+def _parse_value(text: str, spec: profiles.Spec) -> Any:
+    """Parse a parameter value in its kind (bool/int/float/str); "none" for parameters that allow None."""
+    if spec.optional and text.lower() in ("none", "null"):
         return None
-    if isinstance(default, bool):
+    if spec.kind == "bool":
         if text.lower() in ("1", "true", "yes"):
             return True
         if text.lower() in ("0", "false", "no"):
             return False
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    for kind in (int, float):
-        if isinstance(default, kind) or default is None:
-            try:
-                return kind(text)
-            except ValueError:
-                if default is not None:
-                    raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+    if spec.kind in ("int", "float"):
+        kind = int if spec.kind == "int" else float
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {spec.describe()}, got {text!r}") from None
     return text
 
 
 def _parser() -> argparse.ArgumentParser:
     epilog = "experiments: " + ", ".join(sorted(EXPERIMENTS)) + "\n\nparameters (default profile):\n" + profiles.describe()
-    ap = argparse.ArgumentParser(
+    ap = errors.ArgumentParser(
         prog="basisprune", description="Basis scaling / channel scaling / double pruning experiments.",
         epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = ap.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run one experiment and write its results JSON", epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Also after the subcommand; SUPPRESS keeps it from overriding a --debug given before it.
+    r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     r.add_argument("experiment", choices=sorted(EXPERIMENTS))
     r.add_argument("--profile", default="default", choices=sorted(profiles.PROFILES))
     r.add_argument("--out", type=Path, default=None, help="results JSON (default: results/<experiment>-<model>-<dataset>-s<seed>.json)")
     r.add_argument("--workdir", type=Path, default=None, help="checkpoint directory (resume after a kill)")
     for name, (default, help_) in profiles.PARAMETERS.items():
         r.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="VALUE",
-                       type=lambda t, d=default: _parse_value(t, d), help=f"{help_} (default {default!r})")
+                       type=lambda t, s=profiles.SPECS[name]: _parse_value(t, s),
+                       help=f"{help_}: {profiles.SPECS[name].describe()} (default {default!r})")
     sub.add_parser("list", help="list experiments, profiles and parameters")
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run the command line; returns the exit status (0, or 2 after an error reported in one line)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors (one line, status 2) and --help (status 0)
+        return exc.code if isinstance(exc.code, int) else errors.EXIT_ERROR
     if args.command == "list":
         print("experiments:", ", ".join(sorted(EXPERIMENTS)))
         print("profiles:", ", ".join(sorted(profiles.PROFILES)))
@@ -68,13 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     params = {k: getattr(args, k) for k in profiles.PARAMETERS if getattr(args, k) is not None}
     try:
-        p = profiles.get(args.profile, params.get("dataset"))
-        p.update(params)
-        out = args.out or Path("results") / f"{args.experiment}-{p['model']}-{p['dataset']}-s{p['seed']}.json"
+        out = args.out
+        if out is None:
+            p = resolve_params(args.experiment, args.profile, **params)
+            out = Path("results") / f"{args.experiment}-{p['model']}-{p['dataset']}-s{p['seed']}.json"
         record = run(args.experiment, profile=args.profile, out=out, workdir=args.workdir, **params)
-    except (ValueError, DivergenceError) as exc:  # bad input or a diverged run: one clear line, no traceback
-        print(f"basisprune: error: {exc}", file=sys.stderr)
-        return 2
+    except errors.REPORTED as exc:
+        return errors.report(exc, debug=args.debug)
     summary = record.get("final") or record.get("baselines")
     print(json.dumps({"out": str(out), "summary": summary}, indent=2, default=str)[:4000])
     return 0

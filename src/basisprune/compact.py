@@ -18,6 +18,7 @@ from torch import nn
 
 from .channel import channel_scales, dependency_graph, remove_channel_scales
 from .decompose import BasisConv2d, BasisLayer, basis_layers, set_submodule
+from .results import atomic_write
 
 __all__ = ["compact", "compact_basis_layer", "pair_cost", "save_model", "load_model"]
 
@@ -123,10 +124,16 @@ def compact(
             single conv. The default folds whenever the pair would not be smaller.
 
     Raises:
-        ValueError: channel scales present but no ``example_input``.
+        ValueError: channel scales present but no ``example_input``; or neither basis layers nor
+            channel scales (nothing to compact: decompose the model or add channel scales first).
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if not basis_layers(model) and not channel_scales(model):
+        raise ValueError(
+            f"model ({type(model).__name__}) has no basis layers and no channel scales, so there is nothing "
+            "to compact; decompose() it or add_channel_scales() to it and prune first"
+        )
     out = copy.deepcopy(model)
     if channel_scales(out):
         if example_input is None:
@@ -146,8 +153,9 @@ def compact(
 
 
 def save_model(model: nn.Module, path) -> None:
-    """Save a whole (compact) model: architecture and weights in one file."""
-    torch.save(model, path)
+    """Save a whole (compact) model: architecture and weights in one file, written atomically
+    (a killed write leaves the previous file, or none, never a truncated one)."""
+    atomic_write(path, lambda f: torch.save(model, f))
 
 
 def load_model(path, map_location: str | torch.device = "cpu") -> nn.Module:

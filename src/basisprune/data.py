@@ -37,18 +37,19 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
+import shutil
 import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import assets
+from . import assets, errors
 from .assets import AssetUnavailableError
+from .errors import ParameterError
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -57,6 +58,8 @@ __all__ = [
     "DataUnavailableError",
     "ImageTensorDataset",
     "available",
+    "check_labels",
+    "check_root",
     "num_classes",
     "is_local",
     "load",
@@ -102,6 +105,9 @@ _INFO: dict[str, _Info] = {
     "imagefolder": _Info(None, "your own root/{train,test}[/val] ImageFolder trees"),
 }
 
+DOWNLOADABLE = ("fashion_mnist", "mnist", "cifar10", "cifar100")
+"""Data sets that torchvision may download into ``root`` when they are not found there."""
+
 # torchvision class and folder names of the idx-file data sets
 _IDX_FOLDER = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
@@ -125,7 +131,75 @@ def num_classes(name: str, root: str | os.PathLike | None = None) -> int:
     if n is not None:
         return n
     train = _imagefolder_dirs(root)["train"]
-    return len([d for d in train.iterdir() if d.is_dir()])
+    n = len([d for d in train.iterdir() if d.is_dir()])
+    _check_folder_classes(train, n)
+    return n
+
+
+def _check_folder_classes(train: Path, n: int) -> None:
+    if n < 2:
+        raise ParameterError(
+            "data_root", f"data_root: imagefolder needs at least 2 classes (one sub-folder each) in {train}, found {n}", train
+        )
+
+
+def check_root(name: str, root: str | os.PathLike | None, download: bool | None = None) -> None:
+    """Refuse a ``root`` that :func:`load` could not use, before anything is loaded.
+
+    A root that is not a folder is refused; so is a missing one, unless ``name`` is a data set
+    torchvision may download there (and downloads are allowed, see :func:`load`): then the download
+    creates it, and a failed download removes it again. Raises
+    :class:`~basisprune.errors.ParameterError` naming ``data_root``.
+    """
+    _check_name(name)
+    if root is None:
+        if name == "imagefolder":
+            raise ParameterError("data_root", "data_root: imagefolder needs data_root=DIR with DIR/train and DIR/test "
+                                 "ImageFolder trees (DIR/val optional)")
+        return
+    r = Path(root).expanduser()
+    if r.exists() and not r.is_dir():
+        raise ParameterError("data_root", f"data_root {str(root)!r} is a file, not a folder", root)
+    if r.exists():
+        if name == "imagefolder":
+            try:
+                num_classes(name, r)
+            except DataUnavailableError as e:
+                raise ParameterError("data_root", f"data_root: {e}", root) from None
+        return
+    if name in DOWNLOADABLE and _download_allowed(download):
+        return
+    why = (f"${_OFFLINE_ENV} turns downloads off, so nothing would be downloaded into it"
+           if name in DOWNLOADABLE else f"{name} is read from it and never downloaded")
+    raise ParameterError("data_root", f"data_root {str(root)!r} does not exist ({why})", root)
+
+
+def check_labels(loaders: dict[str, Any], num_classes: int, *, min_classes: int = 2) -> None:
+    """Refuse labels a ``num_classes``-way classifier cannot score, and fewer than 2 classes.
+
+    ``loaders``: split name -> DataLoader (or dataset) whose dataset has ``targets``. Raises
+    ValueError naming ``num_classes`` and the labels' range when a label is negative or not below
+    ``num_classes`` (the loss would fail with an IndexError), and when the train split holds
+    fewer than ``min_classes`` classes (one class: every score is zero, the accuracy meaningless).
+    """
+    for split, loader in loaders.items():
+        targets = getattr(getattr(loader, "dataset", loader), "targets", None)
+        if targets is None or len(targets) == 0:
+            continue
+        t = torch.as_tensor(targets)
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= num_classes:
+            raise ParameterError(
+                "num_classes",
+                f"num_classes={num_classes} does not cover the labels of the {split} split, which range over "
+                f"{lo}..{hi}; the classifier needs {hi + 1} outputs",
+                num_classes,
+            )
+        if split == "train" and len(torch.unique(t)) < min_classes:
+            raise ParameterError(
+                "dataset", f"dataset: the train split holds {len(torch.unique(t))} class(es); classification needs "
+                f"at least {min_classes}", lo
+            )
 
 
 # ----------------------------------------------------------------------------------- pools
@@ -214,15 +288,35 @@ def _unavailable(name: str, root: Path, looked: str, reason: str) -> DataUnavail
     return DataUnavailableError(msg)
 
 
+def _topmost_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (None if ``path`` exists)."""
+    if path.exists():
+        return None
+    missing = path
+    while not missing.parent.exists() and missing.parent != missing:
+        missing = missing.parent
+    return missing
+
+
 def _run_download(name: str, root: Path, fn) -> None:
+    """Run a torchvision download into ``root``; if it fails, folders it created are removed."""
+    created = _topmost_missing(root)
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
         fn()
     except Exception as e:  # torchvision raises RuntimeError, URLError, OSError, ... when offline
-        raise _unavailable(name, root, f"no copy under {root}", f"the download failed ({type(e).__name__}: {e})") from e
+        looked = f"no copy under {root}"
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+            looked = f"data_root {root} did not exist (it was not created)"
+        raise _unavailable(name, root, looked, f"the download failed ({type(e).__name__}: {_first_line(e)})") from e
     finally:
         socket.setdefaulttimeout(old)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
 
 
 def _idx_pools(name: str, root: Path, download: bool | None) -> tuple[_Pool, _Pool]:
@@ -240,6 +334,8 @@ def _idx_pools(name: str, root: Path, download: bool | None) -> tuple[_Pool, _Po
             assert files is not None
             return _pools_from_idx(files, classes, f"fashion_mnist:debian:{deb}")
     looked = f"no idx files under {root}/{_IDX_FOLDER[name]}/raw"
+    if not root.exists():
+        looked = f"data_root {root} does not exist"
     if name == "fashion_mnist":
         looked += f" nor in {assets.FASHION_MNIST_DEBIAN_DIR}"
     if not _download_allowed(download):
@@ -262,7 +358,7 @@ def _cifar_pools(name: str, root: Path, download: bool | None) -> tuple[_Pool, _
     try:
         tr, te = build()
     except RuntimeError as e:  # "Dataset not found or corrupted."
-        looked = f"no {cls.base_folder} under {root}"
+        looked = f"no {cls.base_folder} under {root}" if root.exists() else f"data_root {root} does not exist"
         if not _download_allowed(download):
             raise _unavailable(name, root, looked, "downloads are off") from e
         _run_download(name, root, lambda: (cls(str(root), train=True, download=True), cls(str(root), train=False, download=True)))
@@ -393,9 +489,9 @@ def _subset_positions(name: str, split: str, labels: np.ndarray, subset: int | N
     if subset is None:
         return np.arange(n, dtype=np.int64)
     if isinstance(subset, bool) or not isinstance(subset, (int, np.integer)) or subset <= 0:
-        raise ValueError(f"subset must be a positive int, got {subset!r}")
+        raise ParameterError("subset", f"subset must be a positive int, got {subset!r}", subset)
     if subset > n:
-        raise ValueError(f"subset={subset} is larger than the {name} {split} split, which has {n} images")
+        raise ParameterError("subset", f"subset={subset} is larger than the {name} {split} split, which has {n} images", subset)
     tag = {"train": "train", "val": "subset-val", "test": "subset-test"}[split]
     return _stratified_choice(labels, int(subset), _rng(seed, tag))
 
@@ -541,6 +637,7 @@ def _load_imagefolder(split, image_size, subset, root, mean, std, seed, val_frac
     import torchvision.transforms as T
 
     dirs = _imagefolder_dirs(root)
+    _check_folder_classes(dirs["train"], len([d for d in dirs["train"].iterdir() if d.is_dir()]))
     has_val = "val" in dirs
     src_split = "test" if split == "test" else ("val" if split == "val" and has_val else "train")
     folder = tvd.ImageFolder(str(dirs[src_split]))
@@ -648,10 +745,19 @@ def make_loaders(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     common = dict(root=root, mean=mean, std=std, seed=seed, val_fraction=val_fraction, download=download)
+
+    def split(which: str, subset: int | None) -> Dataset:
+        try:
+            return load(name, which, image_size, subset, **common)
+        except ParameterError as e:  # say which of the subset arguments
+            if e.param != "subset":
+                raise
+            raise ParameterError(f"subset_{which}", f"subset_{which}: {e}", subset) from None
+
     sets = {
-        "train": load(name, "train", image_size, subset_train, **common),
-        "val": load(name, "val", image_size, subset_val, **common) if _has_val(name, root, val_fraction) else None,
-        "test": load(name, "test", image_size, subset_test, **common),
+        "train": split("train", subset_train),
+        "val": split("val", subset_val) if _has_val(name, root, val_fraction) else None,
+        "test": split("test", subset_test),
     }
     ebs = eval_batch_size or max(batch_size, 256)
     g = torch.Generator().manual_seed(int(seed))
@@ -709,9 +815,8 @@ def main(argv: list[str] | None = None) -> int:
             for split in SPLITS:
                 ds = load(args.name, split, 32, root=args.root, download=False)
                 print(f"{args.name} {split}: {len(ds)} images, {len(ds.classes)} classes, source {ds.source}")
-    except (DataUnavailableError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except errors.REPORTED as e:  # one line, status 2, like the other command lines
+        return errors.report(e)
     return 0
 
 

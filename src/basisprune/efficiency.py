@@ -26,7 +26,6 @@ import copy
 import datetime as _dt
 import json
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from . import bench, experiments
 from .compact import compact, load_model, save_model
 from .decompose import BasisConv2d, basis_layers
 from .measure import count_flops, count_params
+from .results import write_json, write_text
 
 __all__ = [
     "TIMING",
@@ -331,9 +331,7 @@ def _write_ledger(workdir: Path, experiment: str, seconds: float, how: str) -> N
     led[experiment] = {"seconds": float(seconds), "how": how, "threads": torch.get_num_threads(),
                        "cpu": bench.cpu_model(),
                        "utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()}
-    tmp = workdir / f".{LEDGER}.tmp"
-    tmp.write_text(json.dumps(led, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, workdir / LEDGER)
+    write_json(workdir / LEDGER, led)
 
 
 _STAGE_FILES = {"basis_pruning": ("basis.pt",), "channel_pruning": ("channel.pt",),
@@ -531,7 +529,7 @@ def peer_comparison(
         if cache and (stored is None or len(hist) >= len(stored["history"])):
             wd.mkdir(parents=True, exist_ok=True)
             save_model(peer_model, model_path)
-            meta_path.write_text(json.dumps(run, indent=2, default=float) + "\n", encoding="utf-8")
+            write_text(meta_path, json.dumps(run, indent=2, default=float) + "\n")
     hist = _prefix(run["history"], n_epochs, stop_at_target, target_acc)
     reached = next((h for h in hist if h["accuracy_test"] >= target_acc), None)
     result = {

@@ -29,12 +29,12 @@ from . import data, models, profiles
 from .channel import add_channel_scales, channel_scales, l1_penalty
 from .compact import compact, save_model
 from .decompose import basis_layers, decompose
+from .errors import ParameterError, WorkdirMismatchError
 from .importance import ScaleMagnitude, TaylorImportance
 from .measure import measure
 from .prune import PruningRule, apply_masks, select
-from .results import Timer, write_results
+from .results import Timer, check_writable, clean_stale_temporaries, read_results, to_jsonable, write_json, write_results
 from .train import (
-    PRECISIONS,
     DivergenceError,
     _loader_generators,
     _rng_state,
@@ -49,7 +49,7 @@ from .train import (
     train_epoch,
 )
 
-__all__ = ["EXPERIMENTS", "run", "resolve_params", "default_workdir"]
+__all__ = ["EXPERIMENTS", "FINGERPRINT_FILE", "run", "resolve_params", "default_workdir", "fingerprint"]
 
 
 # ------------------------------------------------------------------------------------ setup
@@ -502,43 +502,34 @@ EXPERIMENTS: dict[str, Callable[[_Context, Path | None], dict[str, Any]]] = {
 
 # ------------------------------------------------------------------------------ entry point
 def resolve_params(experiment: str, profile: str = "default", **params: Any) -> dict[str, Any]:
-    """The profile's parameters with ``params`` applied, validated before any work starts."""
-    if experiment not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {experiment!r}; known experiments: {sorted(EXPERIMENTS)}")
-    p = profiles.get(profile, params.get("dataset") or profiles.get(profile)["dataset"])
-    unknown = set(params) - set(profiles.PARAMETERS)
+    """The profile's parameters with ``params`` applied, validated before any work starts.
+
+    ``None`` for a parameter means the profile's value (except where None is a value of its own).
+    Raises :class:`~basisprune.errors.ParameterError` (a ValueError) naming the parameter and
+    what it allows (see :func:`basisprune.profiles.validate`); nothing is loaded or written.
+    """
+    if not isinstance(experiment, str) or experiment not in EXPERIMENTS:
+        raise ParameterError("experiment", f"experiment must be one of {sorted(EXPERIMENTS)} (known experiments), "
+                             f"got {experiment!r}", experiment)
+    if not isinstance(profile, str) or profile not in profiles.PROFILES:
+        raise ParameterError("profile", f"profile must be one of {sorted(profiles.PROFILES)}, got {profile!r}", profile)
+    unknown = sorted(set(params) - set(profiles.PARAMETERS))
     if unknown:
-        raise ValueError(f"unknown parameter(s) {sorted(unknown)}; allowed: {sorted(profiles.PARAMETERS)}")
+        raise ParameterError(unknown[0], f"unknown parameter(s) {unknown}; allowed: {sorted(profiles.PARAMETERS)}")
+    dataset = params.get("dataset")
+    p = profiles.get(profile, dataset if isinstance(dataset, str) else None)
     p.update({k: v for k, v in params.items() if v is not None or profiles.PARAMETERS[k][0] is None})
     for k in ("datasets", "seeds", "table_seeds"):
         p.pop(k)
-    if p["model"] not in models.available():
-        raise ValueError(f"unknown model {p['model']!r}; known models: {models.available()}")
-    if p["dataset"] not in data.available():
-        raise ValueError(f"unknown dataset {p['dataset']!r}; known datasets: {data.available()}")
-    models.check_image_size(p["model"], p["image_size"])
-    for k in ("basis_fraction", "channel_fraction"):
-        if not 0.0 < p[k] < 1.0:
-            raise ValueError(f"{k} must be in (0, 1), got {p[k]}")
-    for k in ("max_drop", "stop_drop", "channel_l1", "lr", "full_lr"):
-        if isinstance(p[k], bool) or not isinstance(p[k], (int, float)) or not (p[k] >= 0 and math.isfinite(p[k])):
-            raise ValueError(f"{k} must be a finite number >= 0, got {p[k]!r}")
-    for k in ("basis_rounds", "channel_rounds", "warmup_epochs", "epochs_per_round", "transfer_epochs", "batch_size"):
-        if not isinstance(p[k], int) or p[k] < (1 if k in ("batch_size", "epochs_per_round") else 0):
-            raise ValueError(f"{k} must be a non-negative integer (batch_size, epochs_per_round >= 1), got {p[k]!r}")
-    PruningRule(scope=p["basis_scope"], fraction=p["basis_fraction"], normalize=p["basis_normalize"],
-                layer_floor=p["layer_floor"])
-    if p["precision"] not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {p['precision']!r}")
-    if p["channel_importance"] not in ("taylor", "magnitude"):
-        raise ValueError(f"channel_importance must be 'taylor' or 'magnitude', got {p['channel_importance']!r}")
-    pick_device(p["device"])
-    return p
+    return profiles.validate(p)
 
 
 # The modules whose code decides an experiment's numbers; editing another module keeps the cache.
 _RESULT_MODULES = ("channel", "compact", "data", "decompose", "experiments", "importance", "measure",
                    "models", "profiles", "prune", "train")
+
+#: The file in a checkpoint directory naming the parameters and code its checkpoints belong to.
+FINGERPRINT_FILE = "fingerprint.json"
 
 
 def _code_hash() -> str:
@@ -548,23 +539,80 @@ def _code_hash() -> str:
     return h.hexdigest()[:12]
 
 
+def fingerprint(p: dict[str, Any]) -> dict[str, Any]:
+    """What a run's numbers depend on: its parameters, a hash of the library code, and a digest
+    of both (``runs/<digest[:16]>`` is :func:`default_workdir`)."""
+    code = _code_hash()
+    digest = hashlib.sha256(json.dumps({"p": p, "code": code}, sort_keys=True, default=str).encode()).hexdigest()
+    return {"params": to_jsonable(p), "code": code, "digest": digest}
+
+
 def default_workdir(p: dict[str, Any]) -> Path:
     """``runs/<hash of parameters and library code>`` under $BASISPRUNE_RUNS or ./runs.
 
     Experiments with the same parameters share the directory, so double pruning reuses the channel
     stage that channel pruning checkpointed (the stages are identical), and a rerun resumes.
     """
-    key = hashlib.sha256(json.dumps({"p": p, "code": _code_hash()}, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return Path(os.environ.get("BASISPRUNE_RUNS", "runs")) / key
+    return Path(os.environ.get("BASISPRUNE_RUNS", "runs")) / fingerprint(p)["digest"][:16]
 
 
 def _ck(workdir: Path | None, stage: str) -> Path | None:
     return None if workdir is None else workdir / f"{stage}.pt"
 
 
+def _check_workdir(wd: Path, fp: dict[str, Any]) -> None:
+    """Refuse to resume from checkpoints that another run (other parameters or code) wrote."""
+    if not wd.is_dir():
+        return
+    path = wd / FINGERPRINT_FILE
+    if not path.exists():
+        stale = sorted(f.name for f in wd.glob("*.pt"))
+        if stale:
+            raise WorkdirMismatchError(
+                f"workdir {str(wd)!r} holds checkpoints ({', '.join(stale)}) but no {FINGERPRINT_FILE}, so "
+                "nothing says which run made them; use another workdir or delete it"
+            )
+        return
+    try:
+        saved = read_results(path)
+        old, code = dict(saved["params"]), saved["code"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise WorkdirMismatchError(
+            f"workdir {str(wd)!r}: its {FINGERPRINT_FILE} is unreadable ({type(e).__name__}: {e}), so nothing says "
+            "which run made its checkpoints; use another workdir or delete it"
+        ) from e
+    new = fp["params"]
+    differ = [k for k in sorted(set(old) | set(new)) if old.get(k, "<absent>") != new.get(k, "<absent>")]
+    if differ:
+        was = ", ".join(f"{k}={old.get(k, '<absent>')!r}" for k in differ)
+        now = ", ".join(f"{k}={new.get(k, '<absent>')!r}" for k in differ)
+        raise WorkdirMismatchError(
+            f"workdir {str(wd)!r} was made with {was}, this run has {now}; use another workdir or delete it"
+        )
+    if code != fp["code"]:
+        raise WorkdirMismatchError(
+            f"workdir {str(wd)!r} was made by other library code (code hash {code}, this run {fp['code']}); "
+            "its checkpoints may not match: use another workdir or delete it"
+        )
+
+
+def _open_workdir(wd: Path, fp: dict[str, Any]) -> None:
+    """Create the checkpoint directory, clear its stale temporaries, record the fingerprint."""
+    wd.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(wd)
+    if not (wd / FINGERPRINT_FILE).exists():
+        write_json(wd / FINGERPRINT_FILE, fp)
+
+
 def run(experiment: str, *, profile: str = "default", out: str | Path | None = None,
         workdir: str | Path | None | bool = None, **params: Any) -> dict[str, Any]:
     """Run one experiment and return its record (also written to ``out`` as JSON with provenance).
+
+    Every input is checked before any work starts, and nothing is written when one is refused:
+    the parameters (:func:`resolve_params`), ``out`` and ``workdir`` (writable), the workdir's
+    fingerprint (a workdir made with other parameters or code is refused, naming the parameters
+    that differ), then, once the data is loaded, the subset sizes and labels. The record carries
+    the run's ``fingerprint`` (code hash, digest); the workdir holds :data:`FINGERPRINT_FILE`.
 
     Args:
         experiment: one of :data:`EXPERIMENTS`.
@@ -574,15 +622,26 @@ def run(experiment: str, *, profile: str = "default", out: str | Path | None = N
         **params: overrides of the profile's parameters.
     """
     p = resolve_params(experiment, profile, **params)
-    wd = None if workdir is False else Path(workdir) if workdir else default_workdir(p)
+    if workdir is True or not (workdir is None or workdir is False or isinstance(workdir, (str, os.PathLike))):
+        raise ParameterError("workdir", f"workdir must be a folder path, None (the default) or False (no "
+                             f"checkpoints), got {workdir!r}", workdir)
+    wd = None if workdir is False else check_writable(workdir or default_workdir(p), "workdir", directory=True)
+    out = None if out is None else check_writable(out, "out")
+    fp = fingerprint(p)
     if wd is not None:
-        wd.mkdir(parents=True, exist_ok=True)
+        _check_workdir(wd, fp)
     timings: dict[str, float] = {}
     with Timer(timings, "total_seconds"):
         ctx = _Context(p)
+        data.check_labels(ctx.loaders, ctx.num_classes)
+        if wd is not None:
+            _open_workdir(wd, fp)
+        if out is not None:
+            clean_stale_temporaries(out.parent)
         record = EXPERIMENTS[experiment](ctx, wd)
     record = {"experiment": experiment, "profile": profile, "params": p,
-              "split_sizes": {k: len(v.dataset) for k, v in ctx.loaders.items()}, **record}
+              "split_sizes": {k: len(v.dataset) for k, v in ctx.loaders.items()}, **record,
+              "fingerprint": {k: fp[k] for k in ("code", "digest")}}
     # Compute time of the pipeline itself, summed over resumes (total_seconds is this call only).
     timings["compute_seconds"] = record.pop("compute_seconds", timings["total_seconds"])
     # Training the fair reference is the evaluation protocol's cost, not the pipeline's.

@@ -35,6 +35,8 @@ __all__ = [
     "available",
     "load",
     "normalization",
+    "check_head",
+    "check_pretrained",
     "classifier",
     "replace_classifier",
     "min_image_size",
@@ -193,6 +195,22 @@ def classifier(model: nn.Module) -> tuple[str, nn.Module]:
     return hit
 
 
+def check_head(model: nn.Module, loaders) -> None:
+    """Refuse labels ``model``'s classifier cannot score (ValueError naming num_classes and the
+    labels' range, instead of an IndexError from the loss); see :func:`basisprune.data.check_labels`.
+
+    ``loaders``: split name -> DataLoader or dataset with ``targets``. A model without a
+    recognisable classification layer is not checked.
+    """
+    from .data import check_labels
+
+    try:
+        _, head = classifier(model)
+    except ValueError:
+        return
+    check_labels(loaders, head.out_features if isinstance(head, nn.Linear) else head.out_channels, min_classes=1)
+
+
 def replace_classifier(model: nn.Module, num_classes: int) -> nn.Module:
     """Swap the final layer for a freshly initialised one with ``num_classes`` outputs (in place)."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -218,6 +236,35 @@ def _unavailable(name: str, what: str, reason: str) -> PretrainedUnavailableErro
         f"ImageNet weights: {', '.join(OFFLINE_PRETRAINED)} (run `python -m basisprune.assets`); "
         f"or use pretrained=False for a randomly initialised {name}."
     )
+
+
+def _lite0_missing() -> PretrainedUnavailableError:
+    return PretrainedUnavailableError(
+        f"efficientnet_lite0's ImageNet weights are missing; install them with `{assets.PIP_LITE0}`, "
+        f"or use pretrained=False."
+    )
+
+
+def check_pretrained(name: str) -> None:
+    """Raise :class:`PretrainedUnavailableError` now if :func:`load` would fail to find ``name``'s
+    ImageNet weights without trying a download (not cached, no offline package, downloads off).
+
+    Cheap file checks only: nothing is loaded, copied or downloaded.
+    """
+    _check_name(name)
+    if name == LITE0:
+        if assets.efficientnet_lite0_weights_file() is None:
+            raise _lite0_missing()
+        return
+    w = _weights_enum(name, None)
+    filename = os.path.basename(urlparse(w.url).path)
+    if (assets.hub_checkpoint_dir() / filename).is_file():
+        return
+    if filename == assets.MOBILENET_V2_FILE:
+        if assets.mobilenet_v2_weights_file() is None:
+            raise _unavailable(name, str(w), f"the offline package is missing (`{assets.PIP_MOBILENET}`)")
+    elif _offline():
+        raise _unavailable(name, str(w), f"${_OFFLINE_ENV} forbids downloading")
 
 
 def _build_torchvision(name: str, pretrained: bool, weights: str | None) -> nn.Module:
@@ -262,10 +309,7 @@ def _build_lite0(pretrained: bool) -> nn.Module:
     if pretrained:
         path = assets.efficientnet_lite0_weights_file()
         if path is None:
-            raise PretrainedUnavailableError(
-                f"efficientnet_lite0's ImageNet weights are missing; install them with `{assets.PIP_LITE0}`, "
-                f"or use pretrained=False."
-            )
+            raise _lite0_missing()
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
     return model

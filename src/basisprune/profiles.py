@@ -7,9 +7,15 @@ Every experiment parameter has one default here; a profile overrides some of the
 from __future__ import annotations
 
 import copy
-from typing import Any
+import math
+import numbers
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
-__all__ = ["PARAMETERS", "PROFILES", "get", "describe"]
+from .errors import ParameterError
+
+__all__ = ["PARAMETERS", "PROFILES", "SPECS", "Spec", "get", "describe", "validate"]
 
 # name -> (default, help). The defaults are the `default` profile's values.
 PARAMETERS: dict[str, tuple[Any, str]] = {
@@ -46,6 +52,201 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "transfer_epochs": (4, "epochs of each transfer baseline"),
     "full_lr": (3e-4, "Adam learning rate of full fine-tuning"),
 }
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one parameter accepts: a kind, an optional range or list of choices, and None or not.
+
+    ``kind`` is ``"bool"``, ``"int"`` (bools refused), ``"float"`` (ints accepted, made float;
+    infinities and NaN refused), ``"str"`` or ``"path"`` (a str or os.PathLike). ``low``/``high``
+    bound numbers (open bounds with ``low_open``/``high_open``); ``choices`` is a tuple of allowed
+    strings or a function returning them (for lists only known at run time).
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] | Callable[[], Sequence[str]] | None = None
+    optional: bool = False
+    choices_name: str = ""  # "known models": how a message refers to a long list of choices
+
+    def allowed(self) -> list[str]:
+        return list(self.choices() if callable(self.choices) else self.choices or ())
+
+    def describe(self) -> str:
+        """What is allowed, in words (e.g. ``a number in (0, 1)``, ``an integer >= 1 or None``)."""
+        if self.kind == "bool":
+            text = "true or false"
+        elif self.kind == "path":
+            text = "a folder path"
+        elif self.choices is not None:
+            names = self.allowed()
+            if not self.choices_name:
+                text = "one of " + ", ".join(map(repr, names))
+            elif len(names) <= 12:
+                text = f"one of the {self.choices_name} ({', '.join(names)})"
+            else:
+                text = f"one of the {self.choices_name}"
+        else:
+            text = {"int": "an integer", "float": "a finite number", "str": "a string"}[self.kind]
+            lo = None if self.low is None else f"{'>' if self.low_open else '>='} {_num(self.low)}"
+            hi = None if self.high is None else f"{'<' if self.high_open else '<='} {_num(self.high)}"
+            if lo and hi:
+                text += f" in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
+            elif lo or hi:
+                text += " " + (lo or hi)
+        return text + (" or None" if self.optional else "")
+
+    def check(self, name: str, value: Any) -> Any:
+        """``value`` in its canonical type (int, float, ...), or :class:`ParameterError` naming ``name``."""
+        if value is None:
+            if self.optional:
+                return None
+            self._fail(name, value)
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                self._fail(name, value)
+            return value
+        if self.kind == "int":
+            if isinstance(value, bool) or not _is_int(value):
+                self._fail(name, value)
+            value = int(value)
+        elif self.kind == "float":
+            if isinstance(value, bool) or not (_is_int(value) or _is_float(value)) or not math.isfinite(value):
+                self._fail(name, value)
+            value = float(value)
+        elif self.kind == "path":
+            if not isinstance(value, (str, os.PathLike)) or not str(os.fspath(value)).strip():
+                self._fail(name, value)
+            return value
+        elif not isinstance(value, str):
+            self._fail(name, value)
+        if self.choices is not None and value not in self.allowed():
+            names = self.allowed()
+            extra = f"; {self.choices_name}: {', '.join(names)}" if len(names) > 12 else ""
+            raise ParameterError(name, f"{name} must be {self.describe()}, got {value!r}{extra}", value)
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            self._fail(name, value)
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            self._fail(name, value)
+        return value
+
+    def _fail(self, name: str, value: Any):
+        hint = " (true/false is not a number)" if isinstance(value, bool) and self.kind in ("int", "float") else ""
+        raise ParameterError(name, f"{name} must be {self.describe()}, got {value!r}{hint}", value)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral)  # int and numpy integers
+
+
+def _is_float(value: Any) -> bool:
+    return isinstance(value, numbers.Real)
+
+
+def _models() -> list[str]:
+    from . import models
+
+    return models.available()
+
+
+def _datasets() -> list[str]:
+    from . import data
+
+    return data.available()
+
+
+_FRACTION = Spec("float", low=0.0, high=1.0, low_open=True, high_open=True)
+_DROP = Spec("float", low=0.0, high=1.0)
+_RATE = Spec("float", low=0.0)
+_EPOCHS = Spec("int", low=0)
+_SUBSET = Spec("int", low=1, optional=True)
+
+# name -> what it accepts. The choices of bn_mode, precision, basis_scope and basis_normalize are
+# those of basisprune.train.BN_MODES, basisprune.train.PRECISIONS and basisprune.prune (a test keeps
+# them equal).
+SPECS: dict[str, Spec] = {
+    "model": Spec("str", choices=_models, choices_name="known models"),
+    "dataset": Spec("str", choices=_datasets, choices_name="known datasets"),
+    "pretrained": Spec("bool"),
+    "image_size": Spec("int", low=1),
+    "batch_size": Spec("int", low=1),
+    "subset_train": _SUBSET,
+    "subset_test": _SUBSET,
+    "val_fraction": _FRACTION,
+    "data_root": Spec("path", optional=True),
+    "seed": Spec("int", low=0, high=2**32 - 1),
+    "device": Spec("str"),  # the forms and what this machine has: basisprune.train.pick_device
+    "precision": Spec("str", choices=("auto", "fp32", "bf16", "fp16")),
+    "bn_mode": Spec("str", choices=("eval", "train")),
+    "lr": _RATE,
+    "warmup_epochs": _EPOCHS,
+    "epochs_per_round": Spec("int", low=1),
+    "max_drop": _DROP,
+    "stop_drop": _DROP,
+    "basis_rounds": _EPOCHS,
+    "basis_fraction": _FRACTION,
+    "basis_scope": Spec("str", choices=("global", "layer")),
+    "basis_normalize": Spec("str", choices=("none", "mean", "max", "l2", "cost")),
+    "layer_floor": Spec("float", low=0.0, high=1.0, high_open=True),
+    "channel_rounds": _EPOCHS,
+    "channel_fraction": _FRACTION,
+    "channel_threshold": Spec("float", low=0.0, optional=True),
+    "channel_l1": _RATE,
+    "channel_importance": Spec("str", choices=("taylor", "magnitude")),
+    "channel_warmup_epochs": Spec("int", low=0, optional=True),
+    "transfer_epochs": _EPOCHS,
+    "full_lr": _RATE,
+}
+assert set(SPECS) == set(PARAMETERS), "every parameter needs a Spec"
+
+
+def validate(p: dict[str, Any]) -> dict[str, Any]:
+    """Check every parameter of ``p`` (a full parameter set); returns a copy with canonical types.
+
+    Raises :class:`~basisprune.errors.ParameterError` (a ValueError) naming the first parameter
+    that is not allowed and what is: unknown names, wrong types (a bool is not an integer),
+    values out of range, unknown choices, a device this machine lacks, an image size too small
+    for the model, a ``data_root`` that does not exist (unless a download will create it);
+    pretrained weights that are neither cached nor obtainable raise
+    :class:`~basisprune.models.PretrainedUnavailableError`. Nothing is loaded: data, models and
+    weights are only looked up by name.
+    """
+    unknown = sorted(set(p) - set(SPECS))
+    if unknown:
+        raise ParameterError(unknown[0], f"unknown parameter(s) {unknown}; allowed: {sorted(SPECS)}")
+    missing = sorted(set(SPECS) - set(p))
+    if missing:
+        raise ParameterError(missing[0], f"parameter(s) {missing} missing; every one of {sorted(SPECS)} is needed")
+    import torch
+
+    from . import data, models
+    from .train import pick_device
+
+    p = dict(p)
+    if isinstance(p["device"], torch.device):
+        p["device"] = str(p["device"])
+    out = {k: SPECS[k].check(k, p[k]) for k in PARAMETERS}
+    try:
+        pick_device(out["device"])
+    except ValueError as e:
+        raise ParameterError("device", str(e), out["device"]) from None
+    try:
+        models.check_image_size(out["model"], out["image_size"])
+    except ValueError as e:
+        raise ParameterError("image_size", str(e), out["image_size"]) from None
+    data.check_root(out["dataset"], out["data_root"])
+    if out["pretrained"]:
+        models.check_pretrained(out["model"])
+    return out
+
 
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {

@@ -132,16 +132,17 @@ def select(
 def apply_masks(holders: dict[str, nn.Module], masks: dict[str, torch.Tensor], *, allow_empty: bool = False) -> None:
     """Write 0/1 masks into the holders (a pruned unit's mask becomes 0).
 
-    Every holder needs a mask of its shape and every mask a holder. A mask that keeps no unit of a
-    layer would make the model output a constant: it is refused unless ``allow_empty=True``.
-    Nothing is written unless every mask passes.
+    ``masks`` must name exactly the holders' layers, each with one entry per unit (ValueError). A
+    mask that keeps no unit of a layer would make the model output a constant: it is refused unless
+    ``allow_empty=True``. Nothing is written unless every mask passes.
     """
     missing, extra = sorted(set(holders) - set(masks)), sorted(set(masks) - set(holders))
     if missing or extra:
-        raise ValueError(f"masks must name exactly the model's unit holders: missing {missing}, unknown {extra}")
+        what = [f"no mask for layer(s) {missing}"] * bool(missing) + [f"masks for unknown layer(s) {extra}"] * bool(extra)
+        raise ValueError(f"masks must name exactly the layers of holders: {'; '.join(what)}; layers: {sorted(holders)}")
     for n, h in holders.items():
         if tuple(masks[n].shape) != tuple(h.mask.shape):
-            raise ValueError(f"mask for {n!r} has shape {tuple(masks[n].shape)}, the layer has {tuple(h.mask.shape)}")
+            raise ValueError(f"mask of layer {n!r} has shape {tuple(masks[n].shape)}, the layer has {tuple(h.mask.shape)} units")
         if not allow_empty and not bool((masks[n] != 0).any()):
             raise ValueError(f"the mask for {n!r} keeps no unit, which would empty the layer; "
                              "pass allow_empty=True to do it anyway")

@@ -6,10 +6,11 @@ A results file is one JSON object: the experiment's own record (metrics, histori
 identical runs (timestamps, wall times, hostname, working-tree dirtiness) so that determinism can be
 checked with a plain ``==``.
 
-Every write is atomic: the text is serialised completely in memory, written to a temporary file in
-the destination directory, flushed and fsynced, then moved over the destination with
-:func:`os.replace`. A failure at any point leaves the previous file untouched and no temporary file
-behind.
+Every file the project writes goes through :func:`atomic_write`: the content is written to a
+temporary file ``.NAME.XXXXXXXX.tmp`` in the destination directory, flushed and fsynced, then moved
+over the destination with :func:`os.replace`. A failure at any point leaves the previous file
+untouched and no temporary file behind; a process killed while writing leaves only its temporary
+file, which :func:`clean_stale_temporaries` removes on the next run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import subprocess
 import tempfile
 import time
@@ -36,16 +38,26 @@ __all__ = [
     "VOLATILE_KEYS",
     "Timer",
     "atomic_write",
+    "check_writable",
+    "clean_stale_temporaries",
     "provenance",
     "read_results",
     "strip_volatile",
     "to_jsonable",
     "write_json",
     "write_results",
+    "write_text",
 ]
 
-#: Keys removed at any depth by :func:`strip_volatile`: wall times, timestamps and host names.
-VOLATILE_KEYS = frozenset({"timings", "seconds", "wall_seconds", "timestamp_utc", "hostname"})
+#: Keys removed at any depth by :func:`strip_volatile`: wall times, timestamps, host names and the
+#: paths of files a run wrote (``compact_model``: two identical runs may write to two places).
+VOLATILE_KEYS = frozenset({"timings", "seconds", "wall_seconds", "timestamp_utc", "hostname", "compact_model"})
+
+#: When this process started writing (module import): temporaries older than this are not its own.
+PROCESS_START = time.time()
+
+# The names tempfile.mkstemp(prefix=".NAME.", suffix=".tmp") gives: 8 random characters.
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 #: Distributions whose versions :func:`provenance` records (``None`` when not installed).
 _PACKAGES = ("torch", "torchvision", "numpy", "torch-pruning", "basisprune")
@@ -94,6 +106,64 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) atomically with :func:`atomic_write`; returns the path."""
+    data = text.encode("utf-8")
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def clean_stale_temporaries(directory: str | os.PathLike, before: float | None = None) -> list[Path]:
+    """Remove the temporary files :func:`atomic_write` left in ``directory`` when it was killed.
+
+    Only regular files named like this writer's temporaries (``.NAME.XXXXXXXX.tmp``) and last
+    modified before ``before`` (default :data:`PROCESS_START`: no write of this process, and no
+    write still going on in another process that started earlier and keeps writing) are removed.
+    Returns the removed paths; a missing directory is not an error.
+    """
+    cutoff = PROCESS_START if before is None else before
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        if not _TEMP_NAME.match(entry.name) or not entry.is_file(follow_symlinks=False):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def check_writable(path: str | os.PathLike, param: str, *, directory: bool = False) -> Path:
+    """Refuse, before any work, an output ``path`` that could not be written; creates nothing.
+
+    ``directory``: ``path`` is a folder to create or reuse (else a file to create or replace).
+    Refused: a file where a folder is wanted and vice versa, a path under a file, and a path whose
+    nearest existing folder this process may not write. Raises
+    :class:`~basisprune.errors.ParameterError` naming ``param``; returns ``path`` as a Path.
+    """
+    from .errors import ParameterError
+
+    if not isinstance(path, (str, os.PathLike)) or not str(os.fspath(path)).strip():
+        raise ParameterError(param, f"{param} must be a path, got {path!r}", path)
+    path = Path(path).expanduser()
+    if path.exists():
+        if directory and not path.is_dir():
+            raise ParameterError(param, f"{param} {str(path)!r} is a file, not a folder", path)
+        if not directory and path.is_dir():
+            raise ParameterError(param, f"{param} {str(path)!r} is a folder; give a file name", path)
+    folder = path if directory else path.parent
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ParameterError(param, f"{param} {str(path)!r} cannot be created: {str(folder)!r} is a file", path)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ParameterError(param, f"{param} {str(path)!r} cannot be written: folder {str(folder)!r} is not writable", path)
     return path
 
 
@@ -165,9 +235,7 @@ def write_json(path: str | os.PathLike, record: Any) -> Path:
     Values are converted with :func:`to_jsonable` and the whole text is produced before the file
     is touched, so a value that cannot be serialised raises without creating or damaging anything.
     """
-    text = json.dumps(to_jsonable(record), sort_keys=True, indent=2) + "\n"
-    data = text.encode("utf-8")
-    return atomic_write(path, lambda f: f.write(data))
+    return write_text(path, json.dumps(to_jsonable(record), sort_keys=True, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,7 +349,7 @@ def strip_volatile(record: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``record`` without what differs between two identical runs.
 
     Removes, at any depth, the keys in :data:`VOLATILE_KEYS` (``timings``, ``seconds``,
-    ``wall_seconds``, ``timestamp_utc``, ``hostname``) and ``provenance.git.dirty`` (the working
+    ``wall_seconds``, ``timestamp_utc``, ``hostname``, ``compact_model``) and ``provenance.git.dirty`` (the working
     tree may be edited while a run is going on). The input is not modified.
     """
 

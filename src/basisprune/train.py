@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm  # honours TQDM_DISABLE=1 (read when tqdm is first imported)
 
+from basisprune.errors import BasisPruneError
 from basisprune.results import atomic_write
 
 __all__ = [
@@ -65,7 +66,7 @@ Callback = Callable[[nn.Module, int, Tensor, Tensor, Tensor], Any]
 Regularizer = Callable[[nn.Module], Tensor]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(BasisPruneError, RuntimeError):
     """A checkpoint is corrupt, unreadable, or does not belong to the run resuming from it."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
@@ -77,7 +78,7 @@ class CheckpointError(RuntimeError):
         )
 
 
-class DivergenceError(RuntimeError):
+class DivergenceError(BasisPruneError, RuntimeError):
     """Training diverged (a non-finite loss, or accuracy collapsed to chance): no result is valid."""
 
 
@@ -652,6 +653,10 @@ def fit(
         raise ValueError(f"eval_every must be an int >= 1, got {eval_every!r}")
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
+    if loss_fn is F.cross_entropy:  # a head too small for the labels: say so now, not in the loss
+        from .models import check_head
+
+        check_head(model, loaders)
 
     device = pick_device(device)
     model.to(device)
