@@ -287,11 +287,13 @@ def test_submitit_local_executor_runs_the_smoke_sweep(tmp_path):
 
 
 def _slurm_partition():
+    """An up partition with a node that can run jobs (idle, or busy finishing other jobs), else None."""
     if shutil.which("sinfo") is None:
         return None
-    proc = subprocess.run(["sinfo", "-h", "-o", "%P %t"], capture_output=True, text=True)
-    up = [line.split() for line in proc.stdout.splitlines() if proc.returncode == 0]
-    return next((p.rstrip("*") for p, state in up if state in ("idle", "mix")), None)
+    proc = subprocess.run(["sinfo", "-h", "-o", "%P %a %t"], capture_output=True, text=True)
+    rows = [line.split() for line in proc.stdout.splitlines()] if proc.returncode == 0 else []
+    ok = ("idle", "mix", "alloc", "comp")
+    return next((p.rstrip("*") for p, avail, state in rows if avail == "up" and state in ok), None)
 
 
 @pytest.mark.slow
@@ -305,3 +307,16 @@ def test_slurm_daemon_runs_the_smoke_sweep(tmp_path):
     assert set(done.status.values()) == {"done"} and len(done.ran) == 4
     ids = {read_results(folder / "cells" / c.fingerprint / "job.json")["job_id"] for c in done.cells}
     assert len({i.split("_")[0] for i in ids}) == 1 and len(ids) == 4  # one array, four tasks
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_slurm_partition() is None,
+                    reason="no Slurm cluster with an idle node (tests/scripts/slurm_localhost.sh start)")
+def test_slurm_refusal_is_one_line(tmp_path):
+    """Options the cluster refuses (GPUs on a node without any) are one error line; no cell runs."""
+    folder = tmp_path / "sw"
+    slurm = {"partition": _slurm_partition(), "gpus_per_node": 64, "timeout_min": 10}
+    with pytest.raises(sweep.SubmissionError, match=r"^slurm refused the job array: .*sbatch: error") as err:
+        sweep.run(_spec(folder, slurm=slurm), backend="slurm")
+    assert "\n" not in str(err.value)
+    assert not list(folder.glob("cells/*/results.json"))

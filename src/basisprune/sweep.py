@@ -29,11 +29,13 @@ a cluster sees it.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import datetime as _dt
 import fnmatch
 import hashlib
 import html
+import io
 import itertools
 import json
 import math
@@ -58,6 +60,7 @@ __all__ = [
     "Cell",
     "CellTask",
     "SweepRun",
+    "SubmissionError",
     "SweepSpec",
     "cell_status",
     "collect",
@@ -433,6 +436,10 @@ def _log_outcome(log: Log, i: int, n: int, cell: Cell, outcome: dict[str, Any]) 
     log(f"[{i}/{n}] {outcome['status']:6s} {cell.fingerprint} {cell.describe()}{secs}{extra}")
 
 
+class SubmissionError(ValueError):
+    """The cluster refused a submission (unknown partition, GPUs it does not have, ...)."""
+
+
 def _executor_parameters(spec: SweepSpec, cluster: str) -> dict[str, Any]:
     o = spec.options["slurm"]
     params: dict[str, Any] = {"name": f"basisprune-{spec.name}",
@@ -465,8 +472,13 @@ def _run_submitit(spec: SweepSpec, cells: Sequence[Cell], folder: Path, cluster:
     step = window or len(cells)
     for start in range(0, len(cells), step):
         chunk = list(cells[start:start + step])
-        with submitit.helpers.clean_env():  # submitting from inside a Slurm job must not inherit its SLURM_*
-            jobs = executor.map_array(task, chunk, [str(folder)] * len(chunk))
+        try:
+            # clean_env: submitting from inside a Slurm job must not inherit its SLURM_* variables;
+            # submitit prints sbatch's complaint to stderr itself; it goes into our one-line error instead.
+            with submitit.helpers.clean_env(), contextlib.redirect_stderr(io.StringIO()):
+                jobs = executor.map_array(task, chunk, [str(folder)] * len(chunk))
+        except submitit.core.utils.FailedJobError as exc:  # sbatch refused the options: nothing was queued
+            raise SubmissionError(f"{cluster} refused the job array: {' '.join(str(exc).split())}") from None
         by_job = {}
         for cell, job in zip(chunk, jobs):
             write_json(_cell_dir(folder, cell) / "job.json", {"backend": spec.backend, "job_id": job.job_id,
