@@ -1,4 +1,4 @@
-"""Command line: ``basisprune run EXPERIMENT [--param value ...]``, ``list``, ``sweep SPEC``, ``sweep-report SPEC``.
+"""Command line: ``basisprune run EXPERIMENT [--param value ...]``, ``list``, ``sweep``, ``sweep-report``.
 
 Runs the same function as the notebooks (:func:`basisprune.experiments.run`) and writes the same
 results file.
@@ -56,13 +56,17 @@ def _parser() -> argparse.ArgumentParser:
                        type=lambda t, d=default: _parse_value(t, d), help=f"{help_} (default {default!r})")
     sub.add_parser("list", help="list experiments, profiles and parameters")
     sw = sub.add_parser("sweep", help="run every missing cell of a grid spec (YAML); see basisprune.sweep")
-    sw.add_argument("spec", type=Path)
-    sw.add_argument("--backend", default=None, choices=("local", "slurm", "submitit-local"), help="default: the spec's")
-    sw.add_argument("--workers", type=int, default=None, help="local backend: processes (default: the spec's, else cores)")
-    sw.add_argument("--folder", type=Path, default=None, help="sweep folder (default: the spec's, else runs/sweeps/NAME)")
+    sw.add_argument("spec", type=Path, help="grid spec (YAML), e.g. sweeps/smoke.yaml")
+    sw.add_argument("--backend", default=None, choices=("local", "slurm", "submitit-local"),
+                    help="default: the spec's")
+    sw.add_argument("--workers", type=int, default=None,
+                    help="local backends: processes at a time (default: the spec's, else cores)")
+    sw.add_argument("--folder", type=Path, default=None,
+                    help="sweep folder (default: the spec's, else runs/sweeps/NAME)")
     sw.add_argument("--dry-run", action="store_true", help="list the cells and their status; run nothing")
-    rep = sub.add_parser("sweep-report", help="table of a sweep's cells: mean and spread over seeds, failed and missing")
-    rep.add_argument("spec", type=Path)
+    rep = sub.add_parser("sweep-report",
+                         help="table of a sweep's cells: mean and spread over seeds, failed and missing cells")
+    rep.add_argument("spec", type=Path, help="the grid spec the sweep ran")
     rep.add_argument("--folder", type=Path, default=None, help="sweep folder (default: the spec's)")
     return ap
 
@@ -102,8 +106,9 @@ def _sweep(args: argparse.Namespace) -> int:
         print(paths["report.md"].read_text(encoding="utf-8"))
         print("written:", ", ".join(str(p) for p in paths.values()))
         return 0
-    done = sweep.run(args.spec, backend=args.backend, workers=args.workers, folder=args.folder, dry_run=args.dry_run)
-    return 1 if done.failed else 0
+    done = sweep.run(args.spec, backend=args.backend, workers=args.workers, folder=args.folder,
+                     dry_run=args.dry_run)
+    return 1 if done.failed else 0  # some cell failed: its error is in its folder
 
 
 if __name__ == "__main__":
