@@ -1,4 +1,4 @@
-"""Command line: ``basisprune run EXPERIMENT [--param value ...]``.
+"""Command line: ``basisprune run EXPERIMENT [--param value ...]``, ``list``, ``sweep``, ``sweep-report``.
 
 Runs the same function as the notebooks (:func:`basisprune.experiments.run`) and writes the same
 results file. Every input is checked before any work starts; an error is one line on stderr,
@@ -58,6 +58,19 @@ def _parser() -> argparse.ArgumentParser:
                        type=lambda t, s=profiles.SPECS[name]: _parse_value(t, s),
                        help=f"{help_}: {profiles.SPECS[name].describe()} (default {default!r})")
     sub.add_parser("list", help="list experiments, profiles and parameters")
+    sw = sub.add_parser("sweep", help="run every missing cell of a grid spec (YAML); see basisprune.sweep")
+    sw.add_argument("spec", type=Path, help="grid spec (YAML), e.g. sweeps/smoke.yaml")
+    sw.add_argument("--backend", default=None, choices=("local", "slurm", "submitit-local"),
+                    help="default: the spec's")
+    sw.add_argument("--workers", type=int, default=None,
+                    help="local backends: processes at a time (default: the spec's, else cores)")
+    sw.add_argument("--folder", type=Path, default=None,
+                    help="sweep folder (default: the spec's, else runs/sweeps/NAME)")
+    sw.add_argument("--dry-run", action="store_true", help="list the cells and their status; run nothing")
+    rep = sub.add_parser("sweep-report",
+                         help="table of a sweep's cells: mean and spread over seeds, failed and missing cells")
+    rep.add_argument("spec", type=Path, help="the grid spec the sweep ran")
+    rep.add_argument("--folder", type=Path, default=None, help="sweep folder (default: the spec's)")
     return ap
 
 
@@ -72,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("profiles:", ", ".join(sorted(profiles.PROFILES)))
         print(profiles.describe())
         return 0
+    if args.command in ("sweep", "sweep-report"):
+        try:
+            return _sweep(args)
+        except ValueError as exc:  # a bad spec: one clear line, before any job starts
+            print(f"basisprune: error: {exc}", file=sys.stderr)
+            return 2
     params = {k: getattr(args, k) for k in profiles.PARAMETERS if getattr(args, k) is not None}
     try:
         out = args.out
@@ -84,6 +103,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = record.get("final") or record.get("baselines")
     print(json.dumps({"out": str(out), "summary": summary}, indent=2, default=str)[:4000])
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from . import sweep  # pandas, yaml and submitit load only for sweeps
+
+    if args.command == "sweep-report":
+        paths = sweep.report(args.spec, folder=args.folder)
+        print(paths["report.md"].read_text(encoding="utf-8"))
+        print("written:", ", ".join(str(p) for p in paths.values()))
+        return 0
+    done = sweep.run(args.spec, backend=args.backend, workers=args.workers, folder=args.folder,
+                     dry_run=args.dry_run)
+    return 1 if done.failed else 0  # some cell failed: its error is in its folder
 
 
 if __name__ == "__main__":
