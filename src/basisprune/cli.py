@@ -88,9 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("sweep", "sweep-report"):
         try:
             return _sweep(args)
-        except ValueError as exc:  # a bad spec: one clear line, before any job starts
-            print(f"basisprune: error: {exc}", file=sys.stderr)
-            return 2
+        except errors.REPORTED as exc:  # a bad spec: one clear line, before any job starts
+            return errors.report(exc, debug=args.debug)
     params = {k: getattr(args, k) for k in profiles.PARAMETERS if getattr(args, k) is not None}
     try:
         out = args.out

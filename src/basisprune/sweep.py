@@ -38,7 +38,6 @@ import html
 import io
 import itertools
 import json
-import math
 import multiprocessing
 import os
 import re
@@ -119,35 +118,21 @@ def _fail(source: str, where: str, what: str) -> ValueError:
     return ValueError(f"{source}: {where}: {what}")
 
 
-# Parameters whose default is None: the type of their other values.
-_NONE_DEFAULT_TYPES = {"subset_train": int, "subset_test": int, "channel_threshold": float,
-                       "channel_warmup_epochs": int, "data_root": str}
-
-
 def _coerce(source: str, where: str, name: str, value: Any) -> Any:
-    """``value`` in the type of parameter ``name``; YAML 1.1 reads ``1e-3`` as a string, so that parses."""
+    """``value`` checked by parameter ``name``'s spec (:data:`basisprune.profiles.SPECS`); YAML 1.1
+    reads ``1e-3`` as a string, so a string is parsed where a number is expected."""
     if isinstance(value, (list, dict)):
         raise _fail(source, where, f"expected a single value inside the list, got {value!r}")
-    if value is None:
-        return None
-    default = profiles.PARAMETERS[name][0]
-    kind = _NONE_DEFAULT_TYPES.get(name, object) if default is None else type(default)
-    if kind is bool and not isinstance(value, bool):
-        raise _fail(source, where, f"expected true or false, got {value!r}")
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise _fail(source, where, f"expected an integer, got {value!r}")
-    if kind is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise _fail(source, where, f"expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise _fail(source, where, f"expected a finite number, got {value!r}")
-        return float(value)
-    if kind is str and not isinstance(value, str):
-        raise _fail(source, where, f"expected a string, got {value!r}")
-    return value
+    spec = profiles.SPECS[name]
+    if spec.kind == "float" and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    try:
+        return spec.check(name, value)
+    except ValueError as e:
+        raise _fail(source, where, str(e)) from None
 
 
 def _values(source: str, where: str, raw: Any, coerce: Callable[[Any], Any]) -> tuple[Any, ...]:
