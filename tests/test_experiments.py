@@ -81,7 +81,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert (wd / "channel.pt").exists() and not (wd / "basis.pt").exists(), "killed too late to test resume"
+    assert (wd / "channel.pt").exists() and not (wd / "double-basis.pt").exists(), "killed too late to test resume"
     resumed = experiments.run("double_pruning", profile="smoke", workdir=wd, **params)
     strip = lambda r: strip_volatile({k: v for k, v in r.items() if k not in ("timings", "compact_model")})
     assert strip(resumed) == strip(ref)
@@ -102,3 +102,20 @@ def test_cli_bad_parameter_is_one_clear_line(capsys):
     """A bad value gives exit code 2 and a message naming the allowed values."""
     assert cli_main(["run", "basis_pruning", "--profile", "smoke", "--dataset", "nope"]) == 2
     assert "known datasets" in capsys.readouterr().err
+
+
+def test_cache_key_covers_every_module_of_the_package(tmp_path, monkeypatch):
+    """The code hash changes when any module of the package changes, is added or is renamed."""
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "experiments.py").write_text("x = 1\n")
+    (pkg / "sub" / "helper.py").write_text("y = 2\n")
+    monkeypatch.setattr(experiments, "__file__", str(pkg / "experiments.py"))
+    first = experiments._code_hash()
+    assert experiments._code_hash() == first
+    (pkg / "sub" / "helper.py").write_text("y = 3\n")
+    edited = experiments._code_hash()
+    (pkg / "new.py").write_text("")
+    added = experiments._code_hash()
+    (pkg / "new.py").rename(pkg / "renamed.py")
+    assert len({first, edited, added, experiments._code_hash()}) == 4

@@ -23,9 +23,11 @@ def test_from_scratch_density_and_accuracy(method, sparsity):
     assert r["kept_weights"] == round((1 - sparsity) * r["prunable_weights"])
     assert 0.0 <= r["accuracy_test"] <= 1.0
     assert r["pruned_nonzero_after_training"] == 0
-    assert r["prune_seconds"] >= 0 and r["train_seconds"] > 0
+    assert r["train_seconds"] > 0
     if method == "dense":
         assert r["prune_seconds"] == 0 and r["density_kept"] == 1.0
+    else:  # scoring took measurable time
+        assert r["prune_seconds"] > 0
 
 
 def test_pruned_weights_stay_zero_after_training():

@@ -524,18 +524,17 @@ def resolve_params(experiment: str, profile: str = "default", **params: Any) -> 
     return profiles.validate(p)
 
 
-# The modules whose code decides an experiment's numbers; editing another module keeps the cache.
-_RESULT_MODULES = ("channel", "compact", "data", "decompose", "experiments", "importance", "measure",
-                   "models", "profiles", "prune", "train")
-
 #: The file in a checkpoint directory naming the parameters and code its checkpoints belong to.
 FINGERPRINT_FILE = "fingerprint.json"
 
 
 def _code_hash() -> str:
+    """Hash of every Python file of the package (names and contents, in path order): any code change,
+    a renamed or new module included, gives a new cache key; no list of names to keep up to date."""
     h = hashlib.sha256()
-    for name in _RESULT_MODULES:
-        h.update((Path(__file__).parent / f"{name}.py").read_bytes())
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:12]
 
 
