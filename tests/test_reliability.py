@@ -104,6 +104,8 @@ CLI_CASES = [
     ("batch-size-zero", "basis_pruning", ["--batch-size", "0"], "batch_size"),
     ("image-size-small", "basis_pruning", ["--image-size", "8"], "image_size"),
     ("bn-mode", "basis_pruning", ["--bn-mode", "batch"], "bn_mode"),
+    ("precision", "basis_pruning", ["--precision", "fp8"], "precision"),
+    ("layer-floor", "basis_pruning", ["--layer-floor", "1"], "layer_floor"),
     ("basis-fraction", "basis_pruning", ["--basis-fraction", "1.5"], "basis_fraction"),
     ("channel-fraction", "channel_pruning", ["--channel-fraction", "0"], "channel_fraction"),
     ("basis-rounds-negative", "basis_pruning", ["--basis-rounds", "-1"], "basis_rounds"),
