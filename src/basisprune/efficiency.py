@@ -41,8 +41,10 @@ from .decompose import BasisConv2d, basis_layers
 from .measure import count_flops, count_params
 
 __all__ = [
+    "FORM",
     "TIMING",
     "assess_targets",
+    "inference_forms",
     "latency_compact",
     "lift_pairs",
     "latency_pivot",
@@ -52,6 +54,7 @@ __all__ = [
     "prune_to_flops",
     "pipeline_cost",
     "speed_table",
+    "speed_targets",
     "timed_run",
     "timing_settings",
     "training_epochs",
@@ -106,6 +109,7 @@ def speed_table(
     onnx_repeats: int = 20,
     onnx_exporter: str = "legacy",
     device: str | torch.device = "cpu",
+    modes: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
     """Latency of every model at every batch size, against the first model (the reference).
 
@@ -126,6 +130,10 @@ def speed_table(
         onnx_repeats: timed ``InferenceSession.run`` calls per batch size (one round).
         onnx_exporter: ``"legacy"`` (TorchScript-based, fast), ``"dynamo"`` or ``"auto"``.
         device: ``"cpu"`` or a CUDA device for the PyTorch timings.
+        modes: other ways to run the models besides eager PyTorch, timed once each after the
+            rounds: ``"compile"`` (``torch.compile``) and, on CUDA, ``"cudagraph"``
+            (:func:`basisprune.bench.latency`'s ``mode``). A model that fails gets
+            ``<mode>_error`` and no timings.
 
     Returns:
         One dict per model and batch size: ``model``, ``params``, ``flops`` (per image),
@@ -133,7 +141,10 @@ def speed_table(
         ``batch_size``, ``median_ms``, ``p25_ms``, ``p75_ms``, ``iqr_ms``, ``runs``, ``rounds``,
         ``round_medians_ms``, ``throughput_ips``, ``threads``, ``device``, ``device_name``,
         ``speedup`` and, with ``onnx``, ``onnx_median_ms``, ``onnx_p25_ms``, ``onnx_p75_ms``,
-        ``onnx_iqr_ms``, ``onnx_speedup``, ``onnx_exporter``, ``onnx_error``.
+        ``onnx_iqr_ms``, ``onnx_speedup``, ``onnx_exporter``, ``onnx_error``; per extra mode
+        ``<mode>_median_ms``, ``<mode>_p25_ms``, ``<mode>_p75_ms``, ``<mode>_iqr_ms``,
+        ``<mode>_speedup`` (against the reference in the same mode), ``<mode>_setup_s`` (compile
+        or capture seconds) and ``<mode>_error``.
     """
     import statistics
 
@@ -143,6 +154,10 @@ def speed_table(
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     sizes = [int(b) for b in batch_sizes]
     dev = torch.device(device)
+    extra = [str(m) for m in modes]
+    bad = [m for m in extra if m not in bench.MODES or m == "eager"]
+    if bad:
+        raise ValueError(f"modes must be among {bench.MODES[1:]}, got {bad}")
     use_onnx = bool(onnx) and dev.type == "cpu"
     n_threads = int(threads) if threads is not None else torch.get_num_threads()
     labels = list(models)
@@ -164,6 +179,16 @@ def speed_table(
                 onnx_recs[label] = {rec["batch_size"]: rec for rec in recs}
             except Exception as e:  # noqa: BLE001 - a model that does not export still gets torch timings
                 onnx_errors[label] = f"{type(e).__name__}: {str(e)[:300]}"
+    mode_recs: dict[str, dict[str, dict[int, dict[str, Any]]]] = {m: {} for m in extra}
+    mode_errors: dict[str, dict[str, str]] = {m: {} for m in extra}
+    for mode in extra:
+        for label, model in models.items():
+            try:
+                recs = bench.latency(model, input_shape, sizes, threads=n_threads, min_run_time=min_run_time,
+                                     min_runs=min_runs, warmup=warmup, device=dev, label=label, mode=mode)
+                mode_recs[mode][label] = {rec["batch_size"]: rec for rec in recs}
+            except Exception as e:  # noqa: BLE001 - a model that does not compile still gets eager timings
+                mode_errors[mode][label] = f"{type(e).__name__}: {str(e)[:300]}"
     med = statistics.median
     rows: list[dict[str, Any]] = []
     for label in labels:
@@ -197,16 +222,24 @@ def speed_table(
                     "onnx_exporter": o["exporter"] if o else None,
                     "onnx_error": onnx_errors.get(label),
                 })
+            for mode in extra:
+                o = mode_recs[mode].get(label, {}).get(b)
+                ref_o = mode_recs[mode].get(labels[0], {}).get(b)
+                row.update({f"{mode}_{k}": o[k] if o else None for k in ("median_ms", "p25_ms", "p75_ms", "iqr_ms")})
+                row[f"{mode}_speedup"] = ref_o["median_ms"] / o["median_ms"] if o and ref_o else None
+                row[f"{mode}_setup_s"] = o["setup_s"] if o else None
+                row[f"{mode}_error"] = mode_errors[mode].get(label)
             rows.append(row)
     return rows
 
 
 def latency_pivot(rows: Sequence[Mapping[str, Any]], backend: str = "torch", digits: int = 2):
     """A table (pandas) of ``rows`` from :func:`speed_table`: one row per model, per batch size the
-    median latency in ms with its interquartile range, and the speedup against the reference."""
+    median latency in ms with its interquartile range, and the speedup against the reference.
+    ``backend``: ``"torch"`` (eager), ``"onnx"`` or an extra mode (``"compile"``, ``"cudagraph"``)."""
     import pandas as pd
 
-    pre = "" if backend == "torch" else "onnx_"
+    pre = "" if backend == "torch" else f"{backend}_"
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         if r.get(pre + "median_ms") is None:
@@ -618,22 +651,123 @@ def _paired_ratio(slow: Mapping[str, Any], fast: Mapping[str, Any]) -> float:
     return slow["median_ms"] / fast["median_ms"]
 
 
-def never_slower(rows: Sequence[Mapping[str, Any]], model: str, reference: str) -> dict[str, Any]:
+def never_slower(rows: Sequence[Mapping[str, Any]], model: str, reference: str,
+                 backend: str = "torch") -> dict[str, Any]:
     """Whether ``model`` is slower than ``reference`` at any measured batch size: by median
-    (speedup below 1, paired by round as in :func:`speed_table`) and clearly (its first quartile
-    above the reference's third quartile)."""
-    out = {"model": model, "min_speedup": None, "slower_median_at": [], "clearly_slower_at": []}
+    (speedup below 1, paired by round as in :func:`speed_table` for eager PyTorch) and clearly (its
+    first quartile above the reference's third quartile). ``backend`` as in :func:`latency_pivot`;
+    batch sizes where either has no timing are skipped."""
+    pre = "" if backend == "torch" else f"{backend}_"
+    out = {"model": model, "backend": backend, "min_speedup": None, "slower_median_at": [], "clearly_slower_at": []}
     speedups = []
     for r in rows:
-        if r["model"] != model:
+        ref = _row(rows, reference, r["batch_size"]) if r["model"] == model else None
+        if ref is None or r.get(pre + "median_ms") is None or ref.get(pre + "median_ms") is None:
             continue
-        ref = _row(rows, reference, r["batch_size"])
-        speedups.append(_paired_ratio(ref, r))
+        speedups.append(_paired_ratio(ref, r) if not pre else ref[pre + "median_ms"] / r[pre + "median_ms"])
         if speedups[-1] < 1.0:
             out["slower_median_at"].append(r["batch_size"])
-        if r["p25_ms"] > ref["p75_ms"]:
+        if r[pre + "p25_ms"] > ref[pre + "p75_ms"]:
             out["clearly_slower_at"].append(r["batch_size"])
     out["min_speedup"] = min(speedups) if speedups else None
+    return out
+
+
+# ------------------------------------------------------------------------- inference forms
+FORM = ", inference form"
+"""Suffix of the label of a model's inference form in :func:`inference_forms`."""
+
+
+def inference_forms(
+    models: Mapping[str, nn.Module],
+    example: torch.Tensor,
+    batch_sizes: Iterable[int] = (1, 8, 64),
+    *,
+    merge: str = "latency",
+    memory_format: str = "auto",
+    threads: int | None = None,
+    min_run_time: float = 0.02,
+    min_runs: int = 5,
+    device: str | torch.device = "cpu",
+) -> tuple[dict[str, nn.Module], list[dict[str, Any]]]:
+    """The inference form (:func:`basisprune.inference_form`) of every model, built on ``device``
+    (where its merges and memory format are timed) and returned on the CPU.
+
+    Returns:
+        ``({label + FORM: form}, summary)``: one summary row per model with the batch norms
+        folded, the linear chains found, the chains' layers before and after merging, their
+        multiply-accumulates per sample before and after, and the memory format chosen.
+    """
+    from .inference import inference_form
+
+    forms, summary = {}, []
+    dev = torch.device(device)
+    for label, model in models.items():
+        m = copy.deepcopy(model).to(dev).eval()
+        form = inference_form(m, example.to(dev), merge=merge, memory_format=memory_format,
+                              batch_sizes=batch_sizes, threads=threads, min_run_time=min_run_time,
+                              min_runs=min_runs).cpu()
+        rep = form.inference_report
+        forms[label + FORM] = form
+        summary.append({
+            "model": label, "batch norms folded": len(rep["bn_folded"]), "chains": len(rep["chains"]),
+            "chain layers": sum(len(c["layers"]) for c in rep["chains"]),
+            "after merging": sum(len(c["segments"]) for c in rep["chains"]),
+            "chain MMACs before": sum(c["macs_unmerged"] for c in rep["chains"]) / 1e6,
+            "chain MMACs after": sum(c["macs_merged"] for c in rep["chains"]) / 1e6,
+            "memory format": rep["memory_format"],
+        })
+    return forms, summary
+
+
+def speed_targets(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    ours: str,
+    pruned: str,
+    peer: str,
+    reference: str,
+    batch_size: int = 64,
+    fraction: float = 0.7,
+    backend: str = "torch",
+) -> dict[str, dict[str, Any]]:
+    """The speed targets of an inference form, each with ``met`` (True / False / None for not
+    measured), the numbers and a sentence.
+
+    (never) No model of ``rows`` is slower (median) than ``reference`` at any batch size.
+    (ratio) At ``batch_size``, ``ours`` is faster than ``reference`` by at least ``fraction`` of
+        the FLOP reduction of ``pruned`` (the compact model ``ours`` comes from: merging may add
+        FLOPs to the inference form, the pruning's saving is the compact model's).
+    (peer) At ``batch_size``, ``ours`` is at least as fast as ``peer`` (Torch-Pruning's model of
+        equal FLOPs).
+    """
+    pre = "" if backend == "torch" else f"{backend}_"
+    out: dict[str, dict[str, Any]] = {}
+    models = [m for m in dict.fromkeys(r["model"] for r in rows) if m != reference]
+    checks = [never_slower(rows, m, reference, backend) for m in models]
+    slower = {c["model"]: c["slower_median_at"] for c in checks if c["slower_median_at"]}
+    out["never"] = {"met": not slower, "slower": slower,
+                    "text": "(never) met: no model is slower than the unpruned one at any batch size."
+                    if not slower else "(never) not met: slower than the unpruned model (median) "
+                    + "; ".join(f"{m} at batch {b}" for m, b in slower.items()) + "."}
+    o, c, q, ref = (_row(rows, m, batch_size) for m in (ours, pruned, peer, reference))
+    if o is None or c is None or ref is None or o.get(pre + "median_ms") is None:
+        out["ratio"] = {"met": None, "text": f"(ratio) not measured: no {backend} timing of {ours!r} at batch {batch_size}."}
+    else:
+        speed = ref[pre + "median_ms"] / o[pre + "median_ms"] if pre else _paired_ratio(ref, o)
+        need = fraction * c["flop_reduction"]
+        out["ratio"] = {"met": speed >= need, "speedup": speed, "flop_reduction": c["flop_reduction"], "required": need,
+                        "text": f"(ratio) {'met' if speed >= need else 'not met'}: at batch {batch_size}, {ours} is "
+                                f"{speed:.2f}x faster than the unpruned model for {c['flop_reduction']:.2f}x fewer "
+                                f"FLOPs (target >= {need:.2f}x)."}
+    if o is None or q is None or o.get(pre + "median_ms") is None or q.get(pre + "median_ms") is None:
+        out["peer"] = {"met": None, "text": f"(peer) not measured: no {backend} timings of {ours!r} and {peer!r}."}
+    else:
+        speed = q[pre + "median_ms"] / o[pre + "median_ms"] if pre else _paired_ratio(q, o)
+        out["peer"] = {"met": speed >= 1.0, "speed_ratio": speed,
+                       "text": f"(peer) {'met' if speed >= 1.0 else 'not met'}: at batch {batch_size}, {ours} takes "
+                               f"{o[pre + 'median_ms']:.2f} ms and {peer} {q[pre + 'median_ms']:.2f} ms "
+                               f"(ours {speed:.2f}x as fast)."}
     return out
 
 
