@@ -162,7 +162,7 @@ def test_flops_merge_never_adds_flops_and_merges_cheap_chains():
     m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 16, 1), nn.Conv2d(16, 4, 1), nn.ReLU(),
                       nn.Conv2d(4, 16, 1), nn.ReLU(), nn.Conv2d(16, 4, 1), nn.Conv2d(4, 16, 1)).double().eval()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    f = bp.inference_form(m, x, merge="flops")
+    f = bp.inference_form(m, x, merge="flops", channel_multiple=1)
     assert bp.count_flops(f, x) <= bp.count_flops(m, x)
     segments = [s for c in f.inference_report["chains"] for s in c["segments"]]
     assert ["0", "1", "2"] in segments  # 3 -> 4 -> 16 -> 4 as one 3x3 conv 3 -> 4
@@ -248,6 +248,48 @@ def test_channel_and_basis_pruned_model_is_compacted_then_folded():
     f2 = bp.inference_form(d, x)
     assert not bp.basis_layers(f2) and not bp.channel_scales(f2)
     assert_same(f2(x), d(x), 1e-9)
+
+
+def widths(model: nn.Module) -> list[int]:
+    """Channel widths convs write and convs / linear layers read (the input's 3 channels left out)."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            out += [m.out_channels] + ([m.in_channels] if m.in_channels != 3 else [])
+        elif isinstance(m, nn.Linear):
+            out.append(m.in_features)
+    return out
+
+
+def test_channel_padding_rounds_every_width_of_a_channel_pruned_mobilenet():
+    """Torch-Pruning leaves odd widths in MobileNetV2 (residual groups, hidden channels, the last
+    conv feeding the classifier); padded to multiples of 8 every width is one, and the outputs
+    are unchanged."""
+    from basisprune import peer
+
+    torch.manual_seed(0)
+    m = randomise_batchnorms(torchvision.models.mobilenet_v2(num_classes=10), 0).eval()
+    x = torch.randn(2, 3, 32, 32)
+    tp = peer.torch_pruning_channel_prune(m, x[:1], 0.4).eval()
+    assert any(w % 8 for w in widths(tp))
+    f = bp.inference_form(tp, x, channel_multiple=8)
+    assert all(w % 8 == 0 for w in widths(f))
+    assert f.inference_report["padded"]
+    with torch.no_grad():
+        assert_same(f(x), tp(x), 1e-5)
+
+
+def test_channel_padding_leaves_widths_it_cannot_pad():
+    """A conv whose output is the model's output (or is read by a non-channel-wise op) keeps its
+    width; the rest is padded and the output is unchanged."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU(), nn.Conv2d(5, 6, 3, padding=1), nn.Hardswish(),
+                      nn.Conv2d(6, 6, 3, groups=6), nn.Conv2d(6, 7, 1)).double().eval()
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    f = bp.inference_form(m, x, merge="none", channel_multiple=4)
+    assert [c.out_channels for c in f.modules() if isinstance(c, nn.Conv2d)] == [8, 8, 8, 7]
+    assert [p["channels"] for p in f.inference_report["padded"]] == [5, 6]
+    assert_same(f(x), m(x), 1e-12)
 
 
 def test_inference_form_leaves_the_model_alone():

@@ -685,6 +685,7 @@ def inference_forms(
     *,
     merge: str = "latency",
     memory_format: str = "auto",
+    channel_multiple: int = 8,
     threads: int | None = None,
     min_run_time: float = 0.02,
     min_runs: int = 5,
@@ -696,7 +697,8 @@ def inference_forms(
     Returns:
         ``({label + FORM: form}, summary)``: one summary row per model with the batch norms
         folded, the linear chains found, the chains' layers before and after merging, their
-        multiply-accumulates per sample before and after, and the memory format chosen.
+        multiply-accumulates per sample before and after, the channel widths padded and the
+        memory format chosen.
     """
     from .inference import inference_form
 
@@ -705,7 +707,7 @@ def inference_forms(
     for label, model in models.items():
         m = copy.deepcopy(model).to(dev).eval()
         form = inference_form(m, example.to(dev), merge=merge, memory_format=memory_format,
-                              batch_sizes=batch_sizes, threads=threads, min_run_time=min_run_time,
+                              channel_multiple=channel_multiple, batch_sizes=batch_sizes, threads=threads, min_run_time=min_run_time,
                               min_runs=min_runs).cpu()
         rep = form.inference_report
         forms[label + FORM] = form
@@ -715,6 +717,7 @@ def inference_forms(
             "after merging": sum(len(c["segments"]) for c in rep["chains"]),
             "chain MMACs before": sum(c["macs_unmerged"] for c in rep["chains"]) / 1e6,
             "chain MMACs after": sum(c["macs_merged"] for c in rep["chains"]) / 1e6,
+            "widths padded": len(rep["padded"]),
             "memory format": rep["memory_format"],
         })
     return forms, summary

@@ -18,7 +18,10 @@ separate operation. :func:`inference_form` rewrites the model's ``torch.fx`` gra
    residual reads the projection. The split of each chain into merged segments minimises a cost,
    by dynamic programming over the chain: ``merge="flops"`` counts multiply-accumulates,
    ``merge="latency"`` times every segment on its real input shape at each batch size;
-5. channels-last memory format is used where it is measured to be faster (``memory_format``).
+5. optionally, channel counts passed from one conv to another through element-wise activations
+   and depthwise convs are padded with zero channels to a multiple of 8 or 16
+   (``channel_multiple``), the block size of oneDNN's and ONNX Runtime's convolution kernels;
+6. channels-last memory format is used where it is measured to be faster (``memory_format``).
 
 The result computes the input model's function to float rounding; merged weights are computed in
 float64. :func:`export` writes an ONNX file only after ONNX Runtime has reproduced PyTorch's outputs.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import operator
 import os
 import tempfile
 from pathlib import Path
@@ -35,6 +39,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
@@ -325,6 +330,131 @@ def _prefix_output(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor
     return x.clone()
 
 
+_CHANNELWISE = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU,
+                nn.Sigmoid, nn.Tanh, nn.ELU, nn.Mish, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_ADDS = (operator.add, torch.add)
+_POOLS = (F.adaptive_avg_pool2d, F.adaptive_max_pool2d)
+
+
+def _padded(t: torch.Tensor | None, dim: int, size: int) -> nn.Parameter | None:
+    """``t`` with zeros appended along ``dim`` up to ``size`` (a frozen parameter)."""
+    if t is None:
+        return None
+    pad = list(t.shape)
+    pad[dim] = size - t.shape[dim]
+    return nn.Parameter(torch.cat([t.detach(), t.new_zeros(pad)], dim), requires_grad=False)
+
+
+class _Region:
+    """The tensors that share one channel space: grown from a conv's output through element-wise
+    activations, adaptive pooling, depthwise convs, additions (both ways) and a flatten of a 1x1 map,
+    up to the convs / linear layers that read it (consumers) and the convs that write it (producers)."""
+
+    def __init__(self, gm: fx.GraphModule, calls: collections.Counter, start: fx.Node, channels: int):
+        self.modules = dict(gm.named_modules())
+        self.calls, self.c = calls, channels
+        self.producers: set[fx.Node] = set()
+        self.consumers: set[fx.Node] = set()
+        self.inner: set[fx.Node] = set()
+        self.ok = self._grow(start)
+
+    def _module(self, n: fx.Node) -> nn.Module | None:
+        if n.op == "call_module" and self.calls[n.target] == 1:
+            return self.modules[n.target]
+        return None
+
+    def _kind(self, n: fx.Node, forward: bool) -> str | None:
+        """``"inner"``, ``"consumer"`` (reached forward), ``"producer"`` (reached backward) or None
+        (the region cannot be padded)."""
+        m = self._module(n)
+        if type(m) is nn.Conv2d and m.groups == m.in_channels == m.out_channels == self.c:
+            return "inner"  # depthwise: one filter per channel
+        if isinstance(m, _CHANNELWISE) and _only_input(n) is not None:
+            return "inner"
+        if forward and _only_input(n) is not None:
+            if type(m) is nn.Conv2d and m.groups == 1 and m.in_channels == self.c:
+                return "consumer"
+            meta = n.args[0].meta.get("tensor_meta")
+            if type(m) is nn.Linear and m.in_features == self.c and meta is not None and len(meta.shape) == 2:
+                return "consumer"
+        if not forward and type(m) is nn.Conv2d and m.groups == 1 and m.out_channels == self.c:
+            return "producer"
+        if n.op == "call_function" and (n.target in _ADDS or n.target in _POOLS):
+            return "inner"
+        if n.op == "call_function" and n.target is torch.flatten and tuple(n.args[1:]) == (1,) and not n.kwargs:
+            meta = n.args[0].meta.get("tensor_meta")
+            return "inner" if meta is not None and all(d == 1 for d in meta.shape[2:]) else None
+        return None
+
+    def _grow(self, start: fx.Node) -> bool:
+        self.producers.add(start)
+        todo = [start]
+        while todo:
+            node = todo.pop()
+            for user in node.users:
+                if user in self.inner or user in self.consumers:
+                    continue
+                kind = self._kind(user, forward=True)
+                if kind is None:
+                    return False
+                (self.consumers if kind == "consumer" else self.inner).add(user)
+                if kind == "inner":
+                    todo.append(user)
+            if node in self.producers:
+                continue  # a producer's input is another channel space
+            for arg in node.all_input_nodes:
+                if arg in self.inner or arg in self.producers:
+                    continue
+                kind = self._kind(arg, forward=False)
+                if kind is None:
+                    return False
+                (self.producers if kind == "producer" else self.inner).add(arg)
+                todo.append(arg)
+        return bool(self.consumers)
+
+
+def _pad_channels(gm: fx.GraphModule, multiple: int) -> list[dict[str, Any]]:
+    """Round every channel space whose width is not a multiple of ``multiple`` up to one, where
+    that is exact: zero filters (and biases) in the convs that write it, depthwise convs inside it
+    widened with zero filters, zero input columns in the convs and linear layers that read it;
+    whatever the padded channels hold then never reaches an output. Kernels that block channels by
+    8 or 16 (oneDNN, ONNX Runtime's NCHWc) run odd widths much slower."""
+    calls = _module_calls(gm)
+    modules = dict(gm.named_modules())
+    seen: set[fx.Node] = set()
+    padded = []
+    for node in list(gm.graph.nodes):
+        m = modules.get(node.target) if node.op == "call_module" else None
+        if node in seen or type(m) is not nn.Conv2d or m.groups != 1 or calls[node.target] != 1:
+            continue
+        c = m.out_channels
+        if c % multiple == 0:
+            continue
+        region = _Region(gm, calls, node, c)
+        seen |= region.producers
+        if not region.ok:
+            continue
+        size = -(-c // multiple) * multiple
+        for n in region.producers:
+            p = modules[n.target]
+            p.weight, p.bias, p.out_channels = _padded(p.weight, 0, size), _padded(p.bias, 0, size), size
+        for n in region.inner:
+            d = modules.get(n.target) if n.op == "call_module" else None
+            if isinstance(d, nn.Conv2d):
+                d.weight, d.bias = _padded(d.weight, 0, size), _padded(d.bias, 0, size)
+                d.in_channels = d.out_channels = d.groups = size
+        for n in region.consumers:
+            q = modules[n.target]
+            q.weight = _padded(q.weight, 1, size)
+            if isinstance(q, nn.Conv2d):
+                q.in_channels = size
+            else:
+                q.in_features = size
+        padded.append({"producers": sorted(n.target for n in region.producers),
+                       "consumers": sorted(n.target for n in region.consumers), "channels": c, "padded_to": size})
+    return padded
+
+
 def _channels_last(gm: fx.GraphModule) -> fx.GraphModule:
     """A copy taking its input in channels-last format (converted on entry) with 4-D weights in it."""
     out = copy.deepcopy(gm)
@@ -343,6 +473,7 @@ def inference_form(
     *,
     merge: str = "flops",
     memory_format: str = "contiguous",
+    channel_multiple: int = 8,
     batch_sizes: Iterable[int] = (1, 8, 64),
     threads: int | None = None,
     min_run_time: float = 0.02,
@@ -366,6 +497,11 @@ def inference_form(
         memory_format: ``"contiguous"``, ``"channels_last"`` (input converted on entry, 4-D
             weights stored channels-last) or ``"auto"``: channels-last where the whole model is
             measured faster (summed over ``batch_sizes``, each relative to contiguous).
+        channel_multiple: round every channel width that convs write and convs / linear layers
+            read (through element-wise activations, adaptive pooling, depthwise convs, additions)
+            up to a multiple of this, with zero filters and zero input columns (exact). ONNX
+            Runtime's and oneDNN's kernels block channels by 8 or 16: pruned odd widths can run
+            several times slower there. 1 pads nothing.
         batch_sizes, threads, min_run_time, min_runs: the timings of ``"latency"`` and ``"auto"``
             (:func:`basisprune.bench.benchmark_timer`).
         timer: ``timer(module, x) -> seconds`` replacing the default timer (e.g. in tests).
@@ -378,7 +514,8 @@ def inference_form(
         A ``torch.fx.GraphModule`` in eval mode with frozen parameters. Its ``inference_report``
         dict lists what was done: ``dropped`` (identities), ``bn_folded``, ``chains`` (each chain's
         layers, the merged ``segments``, multiply-accumulates per sample before and after, and the
-        timings under ``"latency"``), ``merge``, ``memory_format`` and ``memory_format_ms``.
+        timings under ``"latency"``), ``merge``, ``padded`` (producer, consumer, channels,
+        padded_to), ``memory_format`` and ``memory_format_ms``.
 
     Raises:
         ValueError: bad arguments, or a model ``torch.fx`` cannot trace.
@@ -386,6 +523,8 @@ def inference_form(
     _check_inputs(model, example)
     if merge not in MERGE_MODES:
         raise ValueError(f"merge must be one of {MERGE_MODES}, got {merge!r}")
+    if not isinstance(channel_multiple, int) or channel_multiple < 1:
+        raise ValueError(f"channel_multiple must be an int >= 1, got {channel_multiple!r}")
     if memory_format not in MEMORY_FORMATS:
         raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}")
     sizes = bench._check_batch_sizes(batch_sizes)
@@ -417,6 +556,11 @@ def inference_form(
             ShapeProp(gm).propagate(example[:1])
             chains = _merge_chains(gm, merge, timer, sizes, seed)
         report["chains"] = chains
+        report["padded"] = []
+        if channel_multiple > 1:
+            gm.recompile()
+            ShapeProp(gm).propagate(example[:1])  # merges changed shapes; flatten needs them
+            report["padded"] = _pad_channels(gm, channel_multiple)
         gm.graph.eliminate_dead_code()
         gm.delete_all_unused_submodules()
         gm.recompile()
