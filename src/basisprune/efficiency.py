@@ -119,19 +119,20 @@ def speed_table(
         batch_sizes: batch sizes to time.
         threads: torch (and ONNX Runtime) intra-op threads for the timings (default: the current
             ``torch.get_num_threads()``).
-        onnx: also export each model to ONNX and time ONNX Runtime (CPU only; skipped on CUDA).
-            A model that fails to export gets ``onnx_error`` and no ONNX timings.
+        onnx: also export each model to ONNX and time ONNX Runtime (CPU only; skipped on CUDA),
+            in every round. A model that fails to export gets ``onnx_error`` and no ONNX timings.
         min_run_time, min_runs, warmup: per model, batch size and round, see
             :func:`basisprune.bench.latency`.
         rounds: the models are timed one after the other, ``rounds`` times over. With more than one
             round, ``median_ms`` is the median of the rounds' medians, ``p25_ms`` / ``p75_ms`` the
             medians of the rounds' quartiles, and ``speedup`` the median over rounds of the ratio
             reference / model within the round (robust to a load that drifts between rounds).
-        onnx_repeats: timed ``InferenceSession.run`` calls per batch size (one round).
+        onnx_repeats: timed ``InferenceSession.run`` calls per batch size and round.
         onnx_exporter: ``"legacy"`` (TorchScript-based, fast), ``"dynamo"`` or ``"auto"``.
         device: ``"cpu"`` or a CUDA device for the PyTorch timings.
-        modes: other ways to run the models besides eager PyTorch, timed once each after the
-            rounds: ``"compile"`` (``torch.compile``) and, on CUDA, ``"cudagraph"``
+        modes: other ways to run the models besides eager PyTorch, timed in every round after
+            the eager timings: ``"compile"`` (``torch.compile``, in the first round only: it
+            compiles for every batch size) and, on CUDA, ``"cudagraph"``
             (:func:`basisprune.bench.latency`'s ``mode``). A model that fails gets
             ``<mode>_error`` and no timings.
 
@@ -140,11 +141,10 @@ def speed_table(
         ``param_pruning_ratio``, ``flop_pruning_ratio``, ``flop_reduction`` (``flops_ref / flops``),
         ``batch_size``, ``median_ms``, ``p25_ms``, ``p75_ms``, ``iqr_ms``, ``runs``, ``rounds``,
         ``round_medians_ms``, ``throughput_ips``, ``threads``, ``device``, ``device_name``,
-        ``speedup`` and, with ``onnx``, ``onnx_median_ms``, ``onnx_p25_ms``, ``onnx_p75_ms``,
-        ``onnx_iqr_ms``, ``onnx_speedup``, ``onnx_exporter``, ``onnx_error``; per extra mode
-        ``<mode>_median_ms``, ``<mode>_p25_ms``, ``<mode>_p75_ms``, ``<mode>_iqr_ms``,
-        ``<mode>_speedup`` (against the reference in the same mode), ``<mode>_setup_s`` (compile
-        or capture seconds) and ``<mode>_error``.
+        ``speedup`` and, with ``onnx``, the same latency fields prefixed ``onnx_`` plus
+        ``onnx_exporter`` and ``onnx_error``; per extra mode the same prefixed ``<mode>_`` plus
+        ``<mode>_setup_s`` (compile or capture seconds) and ``<mode>_error``. Speedups are
+        against the reference in the same backend.
     """
     import statistics
 
@@ -163,74 +163,72 @@ def speed_table(
     labels = list(models)
     stats = {label: model_stats(m, input_shape) for label, m in models.items()}
     ref_stats = stats[labels[0]]
-    timed: dict[str, list[dict[int, dict[str, Any]]]] = {label: [] for label in labels}
+    backends = ["torch"] + (["onnx"] if use_onnx else []) + extra
+    timed: dict[str, dict[str, list[dict[int, dict[str, Any]]]]] = {k: {lb: [] for lb in labels} for k in backends}
+    errors: dict[str, dict[str, str]] = {k: {} for k in backends}
     for r in range(rounds):
-        for label, model in models.items():
-            lat = bench.latency(model, input_shape, sizes, threads=n_threads, min_run_time=min_run_time,
-                                min_runs=min_runs, warmup=warmup, device=dev, label=label, seed=r)
-            timed[label].append({rec["batch_size"]: rec for rec in lat})
-    onnx_recs: dict[str, dict[int, dict[str, Any]]] = {}
-    onnx_errors: dict[str, str] = {}
-    if use_onnx:
-        for label, model in models.items():
-            try:
-                recs = bench.onnx_latency(model, input_shape, sizes, repeats=onnx_repeats, threads=n_threads,
-                                          exporter=onnx_exporter, label=label)
-                onnx_recs[label] = {rec["batch_size"]: rec for rec in recs}
-            except Exception as e:  # noqa: BLE001 - a model that does not export still gets torch timings
-                onnx_errors[label] = f"{type(e).__name__}: {str(e)[:300]}"
-    mode_recs: dict[str, dict[str, dict[int, dict[str, Any]]]] = {m: {} for m in extra}
-    mode_errors: dict[str, dict[str, str]] = {m: {} for m in extra}
-    for mode in extra:
-        for label, model in models.items():
-            try:
-                recs = bench.latency(model, input_shape, sizes, threads=n_threads, min_run_time=min_run_time,
-                                     min_runs=min_runs, warmup=warmup, device=dev, label=label, mode=mode)
-                mode_recs[mode][label] = {rec["batch_size"]: rec for rec in recs}
-            except Exception as e:  # noqa: BLE001 - a model that does not compile still gets eager timings
-                mode_errors[mode][label] = f"{type(e).__name__}: {str(e)[:300]}"
-    med = statistics.median
+        for backend in backends:
+            if backend == "compile" and r > 0:
+                continue  # compiling every model again would cost minutes a round
+            for label, model in models.items():
+                if label in errors[backend]:
+                    continue
+                try:
+                    if backend == "onnx":
+                        recs = bench.onnx_latency(model, input_shape, sizes, repeats=onnx_repeats, threads=n_threads,
+                                                  exporter=onnx_exporter, label=label, seed=r)
+                    else:
+                        recs = bench.latency(model, input_shape, sizes, threads=n_threads, min_run_time=min_run_time,
+                                             min_runs=min_runs, warmup=warmup, device=dev, label=label, seed=r,
+                                             mode="eager" if backend == "torch" else backend)
+                except Exception as e:  # noqa: BLE001 - a model that does not export / compile keeps eager timings
+                    if backend == "torch":
+                        raise
+                    errors[backend][label] = f"{type(e).__name__}: {str(e)[:300]}"
+                    continue
+                timed[backend][label].append({rec["batch_size"]: rec for rec in recs})
     rows: list[dict[str, Any]] = []
     for label in labels:
         st = stats[label]
         for b in sizes:
-            recs = [rnd[b] for rnd in timed[label]]
-            refs = [rnd[b] for rnd in timed[labels[0]]]
-            median_ms = med([x["median_ms"] for x in recs])
-            p25, p75 = med([x["p25_ms"] for x in recs]), med([x["p75_ms"] for x in recs])
+            recs = [rnd[b] for rnd in timed["torch"][label]]
             row = {
                 "model": label, "params": st["params"], "flops": st["flops"],
                 "param_pruning_ratio": 1.0 - st["params"] / ref_stats["params"],
                 "flop_pruning_ratio": 1.0 - st["flops"] / ref_stats["flops"],
                 "flop_reduction": ref_stats["flops"] / st["flops"] if st["flops"] else math.inf,
-                "batch_size": b, "median_ms": median_ms, "p25_ms": p25, "p75_ms": p75, "iqr_ms": p75 - p25,
+                "batch_size": b,
+                **_combine(recs, [rnd[b] for rnd in timed["torch"][labels[0]]], ""),
                 "runs": sum(x["runs"] for x in recs), "rounds": rounds,
-                "round_medians_ms": [x["median_ms"] for x in recs],
-                "throughput_ips": b / median_ms * 1e3,
                 **{k: recs[0][k] for k in ("threads", "device", "device_name")},
-                "speedup": med([q["median_ms"] / x["median_ms"] for q, x in zip(refs, recs)]),
             }
-            if use_onnx:
-                o = onnx_recs.get(label, {}).get(b)
-                ref_o = onnx_recs.get(labels[0], {}).get(b)
-                row.update({
-                    "onnx_median_ms": o["median_ms"] if o else None,
-                    "onnx_p25_ms": o["p25_ms"] if o else None,
-                    "onnx_p75_ms": o["p75_ms"] if o else None,
-                    "onnx_iqr_ms": o["iqr_ms"] if o else None,
-                    "onnx_speedup": ref_o["median_ms"] / o["median_ms"] if o and ref_o else None,
-                    "onnx_exporter": o["exporter"] if o else None,
-                    "onnx_error": onnx_errors.get(label),
-                })
-            for mode in extra:
-                o = mode_recs[mode].get(label, {}).get(b)
-                ref_o = mode_recs[mode].get(labels[0], {}).get(b)
-                row.update({f"{mode}_{k}": o[k] if o else None for k in ("median_ms", "p25_ms", "p75_ms", "iqr_ms")})
-                row[f"{mode}_speedup"] = ref_o["median_ms"] / o["median_ms"] if o and ref_o else None
-                row[f"{mode}_setup_s"] = o["setup_s"] if o else None
-                row[f"{mode}_error"] = mode_errors[mode].get(label)
+            row["throughput_ips"] = b / row["median_ms"] * 1e3
+            for backend in backends[1:]:
+                got = [rnd[b] for rnd in timed[backend][label]]
+                row.update(_combine(got, [rnd[b] for rnd in timed[backend][labels[0]]], f"{backend}_"))
+                row[f"{backend}_error"] = errors[backend].get(label)
+                if backend == "onnx":
+                    row["onnx_exporter"] = got[0]["exporter"] if got else None
+                else:
+                    row[f"{backend}_setup_s"] = got[0]["setup_s"] if got else None
             rows.append(row)
     return rows
+
+
+def _combine(recs: Sequence[Mapping[str, Any]], refs: Sequence[Mapping[str, Any]], pre: str) -> dict[str, Any]:
+    """One model's records of one batch size over rounds: the median of the round medians, the
+    medians of the round quartiles, and the speedup as the median over rounds of the reference's
+    median over the model's in the same round. Keys prefixed with ``pre``; None when not timed."""
+    import statistics
+
+    med = statistics.median
+    if not recs:
+        return {pre + k: None for k in ("median_ms", "p25_ms", "p75_ms", "iqr_ms", "round_medians_ms", "speedup")}
+    p25, p75 = med([x["p25_ms"] for x in recs]), med([x["p75_ms"] for x in recs])
+    pairs = [q["median_ms"] / x["median_ms"] for q, x in zip(refs, recs)]
+    return {pre + "median_ms": med([x["median_ms"] for x in recs]), pre + "p25_ms": p25, pre + "p75_ms": p75,
+            pre + "iqr_ms": p75 - p25, pre + "round_medians_ms": [x["median_ms"] for x in recs],
+            pre + "speedup": med(pairs) if pairs else None}
 
 
 def latency_pivot(rows: Sequence[Mapping[str, Any]], backend: str = "torch", digits: int = 2):
@@ -640,21 +638,22 @@ def _row(rows: Sequence[Mapping[str, Any]], model: str, batch: int) -> Mapping[s
     return next((r for r in rows if r["model"] == model and r["batch_size"] == batch), None)
 
 
-def _paired_ratio(slow: Mapping[str, Any], fast: Mapping[str, Any]) -> float:
+def _paired_ratio(slow: Mapping[str, Any], fast: Mapping[str, Any], pre: str = "") -> float:
     """``slow / fast`` latency: the median over rounds of the ratio within each round when both rows
-    have the same rounds (as :func:`speed_table`'s ``speedup``), else the ratio of the medians."""
+    have the same rounds (as :func:`speed_table`'s ``speedup``), else the ratio of the medians.
+    ``pre`` selects a backend's fields (``"onnx_"``, ...)."""
     import statistics
 
-    a, b = slow.get("round_medians_ms"), fast.get("round_medians_ms")
+    a, b = slow.get(pre + "round_medians_ms"), fast.get(pre + "round_medians_ms")
     if a and b and len(a) == len(b):
         return statistics.median(x / y for x, y in zip(a, b))
-    return slow["median_ms"] / fast["median_ms"]
+    return slow[pre + "median_ms"] / fast[pre + "median_ms"]
 
 
 def never_slower(rows: Sequence[Mapping[str, Any]], model: str, reference: str,
                  backend: str = "torch") -> dict[str, Any]:
     """Whether ``model`` is slower than ``reference`` at any measured batch size: by median
-    (speedup below 1, paired by round as in :func:`speed_table` for eager PyTorch) and clearly (its
+    (speedup below 1, paired by round as in :func:`speed_table`) and clearly (its
     first quartile above the reference's third quartile). ``backend`` as in :func:`latency_pivot`;
     batch sizes where either has no timing are skipped."""
     pre = "" if backend == "torch" else f"{backend}_"
@@ -664,7 +663,7 @@ def never_slower(rows: Sequence[Mapping[str, Any]], model: str, reference: str,
         ref = _row(rows, reference, r["batch_size"]) if r["model"] == model else None
         if ref is None or r.get(pre + "median_ms") is None or ref.get(pre + "median_ms") is None:
             continue
-        speedups.append(_paired_ratio(ref, r) if not pre else ref[pre + "median_ms"] / r[pre + "median_ms"])
+        speedups.append(_paired_ratio(ref, r, pre))
         if speedups[-1] < 1.0:
             out["slower_median_at"].append(r["batch_size"])
         if r[pre + "p25_ms"] > ref[pre + "p75_ms"]:
@@ -757,7 +756,7 @@ def speed_targets(
     if o is None or c is None or ref is None or o.get(pre + "median_ms") is None:
         out["ratio"] = {"met": None, "text": f"(ratio) not measured: no {backend} timing of {ours!r} at batch {batch_size}."}
     else:
-        speed = ref[pre + "median_ms"] / o[pre + "median_ms"] if pre else _paired_ratio(ref, o)
+        speed = _paired_ratio(ref, o, pre)
         need = fraction * c["flop_reduction"]
         out["ratio"] = {"met": speed >= need, "speedup": speed, "flop_reduction": c["flop_reduction"], "required": need,
                         "text": f"(ratio) {'met' if speed >= need else 'not met'}: at batch {batch_size}, {ours} is "
@@ -766,7 +765,7 @@ def speed_targets(
     if o is None or q is None or o.get(pre + "median_ms") is None or q.get(pre + "median_ms") is None:
         out["peer"] = {"met": None, "text": f"(peer) not measured: no {backend} timings of {ours!r} and {peer!r}."}
     else:
-        speed = q[pre + "median_ms"] / o[pre + "median_ms"] if pre else _paired_ratio(q, o)
+        speed = _paired_ratio(q, o, pre)
         out["peer"] = {"met": speed >= 1.0, "speed_ratio": speed,
                        "text": f"(peer) {'met' if speed >= 1.0 else 'not met'}: at batch {batch_size}, {ours} takes "
                                f"{o[pre + 'median_ms']:.2f} ms and {peer} {q[pre + 'median_ms']:.2f} ms "
