@@ -21,7 +21,8 @@ separate operation. :func:`inference_form` rewrites the model's ``torch.fx`` gra
 5. optionally, channel counts passed from one conv to another through element-wise activations
    and depthwise convs are padded with zero channels to a multiple of 8 or 16
    (``channel_multiple``), the block size of oneDNN's and ONNX Runtime's convolution kernels;
-6. channels-last memory format is used where it is measured to be faster (``memory_format``).
+6. channels-last memory format is used where it is measured to be faster (``memory_format``;
+   decided before the merges of step 4, which are then timed in that format).
 
 The result computes the input model's function to float rounding; merged weights are computed in
 float64. :func:`export` writes an ONNX file only after ONNX Runtime has reproduced PyTorch's outputs.
@@ -267,7 +268,7 @@ def _partition(n: int, cost: Callable[[int, int], float]) -> list[tuple[int, int
 
 
 def _merge_chains(gm: fx.GraphModule, merge: str, timer: bench.LayerTimer | None,
-                  batch_sizes: Sequence[int], seed: int) -> list[dict[str, Any]]:
+                  batch_sizes: Sequence[int], seed: int, channels_last: bool = False) -> list[dict[str, Any]]:
     modules = dict(gm.named_modules())
     records = []
     gen = torch.Generator().manual_seed(seed)
@@ -295,7 +296,11 @@ def _merge_chains(gm: fx.GraphModule, merge: str, timer: bench.LayerTimer | None
             def seconds(i: int, j: int) -> list[float]:
                 if (i, j) not in memo:
                     x_in = [_prefix_output(layers[:i], x) for x in xs]
-                    memo[(i, j)] = [float(timer(merged(i, j), x)) for x in x_in]
+                    module = merged(i, j)
+                    if channels_last and x_in[0].dim() == 4:  # timed in the format the form will run in
+                        module = copy.deepcopy(module).to(memory_format=torch.channels_last)
+                        x_in = [x.contiguous(memory_format=torch.channels_last) for x in x_in]
+                    memo[(i, j)] = [float(timer(module, x)) for x in x_in]
                 return memo[(i, j)]
 
             unmerged = [sum(seconds(k, k)[b] for k in range(len(layers))) for b in range(len(batch_sizes))]
@@ -455,6 +460,34 @@ def _pad_channels(gm: fx.GraphModule, multiple: int) -> list[dict[str, Any]]:
     return padded
 
 
+def _finish(gm: fx.GraphModule, channel_multiple: int, example: torch.Tensor) -> tuple[fx.GraphModule, list]:
+    """Pad channel widths, drop what is unused, freeze: the final ``InferenceForm`` and the padding."""
+    padded = []
+    if channel_multiple > 1:
+        gm.recompile()
+        ShapeProp(gm).propagate(example[:1])  # merges changed shapes; flatten needs them
+        padded = _pad_channels(gm, channel_multiple)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    out = fx.GraphModule(gm, gm.graph, class_name="InferenceForm")
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out.eval(), padded
+
+
+def _pick_format(gm: fx.GraphModule, timer: bench.LayerTimer, sizes: Sequence[int], example: torch.Tensor,
+                 seed: int) -> tuple[str, dict[str, Any]]:
+    """``"channels_last"`` when the whole model is faster so (summed over batch sizes, each
+    relative to contiguous), else ``"contiguous"``; and the timings."""
+    cl = _channels_last(gm)
+    gen = torch.Generator().manual_seed(seed)
+    xs = [torch.randn((b, *example.shape[1:]), generator=gen, dtype=example.dtype).to(example.device) for b in sizes]
+    ms = {"contiguous": [1e3 * timer(gm, x) for x in xs], "channels_last": [1e3 * timer(cl, x) for x in xs]}
+    faster = sum(c / max(d, 1e-12) for c, d in zip(ms["channels_last"], ms["contiguous"])) < len(sizes)
+    return ("channels_last" if faster else "contiguous"), {"batch_sizes": list(sizes), **ms}
+
+
 def _channels_last(gm: fx.GraphModule) -> fx.GraphModule:
     """A copy taking its input in channels-last format (converted on entry) with 4-D weights in it."""
     out = copy.deepcopy(gm)
@@ -551,35 +584,22 @@ def inference_form(
         report["bn_folded"] = _fold_batchnorms(gm)
         gm.graph.lint()
         gm.recompile()
+        fmt, report["memory_format_ms"] = memory_format, None
+        if memory_format == "auto":
+            # decided first, on the padded form without merges, so merges are timed in that format
+            fmt = "contiguous"
+            if example.dim() == 4:
+                probe, _ = _finish(copy.deepcopy(gm), channel_multiple, example)
+                fmt, report["memory_format_ms"] = _pick_format(probe, timer, sizes, example, seed)
         chains: list[dict[str, Any]] = []
         if merge != "none":
             ShapeProp(gm).propagate(example[:1])
-            chains = _merge_chains(gm, merge, timer, sizes, seed)
+            chains = _merge_chains(gm, merge, timer, sizes, seed, channels_last=fmt == "channels_last")
         report["chains"] = chains
-        report["padded"] = []
-        if channel_multiple > 1:
-            gm.recompile()
-            ShapeProp(gm).propagate(example[:1])  # merges changed shapes; flatten needs them
-            report["padded"] = _pad_channels(gm, channel_multiple)
-        gm.graph.eliminate_dead_code()
-        gm.delete_all_unused_submodules()
-        gm.recompile()
-        gm = fx.GraphModule(gm, gm.graph, class_name="InferenceForm")
-        for p in gm.parameters():
-            p.requires_grad_(False)
-        gm.eval()
-        report["memory_format"], report["memory_format_ms"] = "contiguous", None
-        if memory_format == "channels_last":
-            gm, report["memory_format"] = _channels_last(gm), "channels_last"
-        elif memory_format == "auto" and example.dim() == 4:
-            cl = _channels_last(gm)
-            gen = torch.Generator().manual_seed(seed)
-            xs = [torch.randn((b, *example.shape[1:]), generator=gen, dtype=example.dtype).to(example.device)
-                  for b in sizes]
-            ms = {"contiguous": [1e3 * timer(gm, x) for x in xs], "channels_last": [1e3 * timer(cl, x) for x in xs]}
-            if sum(c / max(d, 1e-12) for c, d in zip(ms["channels_last"], ms["contiguous"])) < len(sizes):
-                gm, report["memory_format"] = cl, "channels_last"
-            report["memory_format_ms"] = {"batch_sizes": sizes, **ms}
+        gm, report["padded"] = _finish(gm, channel_multiple, example)
+        report["memory_format"] = fmt
+        if fmt == "channels_last":
+            gm = _channels_last(gm)
     gm.inference_report = report
     if check:
         with torch.no_grad():
