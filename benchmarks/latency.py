@@ -161,6 +161,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     f.add_argument("--memory-format", choices=["auto", "contiguous", "channels_last"], default="auto")
     f.add_argument("--channel-multiple", type=int, default=8, help="pad channel widths to a multiple of this (1: none)")
     f.add_argument("--form-min-run-time", type=float, default=0.02, help="seconds per timing while building the forms")
+    f.add_argument("--form-batch-sizes", type=int, nargs="+", default=None,
+                   help="batch sizes the forms' merges and memory format are timed at, each weighing the same "
+                        "(default: --batch-sizes); e.g. 64 for a form built for throughput")
     f.add_argument("--no-forms", dest="forms", action="store_false", help="time only the models, not their inference forms")
     g = p.add_argument_group("demo set")
     g.add_argument("--channel-keep", type=float, default=0.7,
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.forms:
         t0 = time.perf_counter()
         forms, form_summary = efficiency.inference_forms(
-            {e["label"]: e["model"] for e in entries}, x, sizes, merge=args.merge, memory_format=args.memory_format,
+            {e["label"]: e["model"] for e in entries}, x, args.form_batch_sizes or sizes, merge=args.merge, memory_format=args.memory_format,
             channel_multiple=args.channel_multiple, threads=args.threads, min_run_time=args.form_min_run_time, device=dev)
         print(f"built {len(forms)} inference forms in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     timed: dict[str, nn.Module] = {}
