@@ -410,3 +410,23 @@ def test_export_with_the_dynamo_exporter(tmp_path):
     x = torch.randn(2, 3, 10, 10)
     f = bp.inference_form(pruned(0, 0.5, torch.float32), x)
     assert bp.export(f, tmp_path / "m.onnx", x, exporter="dynamo")["exporter"] == "dynamo"
+
+
+def test_channel_padding_through_a_residual_that_one_conv_reads_and_writes():
+    """In x + conv(x) the conv reads and writes the same channels: both its sides are padded."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.conv = nn.Conv2d(3, 5, 3), nn.Conv2d(5, 5, 1)
+            self.head = nn.Conv2d(5, 2, 1)
+
+        def forward(self, x):
+            x = self.stem(x)
+            return self.head(torch.relu(x + self.conv(x)))
+
+    m = Block().double().eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    f = bp.inference_form(m, x, channel_multiple=8)
+    assert (f.conv.in_channels, f.conv.out_channels, f.head.in_channels) == (8, 8, 8)
+    assert_same(f(x), m(x), 1e-12)

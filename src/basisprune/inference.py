@@ -338,6 +338,7 @@ def _prefix_output(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor
 _CHANNELWISE = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU,
                 nn.Sigmoid, nn.Tanh, nn.ELU, nn.Mish, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _ADDS = (operator.add, torch.add)
+_ACTIVATIONS = (torch.relu, F.relu, F.relu6, F.hardtanh, F.hardswish, F.silu, F.gelu, torch.sigmoid, torch.tanh)
 _POOLS = (F.adaptive_avg_pool2d, F.adaptive_max_pool2d)
 
 
@@ -384,7 +385,7 @@ class _Region:
                 return "consumer"
         if not forward and type(m) is nn.Conv2d and m.groups == 1 and m.out_channels == self.c:
             return "producer"
-        if n.op == "call_function" and (n.target in _ADDS or n.target in _POOLS):
+        if n.op == "call_function" and (n.target in _ADDS or n.target in _POOLS or n.target in _ACTIVATIONS):
             return "inner"
         if n.op == "call_function" and n.target is torch.flatten and tuple(n.args[1:]) == (1,) and not n.kwargs:
             meta = n.args[0].meta.get("tensor_meta")
@@ -393,28 +394,23 @@ class _Region:
 
     def _grow(self, start: fx.Node) -> bool:
         self.producers.add(start)
+        sets = {"inner": self.inner, "consumer": self.consumers, "producer": self.producers}
         todo = [start]
         while todo:
             node = todo.pop()
-            for user in node.users:
-                if user in self.inner or user in self.consumers:
+            near = [(user, True) for user in node.users]
+            if node not in self.producers:  # a producer's input is another channel space
+                near += [(arg, False) for arg in node.all_input_nodes]
+            for other, forward in near:
+                # a conv can read and write one space (x + conv(x)): consumer forward, producer backward
+                if other in self.inner or other in (self.consumers if forward else self.producers):
                     continue
-                kind = self._kind(user, forward=True)
+                kind = self._kind(other, forward)
                 if kind is None:
                     return False
-                (self.consumers if kind == "consumer" else self.inner).add(user)
-                if kind == "inner":
-                    todo.append(user)
-            if node in self.producers:
-                continue  # a producer's input is another channel space
-            for arg in node.all_input_nodes:
-                if arg in self.inner or arg in self.producers:
-                    continue
-                kind = self._kind(arg, forward=False)
-                if kind is None:
-                    return False
-                (self.producers if kind == "producer" else self.inner).add(arg)
-                todo.append(arg)
+                sets[kind].add(other)
+                if kind != "consumer":
+                    todo.append(other)
         return bool(self.consumers)
 
 
