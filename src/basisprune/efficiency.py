@@ -146,8 +146,6 @@ def speed_table(
         ``<mode>_setup_s`` (compile or capture seconds) and ``<mode>_error``. Speedups are
         against the reference in the same backend.
     """
-    import statistics
-
     if not models:
         raise ValueError("models is empty; pass {label: model}, the reference first")
     if rounds < 1:

@@ -18,9 +18,10 @@ separate operation. :func:`inference_form` rewrites the model's ``torch.fx`` gra
    residual reads the projection. The split of each chain into merged segments minimises a cost,
    by dynamic programming over the chain: ``merge="flops"`` counts multiply-accumulates,
    ``merge="latency"`` times every segment on its real input shape at each batch size;
-5. optionally, channel counts passed from one conv to another through element-wise activations
-   and depthwise convs are padded with zero channels to a multiple of 8 or 16
-   (``channel_multiple``), the block size of oneDNN's and ONNX Runtime's convolution kernels;
+5. channel widths (a space of channels that convs write and convs or linear layers read, through
+   element-wise activations, depthwise convs, additions and global pooling) are padded with zero
+   channels to a multiple of ``channel_multiple`` (8), the block size of oneDNN's and ONNX
+   Runtime's convolution kernels: odd pruned widths run several times slower in ONNX Runtime;
 6. channels-last memory format is used where it is measured to be faster (``memory_format``;
    decided before the merges of step 4, which are then timed in that format).
 
