@@ -1,20 +1,25 @@
 #!/usr/bin/env python
-"""Latency of pruned models against the unpruned reference (PyTorch eager, optionally ONNX Runtime).
+"""Latency of pruned models and their inference forms against the unpruned reference.
 
-Two modes:
+Backends: PyTorch eager, ``torch.compile`` (``--compile``), ONNX Runtime (``--onnx``, CPU) and, on
+CUDA, CUDA graphs (``--device cuda``; ``--no-cuda-graphs`` to skip). Every model is timed next to
+its inference form (:func:`basisprune.inference_form`: batch norms and scales folded, linear chains
+merged where measured faster, channels-last where measured faster).
+
+Two model sets:
 
 * ``--compact-models DIR``: every ``*.pt`` file in DIR (written by ``basisprune.save_model``) is
   timed next to the unpruned reference (``--reference FILE``, or ``models.load(--model,
-  num_classes(--dataset))``).
-* otherwise a quick *demo set* is built from the transfer model ``models.load(--model, n)``:
-  basis-pruned versions whose bases are truncated by singular-value energy (90 % / 70 %, no
-  training: for latency only, their accuracy is meaningless), each compacted with the parameter
-  fold rule and with the latency-aware fold rule; a channel-pruned version with random masks
-  (also untrained); and Torch-Pruning's magnitude-pruned model at the FLOP ratio of the 70 %
-  basis model.
+  num_classes(--dataset))``), and Torch-Pruning's model at the FLOPs of the last file.
+* otherwise a *demo set* built from the transfer model ``models.load(--model, n)``, untrained
+  (for latency only, its accuracy is meaningless): a double-pruned model (random channel masks
+  keeping ``--channel-keep`` of every channel group, compacted, then bases truncated to
+  ``--double-energy`` of their singular-value energy, compacted), basis-pruned models truncated to
+  ``--energies``, and Torch-Pruning's magnitude channel pruning at the double-pruned model's FLOPs.
 
-Writes a JSON (hardware, settings, per-model per-batch-size medians and spreads) and prints a
-markdown table. Run ``.venv/bin/python benchmarks/latency.py --help``.
+Writes a results JSON with provenance (hardware, settings, per-model measures and inference-form
+reports, one row per model and batch size with every backend's median and quartiles, the speed
+targets) and prints markdown tables. Run ``.venv/bin/python benchmarks/latency.py --help``.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ import torch
 from torch import nn
 
 import basisprune as bp
-from basisprune import bench, data, models, peer
-from basisprune.results import provenance, write_json
+from basisprune import bench, data, efficiency, models, peer
+from basisprune.results import write_results
 
 UNTRAINED = "untrained, for latency only"
 
@@ -62,49 +67,40 @@ def random_channel_masks(model: nn.Module, keep: float, seed: int) -> None:
 
 def demo_models(ref: nn.Module, x: torch.Tensor, args) -> list[dict[str, Any]]:
     """[{label, description, model, extra}] of the demo set (the reference not included)."""
-    cls_name, _ = models.classifier(ref)
+    head, _ = models.classifier(ref)
     out = []
-    decomposed = bp.decompose(ref.eval(), exclude=[cls_name]).eval()
+    c = bp.add_channel_scales(ref, x[:1], ignored=[head]).eval()
+    random_channel_masks(c, args.channel_keep, args.seed)
+    channel = bp.compact(c, x[:1]).eval()
+    d = bp.decompose(channel, exclude=[head]).eval()
+    truncate_by_energy(d, args.double_energy)
+    out.append({"label": "double", "model": bp.compact(d).eval(),
+                "description": f"double pruning: random channel masks keeping ~{args.channel_keep:.0%} of every "
+                               f"group, then bases truncated to {args.double_energy:.0%} energy, {UNTRAINED}",
+                "extra": {"channel_keep": args.channel_keep, "energy": args.double_energy}})
+    decomposed = bp.decompose(ref, exclude=[head]).eval()
     for energy in args.energies:
         d = copy.deepcopy(decomposed)
         truncate_by_energy(d, energy)
-        tag = f"basis-E{round(energy * 100)}"
         kept = sum(l.kept for l in bp.basis_layers(d).values())
         total = sum(l.num_bases for l in bp.basis_layers(d).values())
-        about = f"bases energy-truncated to {energy:.0%} ({kept}/{total} bases kept), {UNTRAINED}"
-        out.append({"label": f"{tag} params-fold", "description": about + "; fold rule: fold_by_params",
-                    "model": bp.compact(d).eval(), "extra": {"energy": energy}})
-        if args.latency_fold:
-            t0 = time.perf_counter()
-            rule = bench.latency_fold_rule(d, x[:1], args.batch_sizes, threads=args.threads,
-                                           min_run_time=args.fold_min_run_time, device=args.device)
-            secs = time.perf_counter() - t0
-            folded = sum(r["fold"] for r in rule.records)
-            out.append({
-                "label": f"{tag} latency-fold",
-                "description": about + f"; fold rule: latency_fold_rule ({folded}/{len(rule.records)} layers folded)",
-                "model": bp.compact(d, fold_rule=rule).eval(),
-                "extra": {"energy": energy, "fold_rule_seconds": secs, "fold_decisions": rule.records},
-            })
-    c = bp.add_channel_scales(ref, x[:1], ignored=[cls_name]).eval()
-    random_channel_masks(c, args.channel_keep, args.seed)
-    out.append({"label": f"channel-random-{round(args.channel_keep * 100)}",
-                "description": f"random channel masks keeping ~{args.channel_keep:.0%} per group, {UNTRAINED}",
-                "model": bp.compact(c, x[:1]).eval(), "extra": {"channel_keep": args.channel_keep}})
-    if args.tp_target is not None:
-        target = args.tp_target
-    else:
-        anchor = [m for m in out if m["label"].endswith("params-fold")][-1:]
-        ratio = bp.measure(anchor[0]["model"], x[:1], ref)["flop_pruning_ratio"] if anchor else 0.0
-        target = ratio if ratio > 0.02 else 0.3
-    t0 = time.perf_counter()
-    tp_model, info = peer.torch_pruning_channel_prune(ref, x[:1], target, importance="magnitude",
-                                                      return_info=True)
-    info["seconds"] = time.perf_counter() - t0
-    out.append({"label": f"torch-pruning-mag-{round(target * 100)}",
-                "description": f"Torch-Pruning GroupMagnitudeImportance(p=2), global, FLOP pruning ratio >= {target:.3f}, {UNTRAINED}",
-                "model": tp_model.eval(), "extra": {"torch_pruning": info}})
+        out.append({"label": f"basis-E{round(energy * 100)}", "model": bp.compact(d).eval(),
+                    "description": f"bases truncated to {energy:.0%} energy ({kept}/{total} kept), {UNTRAINED}",
+                    "extra": {"energy": energy}})
     return out
+
+
+def peer_model(ref: nn.Module, x: torch.Tensor, anchor: dict[str, Any], target: float | None) -> dict[str, Any]:
+    """Torch-Pruning's magnitude channel pruning at ``target`` (default the anchor's FLOP ratio)."""
+    if target is None:
+        target = bp.measure(anchor["model"], x[:1], ref)["flop_pruning_ratio"]
+    t0 = time.perf_counter()
+    tp_model, info = peer.torch_pruning_channel_prune(ref, x[:1], target, importance="magnitude", return_info=True)
+    info["seconds"] = time.perf_counter() - t0
+    return {"label": f"torch-pruning-{round(100 * target)}", "model": tp_model.eval(),
+            "description": f"Torch-Pruning GroupMagnitudeImportance(p=2), global, FLOP pruning ratio >= {target:.3f} "
+                          f"(that of {anchor['label']}), {UNTRAINED}",
+            "extra": {"torch_pruning": info}}
 
 
 def saved_models(directory: Path) -> list[dict[str, Any]]:
@@ -115,37 +111,38 @@ def saved_models(directory: Path) -> list[dict[str, Any]]:
             for f in files]
 
 
-# ------------------------------------------------------------------------------------ table
-def markdown(rows: list[dict[str, Any]], with_onnx: bool) -> str:
-    head = ["model", "params", "MFLOPs/img", "FLOP ratio", "batch", "median ms", "IQR ms", "img/s", "speedup"]
-    if with_onnx:
-        head += ["ORT median ms", "ORT speedup"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["model"], f"{r['params']:,}", f"{r['flops_per_image'] / 1e6:.1f}",
-                 f"{r['flop_pruning_ratio']:.3f}", str(r["batch_size"]), f"{r['median_ms']:.2f}",
-                 f"{r['iqr_ms']:.2f}", f"{r['throughput_ips']:.0f}", f"{r['speedup']:.2f}x"]
-        if with_onnx:
-            cells += [f"{r['onnx_median_ms']:.2f}" if r.get("onnx_median_ms") is not None else "-",
-                      f"{r['onnx_speedup']:.2f}x" if r.get("onnx_speedup") is not None else "-"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+# ------------------------------------------------------------------------------------ tables
+BACKENDS = {"torch": "PyTorch eager", "compile": "torch.compile", "cudagraph": "CUDA graphs",
+            "onnx": "ONNX Runtime"}
+
+
+def markdown(rows: list[dict[str, Any]], backend: str) -> str:
+    """One table per backend: per model MFLOPs, FLOP reduction and, per batch size, the median
+    ms [p25-p75] and the speedup against the unpruned model."""
+    table = efficiency.latency_pivot(rows, backend)
+    if table.empty:
+        return ""
+    table = table.drop(columns=["params (M)"]).rename(columns={"FLOPs reduction": "FLOPs red."})
+    return table.to_markdown(floatfmt=".2f")
 
 
 # --------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Time pruned models against the unpruned reference (CPU or CUDA; eval mode, "
-                    "torch.inference_mode; medians and IQRs over repeated runs).",
+        description="Time pruned models and their inference forms against the unpruned reference (CPU or "
+                    "CUDA; eval mode, torch.inference_mode; medians and IQRs over repeated runs).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="Example: .venv/bin/python benchmarks/latency.py --batch-sizes 1 8 --threads 1 --out runs/latency.json",
+        epilog="Example: .venv/bin/python benchmarks/latency.py --image-size 32 --threads 1 --onnx --out runs/latency.json",
     )
     p.add_argument("--model", default="mobilenet_v2", help="reference architecture (basisprune.models.load)")
     p.add_argument("--dataset", default="mnist5k", help="data set whose class count sizes the head")
     p.add_argument("--image-size", type=int, default=224, help="input side in pixels (3 channels)")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 64])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                   help="batch sizes (default: 1 8 64 on the CPU, 1 8 64 256 on CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime threads (default: torch's current count)")
-    p.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per model and batch size")
+    p.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per model, batch size and round")
+    p.add_argument("--min-runs", type=int, default=5, help="timed runs per model, batch size and round (at least)")
+    p.add_argument("--rounds", type=int, default=3, help="eager rounds: every model timed once per round")
     p.add_argument("--out", type=Path, default=Path("runs/latency.json"), help="JSON output file (runs/ is git-ignored)")
     p.add_argument("--compact-models", type=Path, default=None,
                    help="directory of *.pt compact models (basisprune.save_model) to time; default: build the demo set")
@@ -154,28 +151,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-pretrained", action="store_true", help="random reference weights (no weight files needed)")
     p.add_argument("--onnx", action="store_true", help="also export to ONNX and time ONNX Runtime (CPU)")
     p.add_argument("--onnx-repeats", type=int, default=20)
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (compiled once per model and batch size)")
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (ONNX timings are CPU only)")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="on CUDA, do not time CUDA-graph replay")
+    f = p.add_argument_group("inference form")
+    f.add_argument("--merge", choices=["latency", "flops", "none"], default="latency",
+                   help="how linear chains are merged (basisprune.inference_form)")
+    f.add_argument("--memory-format", choices=["auto", "contiguous", "channels_last"], default="auto")
+    f.add_argument("--channel-multiple", type=int, default=8, help="pad channel widths to a multiple of this (1: none)")
+    f.add_argument("--form-min-run-time", type=float, default=0.02, help="seconds per timing while building the forms")
+    f.add_argument("--form-batch-sizes", type=int, nargs="+", default=None,
+                   help="batch sizes the forms' merges and memory format are timed at, each weighing the same "
+                        "(default: --batch-sizes); e.g. 64 for a form built for throughput")
+    f.add_argument("--no-forms", dest="forms", action="store_false", help="time only the models, not their inference forms")
     g = p.add_argument_group("demo set")
-    g.add_argument("--energies", type=float, nargs="+", default=[0.9, 0.7],
-                   help="singular-value energy kept by the basis-truncated models")
-    g.add_argument("--channel-keep", type=float, default=0.5, help="fraction of channels the random channel masks keep")
+    g.add_argument("--channel-keep", type=float, default=0.7,
+                   help="fraction of channels the double-pruned model's random channel masks keep")
+    g.add_argument("--double-energy", type=float, default=0.9, help="singular-value energy the double-pruned model keeps")
+    g.add_argument("--energies", type=float, nargs="*", default=[0.7],
+                   help="singular-value energy kept by the basis-pruned models")
     g.add_argument("--tp-target", type=float, default=None,
-                   help="FLOP pruning ratio for Torch-Pruning (None: that of the last basis params-fold model)")
-    g.add_argument("--no-latency-fold", dest="latency_fold", action="store_false",
-                   help="skip the latency-aware fold-rule variants")
-    g.add_argument("--fold-min-run-time", type=float, default=0.02, help="seconds per layer timing in latency_fold_rule")
+                   help="FLOP pruning ratio for Torch-Pruning (None: that of the double-pruned model)")
+    g.add_argument("--no-peer", dest="peer", action="store_false", help="skip Torch-Pruning's model")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    started = time.perf_counter()
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    sizes = args.batch_sizes or ([1, 8, 64, 256] if dev.type == "cuda" else [1, 8, 64])
     shape = (3, args.image_size, args.image_size)
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(args.seed))
-    started = time.perf_counter()
     if args.reference is not None:
         ref, ref_about = bp.load_model(args.reference).eval(), f"loaded from {args.reference}"
     else:
@@ -184,56 +196,74 @@ def main(argv: list[str] | None = None) -> int:
         ref_about = f"{args.model}, {'ImageNet' if not args.no_pretrained else 'random'} weights, fresh {n}-class head"
     entries = [{"label": "unpruned", "description": ref_about, "model": ref, "extra": {}}]
     entries += saved_models(args.compact_models) if args.compact_models else demo_models(ref, x, args)
+    if args.peer:
+        entries.insert(1, peer_model(ref, x, entries[1] if not args.compact_models else entries[-1], args.tp_target))
     build_s = time.perf_counter() - started
 
-    ref_measure = bp.measure(ref, x[:1])
-    results, rows = [], []
-    ref_lat: dict[int, float] = {}
-    ref_onnx: dict[int, float] = {}
+    forms, form_summary = {}, []
+    if args.forms:
+        t0 = time.perf_counter()
+        forms, form_summary = efficiency.inference_forms(
+            {e["label"]: e["model"] for e in entries}, x, args.form_batch_sizes or sizes, merge=args.merge, memory_format=args.memory_format,
+            channel_multiple=args.channel_multiple, threads=args.threads, min_run_time=args.form_min_run_time, device=dev)
+        print(f"built {len(forms)} inference forms in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    timed: dict[str, nn.Module] = {}
     for e in entries:
-        m = e["model"]
-        meas = bp.measure(m, x[:1], ref_measure)
-        lat = bench.latency(m, shape, args.batch_sizes, threads=args.threads, min_run_time=args.min_run_time,
-                            device=args.device, label=e["label"])
-        onnx = bench.onnx_latency(m, shape, args.batch_sizes, repeats=args.onnx_repeats, threads=args.threads,
-                                  label=e["label"]) if args.onnx else []
-        if e["label"] == "unpruned":
-            ref_lat = {r["batch_size"]: r["median_ms"] for r in lat}
-            ref_onnx = {r["batch_size"]: r["median_ms"] for r in onnx}
-        onnx_by_bs = {r["batch_size"]: r for r in onnx}
-        for r in lat:
-            b = r["batch_size"]
-            o = onnx_by_bs.get(b)
-            rows.append({
-                **r, "description": e["description"], "params": meas["params"],
-                "flops_per_image": meas["flops"], "flop_pruning_ratio": meas["flop_pruning_ratio"],
-                "param_pruning_ratio": meas["param_pruning_ratio"], "speedup": ref_lat[b] / r["median_ms"],
-                "onnx_median_ms": o["median_ms"] if o else None, "onnx_iqr_ms": o["iqr_ms"] if o else None,
-                "onnx_speedup": ref_onnx[b] / o["median_ms"] if o else None,
-            })
-        results.append({"label": e["label"], "description": e["description"], **meas,
-                        "latency": lat, "onnx": onnx, **e["extra"]})
-        print(f"timed {e['label']}", file=sys.stderr)
+        timed[e["label"]] = e["model"]
+        if e["label"] + efficiency.FORM in forms:
+            timed[e["label"] + efficiency.FORM] = forms[e["label"] + efficiency.FORM]
+    modes = (["compile"] if args.compile else []) + (["cudagraph"] if dev.type == "cuda" and args.cuda_graphs else [])
+    t0 = time.perf_counter()
+    rows = efficiency.speed_table(timed, shape, sizes, threads=args.threads, onnx=args.onnx,
+                                  min_run_time=args.min_run_time, min_runs=args.min_runs, rounds=args.rounds,
+                                  onnx_repeats=args.onnx_repeats, device=dev, modes=modes)
+    timing_s = time.perf_counter() - t0
 
+    backends = ["torch"] + modes + (["onnx"] if args.onnx and dev.type == "cpu" else [])
+    big = 64 if 64 in sizes else max(sizes)
+    double = next((e["label"] for e in entries[1:] if e["label"] == "double"), entries[-1]["label"])
+    tp = next((e["label"] for e in entries if e["label"].startswith("torch-pruning")), "")
+    targets = {}
+    for b in backends:
+        for ours, other in ((double, tp), (double + efficiency.FORM, tp + efficiency.FORM)):
+            if ours in timed:
+                targets[f"{b}: {ours}"] = efficiency.speed_targets(
+                    rows, ours=ours, pruned=double, peer=other if other in timed else tp, reference="unpruned",
+                    batch_size=big, backend=b)
+    describe = {e["label"]: e["description"] for e in entries}
     record = {
         "hardware": bench.hardware(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "input_shape": list(shape),
-        "reference": "unpruned",
-        "build_seconds": build_s,
-        "total_seconds": time.perf_counter() - started,
-        "models": results,
+        "input_shape": list(shape), "batch_sizes": sizes, "reference": "unpruned", "backends": backends,
+        "models": [{"label": e["label"], "description": e["description"], **e["extra"]} for e in entries],
+        "inference_forms": {label: {"summary": s, "report": forms[label].inference_report}
+                            for label, s in zip(forms, form_summary)},
         "rows": rows,
-        "provenance": provenance(vars(args), args.seed),
+        "targets": targets,
     }
-    write_json(args.out, record)
+    write_results(args.out, record, {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                  args.seed, {"build_seconds": build_s, "timing_seconds": timing_s,
+                              "total_seconds": time.perf_counter() - started})
     hw = record["hardware"]
-    print(f"\n{hw['cpu_model']}, {rows[0]['threads']} threads, torch {hw['torch']}, device {rows[0]['device_name']}, "
-          f"input {args.image_size}px\n")
-    print(markdown(rows, args.onnx))
-    print("\nspeedup = unpruned median / model median at the same batch size.")
+    print(f"\n{rows[0]['device_name']}, {rows[0]['threads']} thread(s), torch {hw['torch']}, onnxruntime "
+          f"{hw['onnxruntime']}, input {args.image_size} px, {args.rounds} eager round(s)\n")
+    for b in backends:
+        print(f"### {BACKENDS[b]}: median ms per batch [p25-p75], speedup vs unpruned\n")
+        print(markdown(rows, b) + "\n")
+        errors = {r["model"]: r.get(f"{b}_error") for r in rows if r.get(f"{b}_error")}
+        if errors:
+            print(f"errors: {errors}\n")
+    if form_summary:
+        import pandas as pd
+
+        print("### Inference forms\n")
+        print(pd.DataFrame(form_summary).set_index("model").to_markdown(floatfmt=".2f") + "\n")
+    print("### Targets\n")
+    for key, verdict in targets.items():
+        print(f"- {key}: " + " ".join(v["text"] for v in verdict.values()))
+    print()
     for e in entries:
-        print(f"- {e['label']}: {e['description']}")
+        print(f"- {e['label']}: {describe[e['label']]}")
     print(f"\nwrote {args.out}")
     return 0
 

@@ -137,3 +137,35 @@ def test_latency_fold_rule_needs_basis_layers():
     """A model without basis layers is refused with a ValueError."""
     with pytest.raises(ValueError, match="basis layers"):
         bench.latency_fold_rule(tiny_net(), torch.randn(1, *SHAPE))
+
+
+def test_latency_mode_is_recorded_and_unknown_modes_refused():
+    """Eager records say so with no setup time; an unknown mode, or CUDA graphs without CUDA,
+    raise ValueError."""
+    rec = bench.latency(tiny_net(), SHAPE, batch_sizes=(1,), threads=1, min_run_time=0.002, min_runs=2)[0]
+    assert rec["mode"] == "eager" and rec["setup_s"] == 0.0
+    with pytest.raises(ValueError, match="mode"):
+        bench.latency(tiny_net(), SHAPE, mode="turbo")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cudagraph"):
+            bench.latency(tiny_net(), SHAPE, mode="cudagraph")
+
+
+@pytest.mark.slow
+def test_latency_compile_mode_times_a_compiled_model():
+    """torch.compile mode compiles once per batch size (setup_s > 0) and times the compiled model."""
+    recs = bench.latency(tiny_net(), SHAPE, batch_sizes=(1, 2), threads=1, min_run_time=0.002, min_runs=2,
+                         mode="compile")
+    assert [r["mode"] for r in recs] == ["compile", "compile"]
+    assert all(r["setup_s"] > 0 and r["median_ms"] > 0 for r in recs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_replay_gives_the_eager_output():
+    """The CUDA-graph callable returns the eager model's output for a new input of the same shape."""
+    m = tiny_net().cuda().eval()
+    x = torch.randn(2, *SHAPE, device="cuda")
+    with torch.no_grad():
+        run = bench._cuda_graph(m, x)
+        y = torch.randn(2, *SHAPE, device="cuda")
+        torch.testing.assert_close(run(y).clone(), m(y))

@@ -58,11 +58,13 @@ def test_speed_table_rows_have_fields_and_reference_speedup_is_one(rounds):
 
 
 def test_speed_table_onnx_columns():
-    """With onnx, every row has ONNX Runtime timings and the reference's ONNX speedup is 1."""
+    """With onnx, every row has ONNX Runtime timings from every round and the reference's ONNX
+    speedup is 1."""
     rows = efficiency.speed_table({"ref": tiny_net(), "copy": tiny_net()}, SHAPE, batch_sizes=(2,), threads=1,
-                                  onnx=True, onnx_repeats=2, **QUICK)
+                                  onnx=True, onnx_repeats=2, rounds=2, **QUICK)
     for r in rows:
         assert r["onnx_error"] is None and r["onnx_median_ms"] > 0 and r["onnx_exporter"] == "legacy"
+        assert len(r["onnx_round_medians_ms"]) == 2
     assert rows[0]["onnx_speedup"] == 1.0
     assert "b2 speedup" in efficiency.latency_pivot(rows, "onnx").columns
 
@@ -218,3 +220,55 @@ def test_cached_peer_history_prefix():
     assert efficiency._covers(hist, 3, False, 0.9) and efficiency._covers(hist, 2, True, 0.95)
     assert efficiency._covers(hist, 10, True, 0.6)
     assert not efficiency._covers(hist, 4, False, 0.9) and not efficiency._covers(hist, 5, True, 0.95)
+
+
+def test_speed_targets_logic():
+    """(never) no model slower than the reference, (ratio) speedup against fraction of the compact
+    model's FLOP reduction, (peer) at least as fast as the peer; and not-measured cases."""
+    rows = _rows(40.0, 50.0)  # ours 2.5x faster, compact model 4x fewer FLOPs, peer 2x faster
+    rows.append({**rows[1], "model": "compact", "median_ms": 80.0})
+    v = efficiency.speed_targets(rows, ours="ours", pruned="compact", peer="peer", reference="ref", fraction=0.5)
+    assert v["never"]["met"] and v["ratio"]["met"] and v["peer"]["met"]
+    assert v["ratio"]["required"] == pytest.approx(2.0) and v["peer"]["speed_ratio"] == pytest.approx(1.25)
+    v = efficiency.speed_targets(rows, ours="ours", pruned="compact", peer="peer", reference="ref", fraction=0.7)
+    assert v["ratio"]["met"] is False  # 2.5x < 0.7 * 4x
+    slow = _rows(60.0, 120.0)
+    v = efficiency.speed_targets(slow, ours="ours", pruned="ours", peer="peer", reference="ref")
+    assert v["never"]["met"] is False and v["never"]["slower"] == {"peer": [64]} and v["peer"]["met"]
+    v = efficiency.speed_targets(slow, ours="ours", pruned="ours", peer="absent", reference="ref", backend="onnx")
+    assert v["ratio"]["met"] is None and v["peer"]["met"] is None and v["never"]["met"] is True
+
+
+def test_inference_forms_label_and_summarise():
+    """Each model gets one inference form, labelled with FORM, on the CPU, computing its outputs;
+    the summary counts its folded batch norms."""
+    _, small = pruned_compact()
+    x = torch.randn(2, *SHAPE)
+    forms, summary = efficiency.inference_forms({"ref": tiny_net(), "small": small}, x, (1, 2), merge="flops",
+                                                memory_format="contiguous")
+    assert list(forms) == ["ref" + efficiency.FORM, "small" + efficiency.FORM]
+    assert [s["batch norms folded"] for s in summary] == [1, 1]
+    with torch.no_grad():
+        torch.testing.assert_close(forms["small" + efficiency.FORM](x), small(x), rtol=1e-4, atol=1e-5)
+
+
+def test_speed_table_extra_mode_columns(monkeypatch):
+    """An extra mode adds its columns to every row (timings from bench.latency in that mode; a
+    model that fails gets an error and no timings); an unknown mode is refused."""
+    from basisprune import bench
+
+    real = bench.latency
+
+    def fake(model, *args, mode="eager", **kwargs):
+        if mode == "compile" and isinstance(model, nn.Sequential) and len(model) == 1:
+            raise RuntimeError("cannot compile")
+        return real(model, *args, **kwargs)  # eager timings stand in for compiled ones
+
+    monkeypatch.setattr(bench, "latency", fake)
+    models = {"ref": tiny_net(), "copy": tiny_net(), "broken": nn.Sequential(tiny_net())}
+    rows = efficiency.speed_table(models, SHAPE, batch_sizes=(1,), threads=1, onnx=False, modes=("compile",), **QUICK)
+    assert rows[0]["compile_speedup"] == 1.0 and rows[1]["compile_median_ms"] > 0
+    assert rows[2]["compile_error"].startswith("RuntimeError") and rows[2]["compile_median_ms"] is None
+    assert "b1 speedup" in efficiency.latency_pivot(rows, "compile").columns
+    with pytest.raises(ValueError, match="modes"):
+        efficiency.speed_table(models, SHAPE, modes=("turbo",))

@@ -6,11 +6,14 @@ The core API::
     d = bp.decompose(model)              # exact basis form; scales in every layer's ``scale``
     c = bp.compact(d)                    # physically smaller model after pruning masks are set
     bp.measure(c, x, reference=model)    # params, FLOPs, pruning ratios
+    f = bp.inference_form(c, x)          # batch norms and scales folded, linear chains merged
+    bp.export(f, "model.onnx", x)        # ONNX, written once ONNX Runtime reproduces PyTorch
 """
 
 from .channel import ChannelScale, add_channel_scales, channel_scales, l1_penalty, remove_channel_scales
 from .compact import compact, load_model, save_model
 from .decompose import BasisConv2d, BasisLayer, BasisLinear, basis_layers, decompose
+from .inference import export, inference_form
 from .importance import ScaleMagnitude, TaylorImportance, holders
 from .measure import basis_ceiling, count_flops, count_params, measure
 from .prune import PruningRule, apply_masks, select
@@ -34,7 +37,9 @@ __all__ = [
     "count_flops",
     "count_params",
     "decompose",
+    "export",
     "holders",
+    "inference_form",
     "l1_penalty",
     "load_model",
     "measure",

@@ -2,7 +2,7 @@
 
 * :func:`latency` times a model's forward pass with ``torch.utils.benchmark.Timer`` in eval mode
   under ``torch.inference_mode``, one record per batch size (median, quartiles, IQR, runs,
-  throughput, threads, device).
+  throughput, threads, device), eagerly, through ``torch.compile`` or replayed as a CUDA graph.
 * :func:`onnx_latency` exports the model with ``torch.onnx.export`` (dynamic batch axis), checks
   that ONNX Runtime reproduces torch's outputs and times ``InferenceSession.run``.
 * :func:`hardware` describes the machine the timings come from.
@@ -34,6 +34,7 @@ from .decompose import BasisLayer, basis_layers
 
 __all__ = [
     "LatencyFoldRule",
+    "MODES",
     "benchmark_timer",
     "cpu_model",
     "export_onnx",
@@ -43,6 +44,9 @@ __all__ = [
     "layer_input_shapes",
     "onnx_latency",
 ]
+
+MODES = ("eager", "compile", "cudagraph")
+"""How :func:`latency` runs the model: eagerly, through ``torch.compile``, or replayed as a CUDA graph."""
 
 LayerTimer = Callable[[nn.Module, torch.Tensor], float]
 """``timer(module, x) -> seconds`` for one forward pass of ``module`` on ``x`` (eval, no grad)."""
@@ -245,6 +249,7 @@ def latency(
     warmup: int = 3,
     label: str | None = None,
     seed: int = 0,
+    mode: str = "eager",
 ) -> list[dict[str, Any]]:
     """Forward-pass latency of ``model`` at each batch size (eval mode, ``torch.inference_mode``).
 
@@ -266,42 +271,88 @@ def latency(
         warmup: untimed forward passes per batch size before measuring.
         label: copied into every record as ``model`` (handy for concatenating tables).
         seed: seed of the random input batch.
+        mode: ``"eager"``; ``"compile"``: ``torch.compile(model, dynamic=False)``, compiled for
+            each batch size by its first call (timed as ``setup_s``, not in the latency); or
+            ``"cudagraph"`` (CUDA only): the forward pass captured once per batch size in a CUDA
+            graph (``torch.cuda.CUDAGraph``) on a static input and replayed.
 
     Returns:
         One dict per batch size: ``batch_size``, ``median_ms``, ``p25_ms``, ``p75_ms``, ``iqr_ms``,
         ``mean_ms``, ``min_ms`` (per batch), ``runs``, ``number_per_run``,
         ``median_ms_per_image``, ``throughput_ips`` (images/s at the median), ``threads``,
-        ``device``, ``device_name``, ``backend`` (``"torch"``) and ``model`` (the label).
+        ``device``, ``device_name``, ``backend`` (``"torch"``), ``mode``, ``setup_s`` (compile or
+        capture seconds; 0 in eager mode) and ``model`` (the label).
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if min_runs < 1:
         raise ValueError(f"min_runs must be >= 1, got {min_runs}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     shape = _check_shape(input_shape)
     sizes = _check_batch_sizes(batch_sizes)
     dev = torch.device(device)
+    if mode == "cudagraph" and dev.type != "cuda":
+        raise ValueError(f"mode='cudagraph' needs a CUDA device, got device={str(device)!r}")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     home = _model_device(model)
     gen = torch.Generator().manual_seed(seed)
     out = []
     model.to(dev)
+    # CUDA graph capture is documented under no_grad; inference tensors are not needed there
+    grad_off = torch.no_grad() if mode == "cudagraph" else torch.inference_mode()
     try:
-        with _eval_mode(model), _num_threads(threads) as n_threads, torch.inference_mode():
+        with _eval_mode(model), _num_threads(threads) as n_threads, grad_off:
+            compiled = torch.compile(model, dynamic=False) if mode == "compile" else model
             for b in sizes:
                 x = torch.randn((b, *shape), generator=gen).to(dev)
+                t0 = time.perf_counter()
+                fn = _cuda_graph(model, x) if mode == "cudagraph" else compiled
+                fn(x)  # compiles (compile mode) before the clock for the latency starts
+                _sync(dev)
+                setup = time.perf_counter() - t0 if mode != "eager" else 0.0
                 for _ in range(max(0, warmup)):
-                    model(x)
-                times, number = _timed_runs({"model": model, "x": x}, n_threads, min_run_time, min_runs)
+                    fn(x)
+                times, number = _timed_runs({"model": fn, "x": x}, n_threads, min_run_time, min_runs)
                 out.append(_record(
                     times, b, number_per_run=number, threads=n_threads,
-                    device=str(dev), device_name=_device_name(dev), backend="torch", model=label,
+                    device=str(dev), device_name=_device_name(dev), backend="torch", mode=mode,
+                    setup_s=setup, model=label,
                 ))
-                del x
+                del x, fn
     finally:
         if home is not None:
             model.to(home)
     return out
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _cuda_graph(model: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model``'s forward pass on ``x``'s shape captured in a CUDA graph; the returned callable
+    copies its argument into the static input (unless it is that input) and replays the graph."""
+    static_x = x.clone()
+    stream = torch.cuda.Stream(device=x.device)
+    stream.wait_stream(torch.cuda.current_stream(x.device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # warm-up on a side stream, as the CUDA graphs documentation does
+            model(static_x)
+    torch.cuda.current_stream(x.device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = model(static_x)
+
+    def replay(inp: torch.Tensor) -> torch.Tensor:
+        if inp is not x and inp is not static_x:
+            static_x.copy_(inp)
+        graph.replay()
+        return static_y
+
+    return replay
 
 
 # ------------------------------------------------------------------------------------- ONNX

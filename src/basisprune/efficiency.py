@@ -41,8 +41,10 @@ from .measure import count_flops, count_params
 from .results import write_json, write_text
 
 __all__ = [
+    "FORM",
     "TIMING",
     "assess_targets",
+    "inference_forms",
     "latency_compact",
     "lift_pairs",
     "latency_pivot",
@@ -52,6 +54,7 @@ __all__ = [
     "prune_to_flops",
     "pipeline_cost",
     "speed_table",
+    "speed_targets",
     "timed_run",
     "timing_settings",
     "training_epochs",
@@ -106,6 +109,7 @@ def speed_table(
     onnx_repeats: int = 20,
     onnx_exporter: str = "legacy",
     device: str | torch.device = "cpu",
+    modes: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
     """Latency of every model at every batch size, against the first model (the reference).
 
@@ -115,98 +119,123 @@ def speed_table(
         batch_sizes: batch sizes to time.
         threads: torch (and ONNX Runtime) intra-op threads for the timings (default: the current
             ``torch.get_num_threads()``).
-        onnx: also export each model to ONNX and time ONNX Runtime (CPU only; skipped on CUDA).
-            A model that fails to export gets ``onnx_error`` and no ONNX timings.
+        onnx: also export each model to ONNX and time ONNX Runtime (CPU only; skipped on CUDA),
+            in every round. A model that fails to export gets ``onnx_error`` and no ONNX timings.
         min_run_time, min_runs, warmup: per model, batch size and round, see
             :func:`basisprune.bench.latency`.
         rounds: the models are timed one after the other, ``rounds`` times over. With more than one
             round, ``median_ms`` is the median of the rounds' medians, ``p25_ms`` / ``p75_ms`` the
             medians of the rounds' quartiles, and ``speedup`` the median over rounds of the ratio
             reference / model within the round (robust to a load that drifts between rounds).
-        onnx_repeats: timed ``InferenceSession.run`` calls per batch size (one round).
+        onnx_repeats: timed ``InferenceSession.run`` calls per batch size and round.
         onnx_exporter: ``"legacy"`` (TorchScript-based, fast), ``"dynamo"`` or ``"auto"``.
         device: ``"cpu"`` or a CUDA device for the PyTorch timings.
+        modes: other ways to run the models besides eager PyTorch, timed in every round after
+            the eager timings: ``"compile"`` (``torch.compile``, in the first round only: it
+            compiles for every batch size) and, on CUDA, ``"cudagraph"``
+            (:func:`basisprune.bench.latency`'s ``mode``). A model that fails gets
+            ``<mode>_error`` and no timings.
 
     Returns:
         One dict per model and batch size: ``model``, ``params``, ``flops`` (per image),
         ``param_pruning_ratio``, ``flop_pruning_ratio``, ``flop_reduction`` (``flops_ref / flops``),
         ``batch_size``, ``median_ms``, ``p25_ms``, ``p75_ms``, ``iqr_ms``, ``runs``, ``rounds``,
         ``round_medians_ms``, ``throughput_ips``, ``threads``, ``device``, ``device_name``,
-        ``speedup`` and, with ``onnx``, ``onnx_median_ms``, ``onnx_p25_ms``, ``onnx_p75_ms``,
-        ``onnx_iqr_ms``, ``onnx_speedup``, ``onnx_exporter``, ``onnx_error``.
+        ``speedup`` and, with ``onnx``, the same latency fields prefixed ``onnx_`` plus
+        ``onnx_exporter`` and ``onnx_error``; per extra mode the same prefixed ``<mode>_`` plus
+        ``<mode>_setup_s`` (compile or capture seconds) and ``<mode>_error``. Speedups are
+        against the reference in the same backend.
     """
-    import statistics
-
     if not models:
         raise ValueError("models is empty; pass {label: model}, the reference first")
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     sizes = [int(b) for b in batch_sizes]
     dev = torch.device(device)
+    extra = [str(m) for m in modes]
+    bad = [m for m in extra if m not in bench.MODES or m == "eager"]
+    if bad:
+        raise ValueError(f"modes must be among {bench.MODES[1:]}, got {bad}")
     use_onnx = bool(onnx) and dev.type == "cpu"
     n_threads = int(threads) if threads is not None else torch.get_num_threads()
     labels = list(models)
     stats = {label: model_stats(m, input_shape) for label, m in models.items()}
     ref_stats = stats[labels[0]]
-    timed: dict[str, list[dict[int, dict[str, Any]]]] = {label: [] for label in labels}
+    backends = ["torch"] + (["onnx"] if use_onnx else []) + extra
+    timed: dict[str, dict[str, list[dict[int, dict[str, Any]]]]] = {k: {lb: [] for lb in labels} for k in backends}
+    errors: dict[str, dict[str, str]] = {k: {} for k in backends}
     for r in range(rounds):
-        for label, model in models.items():
-            lat = bench.latency(model, input_shape, sizes, threads=n_threads, min_run_time=min_run_time,
-                                min_runs=min_runs, warmup=warmup, device=dev, label=label, seed=r)
-            timed[label].append({rec["batch_size"]: rec for rec in lat})
-    onnx_recs: dict[str, dict[int, dict[str, Any]]] = {}
-    onnx_errors: dict[str, str] = {}
-    if use_onnx:
-        for label, model in models.items():
-            try:
-                recs = bench.onnx_latency(model, input_shape, sizes, repeats=onnx_repeats, threads=n_threads,
-                                          exporter=onnx_exporter, label=label)
-                onnx_recs[label] = {rec["batch_size"]: rec for rec in recs}
-            except Exception as e:  # noqa: BLE001 - a model that does not export still gets torch timings
-                onnx_errors[label] = f"{type(e).__name__}: {str(e)[:300]}"
-    med = statistics.median
+        for backend in backends:
+            if backend == "compile" and r > 0:
+                continue  # compiling every model again would cost minutes a round
+            for label, model in models.items():
+                if label in errors[backend]:
+                    continue
+                try:
+                    if backend == "onnx":
+                        recs = bench.onnx_latency(model, input_shape, sizes, repeats=onnx_repeats, threads=n_threads,
+                                                  exporter=onnx_exporter, label=label, seed=r)
+                    else:
+                        recs = bench.latency(model, input_shape, sizes, threads=n_threads, min_run_time=min_run_time,
+                                             min_runs=min_runs, warmup=warmup, device=dev, label=label, seed=r,
+                                             mode="eager" if backend == "torch" else backend)
+                except Exception as e:  # noqa: BLE001 - a model that does not export / compile keeps eager timings
+                    if backend == "torch":
+                        raise
+                    errors[backend][label] = f"{type(e).__name__}: {str(e)[:300]}"
+                    continue
+                timed[backend][label].append({rec["batch_size"]: rec for rec in recs})
     rows: list[dict[str, Any]] = []
     for label in labels:
         st = stats[label]
         for b in sizes:
-            recs = [rnd[b] for rnd in timed[label]]
-            refs = [rnd[b] for rnd in timed[labels[0]]]
-            median_ms = med([x["median_ms"] for x in recs])
-            p25, p75 = med([x["p25_ms"] for x in recs]), med([x["p75_ms"] for x in recs])
+            recs = [rnd[b] for rnd in timed["torch"][label]]
             row = {
                 "model": label, "params": st["params"], "flops": st["flops"],
                 "param_pruning_ratio": 1.0 - st["params"] / ref_stats["params"],
                 "flop_pruning_ratio": 1.0 - st["flops"] / ref_stats["flops"],
                 "flop_reduction": ref_stats["flops"] / st["flops"] if st["flops"] else math.inf,
-                "batch_size": b, "median_ms": median_ms, "p25_ms": p25, "p75_ms": p75, "iqr_ms": p75 - p25,
+                "batch_size": b,
+                **_combine(recs, [rnd[b] for rnd in timed["torch"][labels[0]]], ""),
                 "runs": sum(x["runs"] for x in recs), "rounds": rounds,
-                "round_medians_ms": [x["median_ms"] for x in recs],
-                "throughput_ips": b / median_ms * 1e3,
                 **{k: recs[0][k] for k in ("threads", "device", "device_name")},
-                "speedup": med([q["median_ms"] / x["median_ms"] for q, x in zip(refs, recs)]),
             }
-            if use_onnx:
-                o = onnx_recs.get(label, {}).get(b)
-                ref_o = onnx_recs.get(labels[0], {}).get(b)
-                row.update({
-                    "onnx_median_ms": o["median_ms"] if o else None,
-                    "onnx_p25_ms": o["p25_ms"] if o else None,
-                    "onnx_p75_ms": o["p75_ms"] if o else None,
-                    "onnx_iqr_ms": o["iqr_ms"] if o else None,
-                    "onnx_speedup": ref_o["median_ms"] / o["median_ms"] if o and ref_o else None,
-                    "onnx_exporter": o["exporter"] if o else None,
-                    "onnx_error": onnx_errors.get(label),
-                })
+            row["throughput_ips"] = b / row["median_ms"] * 1e3
+            for backend in backends[1:]:
+                got = [rnd[b] for rnd in timed[backend][label]]
+                row.update(_combine(got, [rnd[b] for rnd in timed[backend][labels[0]]], f"{backend}_"))
+                row[f"{backend}_error"] = errors[backend].get(label)
+                if backend == "onnx":
+                    row["onnx_exporter"] = got[0]["exporter"] if got else None
+                else:
+                    row[f"{backend}_setup_s"] = got[0]["setup_s"] if got else None
             rows.append(row)
     return rows
 
 
+def _combine(recs: Sequence[Mapping[str, Any]], refs: Sequence[Mapping[str, Any]], pre: str) -> dict[str, Any]:
+    """One model's records of one batch size over rounds: the median of the round medians, the
+    medians of the round quartiles, and the speedup as the median over rounds of the reference's
+    median over the model's in the same round. Keys prefixed with ``pre``; None when not timed."""
+    import statistics
+
+    med = statistics.median
+    if not recs:
+        return {pre + k: None for k in ("median_ms", "p25_ms", "p75_ms", "iqr_ms", "round_medians_ms", "speedup")}
+    p25, p75 = med([x["p25_ms"] for x in recs]), med([x["p75_ms"] for x in recs])
+    pairs = [q["median_ms"] / x["median_ms"] for q, x in zip(refs, recs)]
+    return {pre + "median_ms": med([x["median_ms"] for x in recs]), pre + "p25_ms": p25, pre + "p75_ms": p75,
+            pre + "iqr_ms": p75 - p25, pre + "round_medians_ms": [x["median_ms"] for x in recs],
+            pre + "speedup": med(pairs) if pairs else None}
+
+
 def latency_pivot(rows: Sequence[Mapping[str, Any]], backend: str = "torch", digits: int = 2):
     """A table (pandas) of ``rows`` from :func:`speed_table`: one row per model, per batch size the
-    median latency in ms with its interquartile range, and the speedup against the reference."""
+    median latency in ms with its interquartile range, and the speedup against the reference.
+    ``backend``: ``"torch"`` (eager), ``"onnx"`` or an extra mode (``"compile"``, ``"cudagraph"``)."""
     import pandas as pd
 
-    pre = "" if backend == "torch" else "onnx_"
+    pre = "" if backend == "torch" else f"{backend}_"
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         if r.get(pre + "median_ms") is None:
@@ -605,33 +634,138 @@ def _row(rows: Sequence[Mapping[str, Any]], model: str, batch: int) -> Mapping[s
     return next((r for r in rows if r["model"] == model and r["batch_size"] == batch), None)
 
 
-def _paired_ratio(slow: Mapping[str, Any], fast: Mapping[str, Any]) -> float:
+def _paired_ratio(slow: Mapping[str, Any], fast: Mapping[str, Any], pre: str = "") -> float:
     """``slow / fast`` latency: the median over rounds of the ratio within each round when both rows
-    have the same rounds (as :func:`speed_table`'s ``speedup``), else the ratio of the medians."""
+    have the same rounds (as :func:`speed_table`'s ``speedup``), else the ratio of the medians.
+    ``pre`` selects a backend's fields (``"onnx_"``, ...)."""
     import statistics
 
-    a, b = slow.get("round_medians_ms"), fast.get("round_medians_ms")
+    a, b = slow.get(pre + "round_medians_ms"), fast.get(pre + "round_medians_ms")
     if a and b and len(a) == len(b):
         return statistics.median(x / y for x, y in zip(a, b))
-    return slow["median_ms"] / fast["median_ms"]
+    return slow[pre + "median_ms"] / fast[pre + "median_ms"]
 
 
-def never_slower(rows: Sequence[Mapping[str, Any]], model: str, reference: str) -> dict[str, Any]:
+def never_slower(rows: Sequence[Mapping[str, Any]], model: str, reference: str,
+                 backend: str = "torch") -> dict[str, Any]:
     """Whether ``model`` is slower than ``reference`` at any measured batch size: by median
-    (speedup below 1, paired by round as in :func:`speed_table`) and clearly (its first quartile
-    above the reference's third quartile)."""
-    out = {"model": model, "min_speedup": None, "slower_median_at": [], "clearly_slower_at": []}
+    (speedup below 1, paired by round as in :func:`speed_table`) and clearly (its
+    first quartile above the reference's third quartile). ``backend`` as in :func:`latency_pivot`;
+    batch sizes where either has no timing are skipped."""
+    pre = "" if backend == "torch" else f"{backend}_"
+    out = {"model": model, "backend": backend, "min_speedup": None, "slower_median_at": [], "clearly_slower_at": []}
     speedups = []
     for r in rows:
-        if r["model"] != model:
+        ref = _row(rows, reference, r["batch_size"]) if r["model"] == model else None
+        if ref is None or r.get(pre + "median_ms") is None or ref.get(pre + "median_ms") is None:
             continue
-        ref = _row(rows, reference, r["batch_size"])
-        speedups.append(_paired_ratio(ref, r))
+        speedups.append(_paired_ratio(ref, r, pre))
         if speedups[-1] < 1.0:
             out["slower_median_at"].append(r["batch_size"])
-        if r["p25_ms"] > ref["p75_ms"]:
+        if r[pre + "p25_ms"] > ref[pre + "p75_ms"]:
             out["clearly_slower_at"].append(r["batch_size"])
     out["min_speedup"] = min(speedups) if speedups else None
+    return out
+
+
+# ------------------------------------------------------------------------- inference forms
+FORM = ", inference form"
+"""Suffix of the label of a model's inference form in :func:`inference_forms`."""
+
+
+def inference_forms(
+    models: Mapping[str, nn.Module],
+    example: torch.Tensor,
+    batch_sizes: Iterable[int] = (1, 8, 64),
+    *,
+    merge: str = "latency",
+    memory_format: str = "auto",
+    channel_multiple: int = 8,
+    threads: int | None = None,
+    min_run_time: float = 0.02,
+    min_runs: int = 5,
+    device: str | torch.device = "cpu",
+) -> tuple[dict[str, nn.Module], list[dict[str, Any]]]:
+    """The inference form (:func:`basisprune.inference_form`) of every model, built on ``device``
+    (where its merges and memory format are timed) and returned on the CPU.
+
+    Returns:
+        ``({label + FORM: form}, summary)``: one summary row per model with the batch norms
+        folded, the linear chains found, the chains' layers before and after merging, their
+        multiply-accumulates per sample before and after, the channel widths padded and the
+        memory format chosen.
+    """
+    from .inference import inference_form
+
+    forms, summary = {}, []
+    dev = torch.device(device)
+    for label, model in models.items():
+        m = copy.deepcopy(model).to(dev).eval()
+        form = inference_form(m, example.to(dev), merge=merge, memory_format=memory_format,
+                              channel_multiple=channel_multiple, batch_sizes=batch_sizes, threads=threads, min_run_time=min_run_time,
+                              min_runs=min_runs).cpu()
+        rep = form.inference_report
+        forms[label + FORM] = form
+        summary.append({
+            "model": label, "batch norms folded": len(rep["bn_folded"]), "chains": len(rep["chains"]),
+            "chain layers": sum(len(c["layers"]) for c in rep["chains"]),
+            "after merging": sum(len(c["segments"]) for c in rep["chains"]),
+            "chain MMACs before": sum(c["macs_unmerged"] for c in rep["chains"]) / 1e6,
+            "chain MMACs after": sum(c["macs_merged"] for c in rep["chains"]) / 1e6,
+            "widths padded": len(rep["padded"]),
+            "memory format": rep["memory_format"],
+        })
+    return forms, summary
+
+
+def speed_targets(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    ours: str,
+    pruned: str,
+    peer: str,
+    reference: str,
+    batch_size: int = 64,
+    fraction: float = 0.7,
+    backend: str = "torch",
+) -> dict[str, dict[str, Any]]:
+    """The speed targets of an inference form, each with ``met`` (True / False / None for not
+    measured), the numbers and a sentence.
+
+    (never) No model of ``rows`` is slower (median) than ``reference`` at any batch size.
+    (ratio) At ``batch_size``, ``ours`` is faster than ``reference`` by at least ``fraction`` of
+        the FLOP reduction of ``pruned`` (the compact model ``ours`` comes from: merging may add
+        FLOPs to the inference form, the pruning's saving is the compact model's).
+    (peer) At ``batch_size``, ``ours`` is at least as fast as ``peer`` (Torch-Pruning's model of
+        equal FLOPs).
+    """
+    pre = "" if backend == "torch" else f"{backend}_"
+    out: dict[str, dict[str, Any]] = {}
+    models = [m for m in dict.fromkeys(r["model"] for r in rows) if m != reference]
+    checks = [never_slower(rows, m, reference, backend) for m in models]
+    slower = {c["model"]: c["slower_median_at"] for c in checks if c["slower_median_at"]}
+    out["never"] = {"met": not slower, "slower": slower,
+                    "text": "(never) met: no model is slower than the unpruned one at any batch size."
+                    if not slower else "(never) not met: slower than the unpruned model (median) "
+                    + "; ".join(f"{m} at batch {b}" for m, b in slower.items()) + "."}
+    o, c, q, ref = (_row(rows, m, batch_size) for m in (ours, pruned, peer, reference))
+    if o is None or c is None or ref is None or o.get(pre + "median_ms") is None:
+        out["ratio"] = {"met": None, "text": f"(ratio) not measured: no {backend} timing of {ours!r} at batch {batch_size}."}
+    else:
+        speed = _paired_ratio(ref, o, pre)
+        need = fraction * c["flop_reduction"]
+        out["ratio"] = {"met": speed >= need, "speedup": speed, "flop_reduction": c["flop_reduction"], "required": need,
+                        "text": f"(ratio) {'met' if speed >= need else 'not met'}: at batch {batch_size}, {ours} is "
+                                f"{speed:.2f}x faster than the unpruned model for {c['flop_reduction']:.2f}x fewer "
+                                f"FLOPs (target >= {need:.2f}x)."}
+    if o is None or q is None or o.get(pre + "median_ms") is None or q.get(pre + "median_ms") is None:
+        out["peer"] = {"met": None, "text": f"(peer) not measured: no {backend} timings of {ours!r} and {peer!r}."}
+    else:
+        speed = _paired_ratio(q, o, pre)
+        out["peer"] = {"met": speed >= 1.0, "speed_ratio": speed,
+                       "text": f"(peer) {'met' if speed >= 1.0 else 'not met'}: at batch {batch_size}, {ours} takes "
+                               f"{o[pre + 'median_ms']:.2f} ms and {peer} {q[pre + 'median_ms']:.2f} ms "
+                               f"(ours {speed:.2f}x as fast)."}
     return out
 
 
