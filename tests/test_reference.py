@@ -59,6 +59,19 @@ def test_double_pruning_has_one_budget_and_one_reference(one_thread):
     assert r["reference"]["round0_accuracy_test"] == ch["history"][0]["accuracy_test"]
     assert r["reference"]["epochs"] == r["final"]["epochs"]
     assert r["final"]["accuracy_drop"] == pytest.approx(r["final"]["reference_test"] - r["final"]["accuracy_test"])
+    assert r["final_stage"] == "basis" and r["final"] == ba["final"]
+
+
+def test_double_pruning_keeps_the_channel_selection_when_no_basis_round_keeps_the_budget(one_thread):
+    """When even the basis stage's round 0 is beyond the budget against the reference trained as
+    long, the double-pruned model is the channel stage's selection (which kept it), not a model over
+    budget."""
+    r = experiments.run("double_pruning", profile="smoke", workdir=False, channel_rounds=1, basis_rounds=1,
+                        stop_drop=1.0, max_drop=0.02, **TINY)
+    ch, ba = r["stages"]["channel"], r["stages"]["basis"]
+    assert all(h["drop_val"] > 0.02 for h in ba["history"])  # the situation this test is about
+    assert r["final_stage"] == "channel" and r["final"] == ch["final"]
+    assert r["final"]["drop_val"] <= 0.02 and r["reference"]["epochs"] == ch["final"]["epochs"]
 
 
 def test_paired_drop_and_its_standard_error():

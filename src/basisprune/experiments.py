@@ -342,13 +342,13 @@ def _prune_stage(
 
     # Selection on validation: the most pruned round whose drop against the fair reference is
     # within the budget.
-    ok = [h for h in state["history"] if h["drop_val"] <= p["max_drop"]] or state["history"][:1]
-    best = max(ok, key=lambda h: (h["param_pruning_ratio"], h["round"]))
+    ok = [h for h in state["history"] if h["drop_val"] <= p["max_drop"]]
+    best = max(ok or state["history"][:1], key=lambda h: (h["param_pruning_ratio"], h["round"]))
     sd = model.state_dict()
     sd.update(state["snapshots"][best["round"]])
     model.load_state_dict(sd)
     return {"history": state["history"], "final": dict(best), "rule": rule.as_dict(), "seconds": state["seconds"],
-            "reference_seconds": track.seconds, "track": track}
+            "reference_seconds": track.seconds, "track": track, "within_budget": bool(ok)}
 
 
 def _unit_costs(holders: dict[str, nn.Module]) -> dict[str, float]:
@@ -447,14 +447,21 @@ def double_pruning(ctx: _Context, workdir: Path | None) -> dict[str, Any]:
     # basis stage's warm-up is the one scoring epoch (more would mix extra training into the drop).
     d, ba = _basis_stage(ctx, small, size, _ck(workdir, "double-basis"), warmup_epochs=1,
                          reference=ch["track"], epoch_offset=ch["final"]["epochs"])
-    rec = _pruning_record(ba, size)
+    final_model, out = d, ba
+    if not ba["within_budget"]:
+        # Not even the basis stage's round 0 (one epoch more) keeps the budget against the reference
+        # trained as long: basis pruning adds nothing, and the double-pruned model is the channel
+        # stage's selection, which kept it.
+        final_model, out = s, {**ba, "final": ch["final"]}
+    rec = _pruning_record(out, size)
+    rec["final_stage"] = "basis" if ba["within_budget"] else "channel"
     rec["stages"] = {"channel": {"history": ch["history"], "final": ch["final"], "seconds": ch["seconds"]},
                      "basis": {"history": ba["history"], "final": ba["final"], "seconds": ba["seconds"]}}
     rec["compute_seconds"] = ch["seconds"] + ba["seconds"]
     rec["reference_seconds"] = ba["reference_seconds"]
     rec["reference"]["round0_accuracy_test"] = ch["history"][0]["accuracy_test"]  # the unpruned model's
     rec["reference"]["round0_accuracy_val"] = ch["history"][0]["accuracy_val"]
-    return _save_compact(ctx, d, workdir, {"_experiment": "double_pruning", **rec})
+    return _save_compact(ctx, final_model, workdir, {"_experiment": "double_pruning", **rec})
 
 
 def transfer(ctx: _Context, workdir: Path | None) -> dict[str, Any]:
