@@ -103,3 +103,23 @@ def test_cli_refuses_infinite_lr_and_reports_divergence_in_one_line(lr, match, t
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("basisprune: error:") and match in err[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("experiment", ["basis_pruning", "channel_pruning"])
+def test_distillation_keeps_the_reference_fair(one_thread, experiment):
+    """With distillation on and a rule that prunes nothing, every round still equals its reference:
+    the pruned run and the reference learn from the same teacher on the same batches."""
+    r = experiments.run(experiment, profile="smoke", workdir=False, basis_rounds=2, channel_rounds=2,
+                        stop_drop=1.0, basis_fraction=1e-9, channel_fraction=1e-9, distill=0.5, **TINY)
+    for h in r["history"]:
+        assert (h["accuracy_val"], h["accuracy_test"]) == (h["reference_val"], h["reference_test"])
+
+
+def test_distillation_changes_the_training(one_thread):
+    """distill > 0 trains on another loss: the same run without it ends elsewhere (a mutant that
+    ignores the teacher fails here)."""
+    runs = [experiments.run("basis_pruning", profile="smoke", workdir=False, basis_rounds=1, stop_drop=1.0,
+                            max_drop=1.0, distill=d, **TINY) for d in (0.0, 1.0)]
+    assert runs[0]["history"][0] == {**runs[1]["history"][0]}  # the warm-up has no teacher yet
+    assert runs[0]["history"][1]["accuracy_val"] != runs[1]["history"][1]["accuracy_val"] or \
+        runs[0]["history"][1]["reference_val"] != runs[1]["history"][1]["reference_val"]

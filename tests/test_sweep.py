@@ -44,7 +44,7 @@ _VALUES = {
     "bn_mode": st.sampled_from(["eval", "train"]),
     "lr": st.floats(0.0, 1.0),
     "channel_threshold": st.one_of(st.none(), st.floats(0.0, 1.0)),
-    "basis_normalize": st.sampled_from(["none", "mean", "max", "l2", "cost"]),
+    "basis_normalize": st.sampled_from(["none", "mean", "max", "l2", "cost", "saved"]),
 }
 
 

@@ -369,3 +369,45 @@ def test_fit_checkpoint_with_dataloader_generator(tmp_path):
     state = load_checkpoint(tmp_path / "c.ckpt")
     assert state["epoch"] == 2 and len(out["history"]) == 2
     assert torch.equal(state["generators"]["train.generator"], gen.get_state())
+
+
+def test_distillation_loss_at_weight_zero_is_cross_entropy():
+    """weight 0: the teacher is ignored and the loss is plain cross-entropy."""
+    from basisprune.train import distillation_loss
+
+    g = torch.Generator().manual_seed(0)
+    out, teach = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    y = torch.randint(0, 4, (6,), generator=g)
+    assert distillation_loss(0.0, 4.0)(out, y, teach).item() == pytest.approx(
+        torch.nn.functional.cross_entropy(out, y).item())
+
+
+def test_distillation_loss_pulls_towards_the_teacher():
+    """weight 1: zero loss and zero gradient when the student equals the teacher, and a gradient
+    that lowers the gap to the teacher otherwise."""
+    from basisprune.train import distillation_loss
+
+    g = torch.Generator().manual_seed(1)
+    teach = torch.randn(5, 3, generator=g)
+    y = torch.randint(0, 3, (5,), generator=g)
+    same = teach.clone().requires_grad_(True)
+    loss = distillation_loss(1.0, 2.0)(same, y, teach)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    assert same.grad.abs().max().item() < 1e-6
+    other = torch.randn(5, 3, generator=g).requires_grad_(True)
+    fn = distillation_loss(1.0, 2.0)
+    before = fn(other, y, teach)
+    before.backward()
+    with torch.no_grad():
+        stepped = other - 0.1 * other.grad
+    assert fn(stepped, y, teach).item() < before.item()
+
+
+@pytest.mark.parametrize("weight,temperature", [(-0.1, 4.0), (1.5, 4.0), (0.5, 0.0), (0.5, float("inf"))])
+def test_distillation_loss_refuses_bad_settings(weight, temperature):
+    """Weights outside [0, 1] and temperatures that are not finite and > 0 are refused."""
+    from basisprune.train import distillation_loss
+
+    with pytest.raises(ValueError, match="distillation"):
+        distillation_loss(weight, temperature)

@@ -15,7 +15,7 @@ from .compact import compact, load_model, save_model
 from .decompose import BasisConv2d, BasisLayer, BasisLinear, basis_layers, decompose
 from .inference import export, inference_form
 from .importance import ScaleMagnitude, TaylorImportance, holders
-from .measure import basis_ceiling, count_flops, count_params, measure
+from .measure import basis_ceiling, basis_savings, count_flops, count_params, measure, output_positions
 from .prune import PruningRule, apply_masks, select
 
 __version__ = "0.1.0"
@@ -32,6 +32,7 @@ __all__ = [
     "apply_masks",
     "basis_ceiling",
     "basis_layers",
+    "basis_savings",
     "channel_scales",
     "compact",
     "count_flops",
@@ -43,6 +44,7 @@ __all__ = [
     "l1_penalty",
     "load_model",
     "measure",
+    "output_positions",
     "remove_channel_scales",
     "save_model",
     "select",

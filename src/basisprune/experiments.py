@@ -31,11 +31,12 @@ from .compact import compact, save_model
 from .decompose import basis_layers, decompose
 from .errors import ParameterError, WorkdirMismatchError
 from .importance import ScaleMagnitude, TaylorImportance
-from .measure import measure
+from .measure import basis_savings, measure, output_positions
 from .prune import PruningRule, apply_masks, select
 from .results import Timer, check_writable, clean_stale_temporaries, read_results, to_jsonable, write_json, write_results
 from .train import (
     DivergenceError,
+    distillation_loss,
     _loader_generators,
     _rng_state,
     _set_rng_state,
@@ -102,11 +103,16 @@ class _Context:
 
 
 def _train(ctx: _Context, model: nn.Module, optimizer, epochs: int, *, bn_mode: str,
-           regularizer: Callable | None = None, callback: Callable | None = None, desc: str = "train") -> None:
+           regularizer: Callable | None = None, callback: Callable | None = None, desc: str = "train",
+           teacher: nn.Module | None = None) -> None:
+    """``epochs`` epochs; with a ``teacher`` and ``distill`` > 0, on the distillation loss."""
+    extra = {}
+    if teacher is not None and ctx.p["distill"] > 0:
+        extra = {"teacher": teacher, "loss_fn": distillation_loss(ctx.p["distill"], ctx.p["distill_temperature"])}
     for e in range(epochs):
         train_epoch(model, ctx.loaders["train"], optimizer, device=ctx.device, bn_mode=bn_mode,
                     regularizer=regularizer, callback=callback, desc=f"{desc} {e + 1}/{epochs}",
-                    amp=ctx.p["precision"], scaler=ctx.scaler)
+                    amp=ctx.p["precision"], scaler=ctx.scaler, **extra)
 
 
 def _snapshot_keys(model: nn.Module, bn_mode: str) -> list[str]:
@@ -144,6 +150,8 @@ class _ReferenceTrack:
     states of that moment, so it sees the same batches in the same order as the pruned run; only
     the pruning differs. Accuracies (with per-image hits) are kept after every epoch, so a pruned
     round trained for ``e`` epochs in all is compared with the reference trained for ``e`` epochs.
+    ``teacher`` is a frozen copy of the model at the fork, the unpruned model that distillation
+    (``distill`` > 0) learns from: the pruned run and the reference both train on that loss.
     """
 
     def __init__(self, ctx: _Context, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -151,6 +159,9 @@ class _ReferenceTrack:
         self.ctx, self.regularizer = ctx, regularizer
         self.model = copy.deepcopy(model)
         self.keys = _snapshot_keys(self.model, ctx.p["bn_mode"])
+        self.teacher = None
+        if ctx.p["distill"] > 0:
+            self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
         self.optimizer = type(optimizer)([q for q in self.model.parameters() if q.requires_grad], **optimizer.defaults)
         # A copy: load_state_dict keeps the given tensors, and two optimizers sharing Adam's moments
         # would update each other's.
@@ -174,7 +185,7 @@ class _ReferenceTrack:
             for n, g in gens.items():
                 g.set_state(self.generators[n])
             _train(ctx, self.model, self.optimizer, 1, bn_mode=ctx.p["bn_mode"], regularizer=self.regularizer,
-                   desc=f"reference epoch {self.epochs + 1}")
+                   desc=f"reference epoch {self.epochs + 1}", teacher=self.teacher)
             self.epochs += 1
             self.rows[self.epochs] = ctx.evaluate(self.model, correct=True)
             self.rng, self.generators = _rng_state(ctx.device), {n: g.get_state() for n, g in gens.items()}
@@ -187,13 +198,18 @@ class _ReferenceTrack:
     def state_dict(self) -> dict[str, Any]:
         return {"snapshot": _snapshot(self.model, self.keys), "optimizer": self.optimizer.state_dict(),
                 "epochs": self.epochs, "rows": self.rows, "rng": self.rng, "generators": self.generators,
-                "seconds": self.seconds}
+                "seconds": self.seconds,
+                "teacher": None if self.teacher is None else _snapshot(self.teacher, self.keys)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (the model must have the reference's architecture)."""
         sd = self.model.state_dict()
         sd.update(state["snapshot"])
         self.model.load_state_dict(sd)
+        if self.teacher is not None:
+            td = self.teacher.state_dict()
+            td.update(state["teacher"])
+            self.teacher.load_state_dict(td)
         self.optimizer.load_state_dict(state["optimizer"])
         self.epochs, self.rows, self.seconds = state["epochs"], state["rows"], state["seconds"]
         self.rng, self.generators = state["rng"], state["generators"]
@@ -253,6 +269,9 @@ def _prune_stage(
     taylor = kind == "basis" or p["channel_importance"] == "taylor"
     importance = TaylorImportance() if taylor else ScaleMagnitude()
     costs = _unit_costs(get_holders(model)) if kind == "basis" else None
+    # Fold-aware savings change as layers shrink: recomputed every round from the output sizes.
+    positions = (output_positions(model, ctx.example, list(get_holders(model)))
+                 if kind == "basis" and rule.normalize == "saved" else None)
     keys = _snapshot_keys(model, p["bn_mode"])
     track = reference
 
@@ -320,10 +339,10 @@ def _prune_stage(
     if state["round"] < 0:
         # Scores come from the last warm-up epoch only: earlier gradients reflect a random head.
         _train(ctx, model, optimizer, max(warmup_epochs - 1, 0), bn_mode=p["bn_mode"], regularizer=regularizer,
-               desc=f"{kind} warm-up")
+               desc=f"{kind} warm-up", teacher=track and track.teacher)
         importance.reset()
         _train(ctx, model, optimizer, 1, bn_mode=p["bn_mode"], regularizer=regularizer,
-               callback=gather if taylor else None, desc=f"{kind} warm-up (scoring)")
+               callback=gather if taylor else None, desc=f"{kind} warm-up (scoring)", teacher=track and track.teacher)
         finish(0)
     stop = state["history"][-1]["drop_val"] > p["stop_drop"]
     bar = tqdm(range(state["round"] + 1, rounds + 1), desc=f"{kind} pruning", leave=False)
@@ -331,11 +350,13 @@ def _prune_stage(
         if stop:
             break
         hs = get_holders(model)
+        if positions is not None:
+            costs = basis_savings(hs, positions)
         masks = select(importance.scores(hs), {n: h.mask for n, h in hs.items()}, rule, costs)
         apply_masks(hs, masks)
         importance.reset()
         _train(ctx, model, optimizer, p["epochs_per_round"], bn_mode=p["bn_mode"], regularizer=regularizer,
-               callback=gather if taylor else None, desc=f"{kind} round {r}")
+               callback=gather if taylor else None, desc=f"{kind} round {r}", teacher=track.teacher)
         row = finish(r)
         bar.set_postfix(acc=f"{row['accuracy_test']:.3f}", pruned=f"{row['param_pruning_ratio']:.3f}")
         stop = row["drop_val"] > p["stop_drop"]

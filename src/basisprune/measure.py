@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["basis_ceiling", "count_params", "count_flops", "measure"]
+__all__ = ["basis_ceiling", "basis_savings", "count_params", "count_flops", "measure", "output_positions"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -70,3 +70,56 @@ def basis_ceiling(model: nn.Module, example_input: torch.Tensor, exclude: list[s
         layer.mask.zero_()
         layer.mask.view(layer.groups, layer.rank)[:, 0] = 1
     return measure(compact(d), example_input, reference=model)
+
+
+def output_positions(model: nn.Module, example_input: torch.Tensor, names: list[str]) -> dict[str, int]:
+    """Output positions (H*W of a conv's output, tokens of a linear's) of each named module, from
+    one forward pass of ``example_input``: the number of times each of its weights is used."""
+    modules = dict(model.named_modules())
+    missing = sorted(set(names) - set(modules))
+    if missing:
+        raise ValueError(f"no module(s) named {missing} in the model")
+    out: dict[str, int] = {}
+    hooks = [modules[n].register_forward_hook(
+        lambda m, i, o, n=n: out.__setitem__(n, int(o[0].numel() // o.shape[1]) if o.dim() > 2 else 1))
+        for n in names]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input[:1])
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return out
+
+
+def basis_savings(layers: dict[str, nn.Module], positions: dict[str, int]) -> dict[str, float]:
+    """What pruning one more basis of each layer saves, aware of the fold (our extension).
+
+    A basis layer costs ``min(pair(k), original)`` weights with ``k`` kept bases per group
+    (:func:`basisprune.compact.pair_cost`: above break-even the layer folds back into one conv, so
+    pruning there saves nothing until it crosses the fold). The saving of one basis is amortised
+    over the path down to one basis per group: ``(cost(k) - cost(1)) / (live - groups)``. It is
+    returned as a share of the layers' resources: the mean of its share of all their weights and of
+    all their multiply-accumulates (weights times ``positions``). A layer that can save nothing
+    (one basis per group left, or depthwise) gets 0.
+    """
+    from .compact import pair_cost
+
+    def cost(layer: nn.Module, k: int) -> int:
+        pair, orig = pair_cost(layer, k)
+        return min(pair, orig)
+
+    per = {}
+    total_p = total_f = 0.0
+    for n, layer in layers.items():
+        orig = pair_cost(layer, 1)[1]
+        total_p += orig
+        total_f += orig * positions[n]
+        live = int(layer.mask.sum().item())
+        k = int(layer.mask.view(layer.groups, layer.rank).sum(1).max().item())
+        saved = cost(layer, max(k, 1)) - cost(layer, 1)
+        per[n] = saved / max(live - layer.groups, 1) if k > 1 else 0.0
+    return {n: 0.5 * per[n] / total_p + 0.5 * per[n] * positions[n] / total_f for n in layers}

@@ -41,7 +41,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "basis_rounds": (12, "basis pruning rounds"),
     "basis_fraction": (0.1, "share of live bases pruned per round"),
     "basis_scope": ("global", "rank bases globally or per layer"),
-    "basis_normalize": ("none", "score normalisation: none, mean, max, l2, cost"),
+    "basis_normalize": ("none", "score normalisation: none, mean, max, l2, cost (weights per basis), "
+                                "saved (share of weights and FLOPs a basis actually saves, fold-aware; ours)"),
     "layer_floor": (0.5, "share of a layer's live units (bases or channels) that every pruning round keeps"),
     "channel_rounds": (8, "channel pruning rounds"),
     "channel_fraction": (0.15, "share of live channels pruned per round"),
@@ -49,6 +50,9 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "channel_l1": (1e-4, "L1 penalty on channel scales"),
     "channel_importance": ("taylor", "rank channels by taylor (|s dL/ds|) or magnitude (|s|, the paper's)"),
     "channel_warmup_epochs": (None, "warm-up epochs of the channel stage (None: warmup_epochs)"),
+    "distill": (0.0, "weight of distillation from the unpruned model in the scales' training loss after "
+                     "each stage's warm-up (0: cross-entropy only, the papers'; ours)"),
+    "distill_temperature": (4.0, "softmax temperature of the distillation loss"),
     "transfer_epochs": (4, "epochs of each transfer baseline"),
     "full_lr": (3e-4, "Adam learning rate of full fine-tuning"),
 }
@@ -194,7 +198,7 @@ SPECS: dict[str, Spec] = {
     "basis_rounds": _EPOCHS,
     "basis_fraction": _FRACTION,
     "basis_scope": Spec("str", choices=("global", "layer")),
-    "basis_normalize": Spec("str", choices=("none", "mean", "max", "l2", "cost")),
+    "basis_normalize": Spec("str", choices=("none", "mean", "max", "l2", "cost", "saved")),
     "layer_floor": Spec("float", low=0.0, high=1.0, high_open=True),
     "channel_rounds": _EPOCHS,
     "channel_fraction": _FRACTION,
@@ -202,6 +206,8 @@ SPECS: dict[str, Spec] = {
     "channel_l1": _RATE,
     "channel_importance": Spec("str", choices=("taylor", "magnitude")),
     "channel_warmup_epochs": Spec("int", low=0, optional=True),
+    "distill": Spec("float", low=0.0, high=1.0),
+    "distill_temperature": Spec("float", low=0.0, low_open=True),
     "transfer_epochs": _EPOCHS,
     "full_lr": _RATE,
 }

@@ -11,7 +11,7 @@ from torch import nn
 __all__ = ["PruningRule", "select", "apply_masks", "live_units"]
 
 _SCOPES = ("global", "layer")
-_NORMALIZE = ("none", "mean", "max", "l2", "cost")
+_NORMALIZE = ("none", "mean", "max", "l2", "cost", "saved")
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,9 @@ class PruningRule:
         threshold: prune live units whose (normalised) score is below it, or None.
             Exactly one of ``fraction`` and ``threshold`` is set.
         normalize: divide each layer's scores by their ``mean``, ``max`` or ``l2`` norm over live
-            units, or by the parameters one unit costs (``cost``), before ranking; ``none`` keeps
-            raw scores.
+            units, by the parameters one unit costs (``cost``), or by the share of the model that
+            pruning one unit actually saves (``saved``, see :func:`basisprune.measure.basis_savings`;
+            a unit that saves nothing is ranked last), before ranking; ``none`` keeps raw scores.
         min_keep: units every layer keeps whatever the scores.
         layer_floor: share of a layer's *live* units that one round always keeps (in [0, 1)): a
             round removes at most ``1 - layer_floor`` of any layer, so no single round can strip a
@@ -65,9 +66,11 @@ def _normalise(score: torch.Tensor, mask: torch.Tensor, how: str, cost: float | 
     live = score[mask > 0]
     if how == "none" or live.numel() == 0:
         return score
-    if how == "cost":
+    if how in ("cost", "saved"):
         if cost is None:
-            raise ValueError("normalize='cost' needs the parameters per unit of every layer")
+            raise ValueError(f"normalize={how!r} needs the cost of one unit of every layer (costs=...)")
+        if how == "saved" and cost <= 0:
+            return torch.full_like(score, math.inf)  # pruning it saves nothing: rank it last
         return score / cost
     denom = {"mean": live.mean(), "max": live.max(), "l2": live.norm()}[how]
     return score / denom if denom > 0 else score

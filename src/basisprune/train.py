@@ -42,6 +42,7 @@ __all__ = [
     "DivergenceError",
     "PRECISIONS",
     "amp_dtype",
+    "distillation_loss",
     "evaluate",
     "fit",
     "freeze",
@@ -324,10 +325,13 @@ def train_epoch(
     callback: Callback | None = None,
     desc: str = "train",
     scaler: torch.amp.GradScaler | None = None,
+    teacher: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` for one pass over ``loader``; returns ``loss``, ``accuracy``, ``n``, ``seconds``.
 
-    Each step minimises ``loss_fn(model(x), y) + regularizer(model)``. ``loss`` is the
+    Each step minimises ``loss_fn(model(x), y) + regularizer(model)``; with a ``teacher`` (a frozen
+    module, run without gradients), ``loss_fn(model(x), y, teacher(x))`` instead (see
+    :func:`distillation_loss`). ``loss`` is the
     sample-weighted mean of the data loss (without the regularizer; its per-batch mean is reported
     as ``regularizer`` when one is given); ``accuracy`` is top-1 accuracy, or ``None`` when outputs
     and targets are not a classification. BatchNorm layers run in ``bn_mode`` (see
@@ -359,7 +363,12 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         with _autocast(dtype, device):
             outputs = model(inputs)
-            loss = loss_fn(outputs, targets)
+            if teacher is None:
+                loss = loss_fn(outputs, targets)
+            else:
+                with torch.no_grad():
+                    soft_targets = teacher(inputs)
+                loss = loss_fn(outputs, targets, soft_targets)
         total = loss.float()
         if regularizer is not None:
             reg = regularizer(model)
@@ -394,6 +403,27 @@ def train_epoch(
             "or the inputs hold non-finite values"
         )
     return result
+
+
+def distillation_loss(weight: float, temperature: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """``(1 - weight) * CE(outputs, y) + weight * T^2 * KL(softmax(teacher / T) || softmax(outputs / T))``.
+
+    Hinton et al.'s knowledge distillation (the ``T^2`` keeps the soft term's gradients on the
+    scale of the hard one's); ``weight`` 0 is plain cross-entropy. The loss is computed in float32.
+    """
+    if isinstance(weight, bool) or not 0.0 <= weight <= 1.0:
+        raise ValueError(f"distillation weight must be in [0, 1], got {weight!r}")
+    if isinstance(temperature, bool) or not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"distillation temperature must be a finite number > 0, got {temperature!r}")
+
+    def loss(outputs: Tensor, targets: Tensor, teacher_outputs: Tensor) -> Tensor:
+        hard = F.cross_entropy(outputs.float(), targets)
+        soft = F.kl_div(F.log_softmax(outputs.float() / temperature, dim=1),
+                        F.log_softmax(teacher_outputs.float() / temperature, dim=1),
+                        reduction="batchmean", log_target=True)
+        return (1.0 - weight) * hard + weight * temperature ** 2 * soft
+
+    return loss
 
 
 def evaluate(
