@@ -50,7 +50,7 @@ browser-deps:
 	  echo "warning: could not install chromium; the reader test needs it (or set CHROMIUM=/path/to/browser)"
 
 assets: $(STAMP) system-deps
-	$(BIN)/python -m basisprune.assets
+	$(BIN)/python -m basisprune.repro.assets
 
 test: assets
 	$(BIN)/python -m pytest -q -m "not slow" --ignore=tests/test_book_pages.py tests
@@ -61,7 +61,7 @@ test-unit: $(STAMP)
 
 # Execute every notebook on the smoke profile, then compare their marked outputs with nbval.
 test-notebooks: assets
-	$(BIN)/python -m basisprune.book execute --profile smoke --out notebooks/_executed/smoke $(NB_THREADS_OPT)
+	$(BIN)/python -m basisprune_book execute --profile smoke --out notebooks/_executed/smoke $(NB_THREADS_OPT)
 	rm -rf notebooks/_executed/smoke/nbval-runs
 	$(NB_THREADS_ENV) BASISPRUNE_RUNS=$(CURDIR)/notebooks/_executed/smoke/nbval-runs \
 	  $(BIN)/python -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks/_executed/smoke
@@ -71,10 +71,10 @@ test-book: $(STAMP) browser-deps
 	BASISPRUNE_REQUIRE_BOOK=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_book_pages.py
 
 notebooks: assets
-	$(BIN)/python -m basisprune.book execute --profile $(PROFILE) --out notebooks/_executed/$(PROFILE) $(NB_THREADS_OPT)
+	$(BIN)/python -m basisprune_book execute --profile $(PROFILE) --out notebooks/_executed/$(PROFILE) $(NB_THREADS_OPT)
 
 book: notebooks
-	$(BIN)/python -m basisprune.book build --profile $(PROFILE)
+	$(BIN)/python -m basisprune_book build --profile $(PROFILE)
 
 bench: assets
 	$(BIN)/python benchmarks/latency.py

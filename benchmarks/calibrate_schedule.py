@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from basisprune import experiments
+from basisprune.repro import experiments
 
 VARIANTS = {
     "eval-global-raw": dict(bn_mode="eval", basis_scope="global", basis_normalize="none"),

@@ -35,8 +35,9 @@ import torch
 from torch import nn
 
 import basisprune as bp
-from basisprune import bench, data, efficiency, models, peer
-from basisprune.results import write_results
+from basisprune import bench
+from basisprune.repro import data, efficiency, models, peer
+from basisprune.repro.results import write_results
 
 UNTRAINED = "untrained, for latency only"
 
@@ -134,7 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Example: .venv/bin/python benchmarks/latency.py --image-size 32 --threads 1 --onnx --out runs/latency.json",
     )
-    p.add_argument("--model", default="mobilenet_v2", help="reference architecture (basisprune.models.load)")
+    p.add_argument("--model", default="mobilenet_v2", help="reference architecture (basisprune.repro.models.load)")
     p.add_argument("--dataset", default="mnist5k", help="data set whose class count sizes the head")
     p.add_argument("--image-size", type=int, default=224, help="input side in pixels (3 channels)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None,

@@ -1,7 +1,7 @@
 """Reader test: open the built book in headless Chromium and check what a reader would see.
 
 Runs against the HTML of the ``smoke`` profile (``$BASISPRUNE_BOOK_PROFILE`` picks another), built by
-``make book PROFILE=smoke`` (``python -m basisprune.book build --profile smoke``). Skipped, with the
+``make book PROFILE=smoke`` (``python -m basisprune_book build --profile smoke``). Skipped, with the
 reason, when that build or Chromium is absent, except under ``BASISPRUNE_REQUIRE_BOOK=1`` where that is
 an error: ``make test-book`` sets it (``.ci/run``: ``make test``, ``make book PROFILE=smoke``, ``make
 test-book``). ``make test`` leaves this file out (a book left over from an earlier build may be stale).
@@ -41,7 +41,7 @@ CHROMIUM_FLAGS = (
 
 def _html_dir() -> Path | None:
     try:
-        from basisprune import book
+        from basisprune_book import build as book
     except ImportError:
         return None
     try:
@@ -198,7 +198,7 @@ def test_table_of_contents_lists_the_chapters():
 # ------------------------------------------------------------------ the build's own safeguards (no browser)
 def test_toc_drops_only_missing_notebooks():
     """Entries of notebooks that were not executed leave the toc; everything else stays."""
-    from basisprune.book import _toc_without_missing
+    from basisprune_book.build import _toc_without_missing
 
     toc = "root: book/intro\nchapters:\n  - file: book/method\n  - file: notebooks/01_a\n  - file: notebooks/06_b.ipynb\n"
     text, dropped = _toc_without_missing(toc, {"01_a"})
@@ -207,7 +207,7 @@ def test_toc_drops_only_missing_notebooks():
 
 
 def test_mean_std_formats_like_the_tables():
-    from basisprune.book import mean_std
+    from basisprune_book.build import mean_std
 
     assert mean_std([0.5]) == "0.5"
     assert mean_std([0.5, 0.7], 100, 1) == "60.0 ± 14.1"
@@ -217,7 +217,7 @@ def test_mean_std_formats_like_the_tables():
 def test_build_refuses_notebooks_with_error_outputs(tmp_path):
     """An executed notebook with an error output never becomes a page."""
     nbformat = pytest.importorskip("nbformat")
-    from basisprune.book import _error_outputs
+    from basisprune_book.build import _error_outputs
 
     nb = nbformat.v4.new_notebook()
     ok = nbformat.v4.new_code_cell("1")

@@ -1,4 +1,4 @@
-"""basisprune.data and basisprune.assets: offline data sets, splits, normalisation, errors."""
+"""basisprune.repro.data and basisprune.repro.assets: offline data sets, splits, normalisation, errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from basisprune import assets, data
+from basisprune.repro import assets, data
 
 MNIST5K_SPLITS = {"train": 3600, "val": 400, "test": 1000}
 
@@ -196,7 +196,7 @@ def test_subset_larger_than_split_names_its_size():
 def test_missing_mnist_offline_names_the_command(tmp_path):
     """mnist with an empty root and downloads off raises DataUnavailableError naming the command."""
     start = time.perf_counter()
-    with pytest.raises(data.DataUnavailableError, match="python -m basisprune.data download mnist"):
+    with pytest.raises(data.DataUnavailableError, match="python -m basisprune.repro.data download mnist"):
         data.load("mnist", "train", 32, root=tmp_path, download=False)
     assert time.perf_counter() - start < 5.0
 

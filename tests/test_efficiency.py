@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import basisprune as bp
 from conftest import random_basis_masks
-from basisprune import efficiency, smallnets
+from basisprune.repro import efficiency, smallnets
 
 SHAPE = (3, 12, 12)
 

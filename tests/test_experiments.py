@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from basisprune import experiments
-from basisprune.cli import main as cli_main
-from basisprune.results import read_results, strip_volatile
+from basisprune.repro import experiments
+from basisprune.repro.cli import main as cli_main
+from basisprune.repro.results import read_results, strip_volatile
 
 TINY = dict(subset_train=160, subset_test=64, batch_size=32, basis_rounds=3, warmup_epochs=1)
 

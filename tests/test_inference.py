@@ -265,7 +265,7 @@ def test_channel_padding_rounds_every_width_of_a_channel_pruned_mobilenet():
     """Torch-Pruning leaves odd widths in MobileNetV2 (residual groups, hidden channels, the last
     conv feeding the classifier); padded to multiples of 8 every width is one, and the outputs
     are unchanged."""
-    from basisprune import peer
+    from basisprune.repro import peer
 
     torch.manual_seed(0)
     m = randomise_batchnorms(torchvision.models.mobilenet_v2(num_classes=10), 0).eval()

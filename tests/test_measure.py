@@ -34,7 +34,7 @@ def test_basis_ceiling_leaves_one_basis_per_layer():
 
 def test_vgg_pooled_head_replaces_the_fully_connected_layers():
     """vgg16_gap: VGG16's conv base, a global average pool and one 512 -> C linear classifier."""
-    from basisprune import models
+    from basisprune.repro import models
 
     m = models.load("vgg16_gap", 10, pretrained=False).eval()
     name, head = models.classifier(m)
@@ -47,7 +47,7 @@ def test_vgg_pooled_head_replaces_the_fully_connected_layers():
 def test_basis_ceiling_of_vgg16_with_and_without_its_fully_connected_head():
     """Basis pruning alone reaches past 99% of vgg16_gap's parameters, but under 12% of
     torchvision's VGG16, whose fully connected layers hold 89% of them."""
-    from basisprune import models
+    from basisprune.repro import models
 
     x = torch.randn(1, 3, 32, 32)
     for name, lo, hi in (("vgg16_gap", 0.99, 1.0), ("vgg16", 0.0, 0.12)):

@@ -1,4 +1,4 @@
-"""basisprune.models: offline ImageNet weights, head replacement, input-size checks, errors."""
+"""basisprune.repro.models: offline ImageNet weights, head replacement, input-size checks, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from basisprune import assets, models
+from basisprune.repro import assets, models
 
 
 def _imagenet_input(image: str, name: str) -> torch.Tensor:

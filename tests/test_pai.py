@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch.func import functional_call
 
 from basisprune import pai
-from basisprune.smallnets import resnet20
+from basisprune.repro.smallnets import resnet20
 
 DT = torch.float64
 

@@ -1,12 +1,13 @@
-"""Tests for basisprune.pai_experiment: the pruning-at-initialization experiments (chapter 6)."""
+"""Tests for basisprune.repro.pai_experiment: the pruning-at-initialization experiments (chapter 6)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from basisprune import data, pai, pai_experiment as pe, smallnets
-from basisprune.train import seed_everything
+from basisprune import pai
+from basisprune.repro import data, pai_experiment as pe, smallnets
+from basisprune.repro.train import seed_everything
 
 # Tiny smoke settings: a few hundred images, one epoch, width-4 vgg_small.
 TINY = dict(subset_train=96, subset_test=64, batch_size=32, prune_batch_size=16, synflow_iterations=3)

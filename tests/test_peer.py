@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import basisprune as bp
-from basisprune import peer, smallnets
+from basisprune.repro import peer, smallnets
 
 
 

@@ -150,7 +150,7 @@ def test_taylor_ranking_under_cpu_bf16_autocast_agrees_with_fp32():
     and no score moves by more than 5% of the largest (measured: 0.9997, 100%, 1.0%)."""
     from sklearn.datasets import load_digits
 
-    from basisprune.train import train_epoch
+    from basisprune.repro.train import train_epoch
     torch.manual_seed(0)
     images, labels = load_digits(return_X_y=True)
     x, y = torch.tensor(images, dtype=torch.float32).view(-1, 1, 8, 8) / 16, torch.tensor(labels)

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from basisprune import experiments
-from basisprune.cli import main as cli_main
-from basisprune.experiments import _paired_drop
-from basisprune.train import DivergenceError, train_epoch
+from basisprune.repro import experiments
+from basisprune.repro.cli import main as cli_main
+from basisprune.repro.experiments import _paired_drop
+from basisprune.repro.train import DivergenceError, train_epoch
 
 TINY = dict(subset_train=160, subset_test=64, batch_size=32, warmup_epochs=2, epochs_per_round=2)
 

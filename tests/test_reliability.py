@@ -16,9 +16,11 @@ import pytest
 import torch
 
 import basisprune as bp
-from basisprune import book, data, errors, experiments, profiles, prune, results, train
-from basisprune.cli import main as cli_main
-from basisprune.results import read_results, strip_volatile
+from basisprune import errors, prune
+from basisprune.repro import data, experiments, profiles, results, train
+from basisprune_book import build as book
+from basisprune.repro.cli import main as cli_main
+from basisprune.repro.results import read_results, strip_volatile
 
 SRC = Path(experiments.__file__).resolve().parents[1]
 TINY = dict(subset_train=96, subset_test=32, batch_size=32, basis_rounds=2, warmup_epochs=1)
@@ -418,7 +420,7 @@ def test_two_identical_runs_give_equal_stripped_records(tmp_path):
 _CHILD = r"""
 import importlib, io, os, signal, sys
 from pathlib import Path
-from basisprune.cli import main
+from basisprune.repro.cli import main
 
 target, nth = sys.argv[1], int(sys.argv[2])
 seen = [0]
@@ -438,10 +440,10 @@ def atomic_write(path, write):
             return real(path, half_then_die)
     return real(path, write)
 
-results = importlib.import_module("basisprune.results")
+results = importlib.import_module("basisprune.repro.results")
 real = results.atomic_write
 for name in ("results", "train", "compact"):  # every module that imported the writer
-    importlib.import_module(f"basisprune.{name}").atomic_write = atomic_write
+    importlib.import_module(f"basisprune.repro.{name}").atomic_write = atomic_write
 sys.exit(main(sys.argv[3:]))
 """
 
@@ -452,7 +454,7 @@ KILL_ARGS = ["--profile", "smoke", "--subset-train", "96", "--subset-test", "32"
 def _cli(args: list[str], kill: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
-    cmd = ([sys.executable, "-c", _CHILD, kill[0], str(kill[1])] if kill else [sys.executable, "-m", "basisprune.cli"])
+    cmd = ([sys.executable, "-c", _CHILD, kill[0], str(kill[1])] if kill else [sys.executable, "-m", "basisprune.repro.cli"])
     return subprocess.run([*cmd, "run", "basis_pruning", *KILL_ARGS, *args], env=env, capture_output=True, text=True,
                           timeout=600)
 

@@ -1,4 +1,4 @@
-"""Tests for basisprune.results: atomic JSON, provenance, results files, volatile stripping, timers."""
+"""Tests for basisprune.repro.results: atomic JSON, provenance, results files, volatile stripping, timers."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from basisprune import results
-from basisprune.results import (
+from basisprune.repro import results
+from basisprune.repro.results import (
     Timer,
     provenance,
     read_results,

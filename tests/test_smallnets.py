@@ -1,4 +1,4 @@
-"""Tests for basisprune.smallnets (small CNNs for the from-scratch experiments)."""
+"""Tests for basisprune.repro.smallnets (small CNNs for the from-scratch experiments)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from basisprune import smallnets
+from basisprune.repro import smallnets
 
 
 @pytest.mark.parametrize("name", smallnets.NAMES)

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from basisprune import experiments, sweep
-from basisprune.cli import main as cli_main
-from basisprune.results import read_results, write_json
+from basisprune.repro import experiments, sweep
+from basisprune.repro.cli import main as cli_main
+from basisprune.repro.results import read_results, write_json
 
 # Four cells of a few seconds each: 2 pruning fractions x 2 seeds on the smoke profile.
 SMOKE = {

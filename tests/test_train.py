@@ -1,4 +1,4 @@
-"""Tests for basisprune.train: devices, seeding, BN modes, freezing, epochs and resumable fit."""
+"""Tests for basisprune.repro.train: devices, seeding, BN modes, freezing, epochs and resumable fit."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from basisprune.results import read_results, strip_volatile
-from basisprune.train import (
+from basisprune.repro.results import read_results, strip_volatile
+from basisprune.repro.train import (
     CheckpointError,
     evaluate,
     fit,

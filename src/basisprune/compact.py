@@ -18,7 +18,7 @@ from torch import nn
 
 from .channel import channel_scales, dependency_graph, remove_channel_scales
 from .decompose import BasisConv2d, BasisLayer, basis_layers, set_submodule
-from .results import atomic_write
+from .repro.results import atomic_write
 
 __all__ = ["compact", "compact_basis_layer", "pair_cost", "save_model", "load_model"]
 

@@ -2,7 +2,7 @@
 
 Errors the library raises on purpose derive from :class:`BasisPruneError` (bad parameters are also
 :class:`ValueError`, missing data and weights also :class:`FileNotFoundError`, corrupt checkpoints
-also :class:`RuntimeError`). The command lines (``basisprune``, ``python -m basisprune.book``) turn
+also :class:`RuntimeError`). The command lines (``basisprune``, ``python -m basisprune_book``) turn
 them, and every :class:`ValueError` and :class:`OSError`, into one line on stderr,
 ``basisprune: error: <message>``, and exit status 2; ``--debug`` shows the traceback instead.
 """

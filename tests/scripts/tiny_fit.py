@@ -2,7 +2,7 @@
 
 Trains a small CNN with BatchNorm and dropout on synthetic 8x8 images (shuffled loader with its own
 generator, SGD with momentum and weight decay, StepLR, an L1 regulariser on the BN scales), through
-``basisprune.train.fit`` with a checkpoint, then writes the final weights and a results file.
+``basisprune.repro.train.fit`` with a checkpoint, then writes the final weights and a results file.
 
 ``--kill-at-batch N`` makes the process SIGKILL itself at the N-th training step (counted over the
 whole run, from 1), between backward() and optimizer.step(), to simulate a crash mid-epoch.
@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from basisprune.results import Timer, write_results
-from basisprune.train import fit, seed_everything
+from basisprune.repro.results import Timer, write_results
+from basisprune.repro.train import fit, seed_everything
 
 BATCHES_PER_EPOCH = 8  # 256 training samples / batch size 32
 

@@ -1,6 +1,6 @@
 """Command line: ``basisprune run EXPERIMENT [--param value ...]``, ``list``, ``sweep``, ``sweep-report``.
 
-Runs the same function as the notebooks (:func:`basisprune.experiments.run`) and writes the same
+Runs the same function as the notebooks (:func:`basisprune.repro.experiments.run`) and writes the same
 results file. Every input is checked before any work starts; an error is one line on stderr,
 ``basisprune: error: ...``, with exit status 2 (``--debug``: the traceback instead).
 """
@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import errors, profiles
+from .. import errors
+from . import profiles
 from .experiments import EXPERIMENTS, resolve_params, run
 
 __all__ = ["main"]
@@ -58,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
                        type=lambda t, s=profiles.SPECS[name]: _parse_value(t, s),
                        help=f"{help_}: {profiles.SPECS[name].describe()} (default {default!r})")
     sub.add_parser("list", help="list experiments, profiles and parameters")
-    sw = sub.add_parser("sweep", help="run every missing cell of a grid spec (YAML); see basisprune.sweep")
+    sw = sub.add_parser("sweep", help="run every missing cell of a grid spec (YAML); see basisprune.repro.sweep")
     sw.add_argument("spec", type=Path, help="grid spec (YAML), e.g. sweeps/smoke.yaml")
     sw.add_argument("--backend", default=None, choices=("local", "slurm", "submitit-local"),
                     help="default: the spec's")

@@ -34,10 +34,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from . import bench, experiments
-from .compact import compact, load_model, save_model
-from .decompose import BasisConv2d, basis_layers
-from .measure import count_flops, count_params
+from .. import bench
+from . import experiments
+from ..compact import compact, load_model, save_model
+from ..decompose import BasisConv2d, basis_layers
+from ..measure import count_flops, count_params
 from .results import write_json, write_text
 
 __all__ = [
@@ -368,7 +369,7 @@ _STAGE_FILES = {"basis_pruning": ("basis.pt",), "channel_pruning": ("channel.pt"
 
 
 def timed_run(experiment: str, profile: str = "default", *, remeasure: bool = False, **params: Any) -> dict[str, Any]:
-    """:func:`basisprune.experiments.run` plus the wall time the pipeline took to *compute*.
+    """:func:`basisprune.repro.experiments.run` plus the wall time the pipeline took to *compute*.
 
     A run that loads its rounds from checkpoints returns at once, so its ``timings.total_seconds``
     is not the pipeline's cost. The wall time reported here is, in order of preference:
@@ -413,7 +414,7 @@ def timed_run(experiment: str, profile: str = "default", *, remeasure: bool = Fa
 # ------------------------------------------------------------------------------ the peer
 def _finetune_timed(model: nn.Module, loaders: Mapping[str, Any], epochs: int, lr: float, device: torch.device,
                     *, target: float | None, stop_at_target: bool, start_seconds: float) -> list[dict[str, Any]]:
-    """Fine-tune all weights (Adam, BatchNorm in train mode, as :func:`basisprune.peer.finetune`),
+    """Fine-tune all weights (Adam, BatchNorm in train mode, as :func:`basisprune.repro.peer.finetune`),
     evaluating the test split after every epoch; wall seconds are cumulative from ``start_seconds``."""
     from .train import evaluate, train_epoch
 
@@ -441,7 +442,7 @@ def _finetune_timed(model: nn.Module, loaders: Mapping[str, Any], epochs: int, l
 def prune_to_flops(reference: nn.Module, example_input: torch.Tensor, target_ratio: float,
                    importance: str = "magnitude") -> tuple[nn.Module, dict[str, Any]]:
     """Torch-Pruning's channel pruning of a copy of ``reference`` to FLOPs at most
-    ``(1 - target_ratio) * flops_ref`` (:func:`basisprune.peer.torch_pruning_channel_prune`);
+    ``(1 - target_ratio) * flops_ref`` (:func:`basisprune.repro.peer.torch_pruning_channel_prune`);
     below a ratio of 0.005 there is nothing to prune and the copy is returned as it is."""
     from . import peer as _peer
 
@@ -491,7 +492,7 @@ def peer_comparison(
        parameters (``dataset``, ``seed`` and ``params`` override them), or ``record`` if given.
     2. The peer starts from the same transfer model our pipelines start from (pretrained backbone,
        new classifier initialised from the run's seed), and
-       :func:`basisprune.peer.torch_pruning_channel_prune` (global ``GroupMagnitudeImportance(p=2)``
+       :func:`basisprune.repro.peer.torch_pruning_channel_prune` (global ``GroupMagnitudeImportance(p=2)``
        by default) removes channel groups until its FLOPs are at most ours (FLOP pruning ratio
        within 0.01 above ours).
     3. It is fine-tuned like the full fine-tuning baseline (all weights, Adam at ``full_lr``,
@@ -695,7 +696,7 @@ def inference_forms(
         multiply-accumulates per sample before and after, the channel widths padded and the
         memory format chosen.
     """
-    from .inference import inference_form
+    from ..inference import inference_form
 
     forms, summary = {}, []
     dev = torch.device(device)

@@ -1,4 +1,4 @@
-"""Experiment grids: a YAML spec expands to cells, each one :func:`basisprune.experiments.run`.
+"""Experiment grids: a YAML spec expands to cells, each one :func:`basisprune.repro.experiments.run`.
 
 A spec names an experiment (or several), a profile, lists of parameter values and seeds::
 
@@ -17,8 +17,8 @@ and lives in ``<folder>/cells/<fingerprint>/``: ``results.json`` (written by ``e
 ``cell.json`` (what the cell is), ``error.json`` + ``traceback.txt`` when it failed, and its
 checkpoints under ``runs/``. A cell whose results file exists is done and never runs again, so a
 sweep started again after a failure or a kill runs only what is missing. The whole spec is
-validated (names against :data:`basisprune.profiles.PARAMETERS`, values with
-:func:`basisprune.experiments.resolve_params`, backend options) before any job starts.
+validated (names against :data:`basisprune.repro.profiles.PARAMETERS`, values with
+:func:`basisprune.repro.experiments.resolve_params`, backend options) before any job starts.
 
 Backends: ``local`` is a process pool on this machine (one torch thread per worker, as many workers
 as cores by default); ``slurm`` submits a job array through submitit; ``submitit-local`` is the same
@@ -119,7 +119,7 @@ def _fail(source: str, where: str, what: str) -> ValueError:
 
 
 def _coerce(source: str, where: str, name: str, value: Any) -> Any:
-    """``value`` checked by parameter ``name``'s spec (:data:`basisprune.profiles.SPECS`); YAML 1.1
+    """``value`` checked by parameter ``name``'s spec (:data:`basisprune.repro.profiles.SPECS`); YAML 1.1
     reads ``1e-3`` as a string, so a string is parsed where a number is expected."""
     if isinstance(value, (list, dict)):
         raise _fail(source, where, f"expected a single value inside the list, got {value!r}")

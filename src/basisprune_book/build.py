@@ -2,8 +2,8 @@
 
 Two commands (the Makefile's ``notebooks``, ``test-notebooks`` and ``book`` targets call them)::
 
-    python -m basisprune.book execute --profile smoke --out notebooks/_executed/smoke [--only 01]
-    python -m basisprune.book build --profile smoke
+    python -m basisprune_book execute --profile smoke --out notebooks/_executed/smoke [--only 01]
+    python -m basisprune_book build --profile smoke
 
 ``execute`` runs every ``notebooks/NN_*.ipynb`` (sorted) with papermill, injecting only
 ``profile=<profile>`` (plus any ``-p KEY VALUE`` given), on the ``python3`` kernel of the Python
@@ -40,8 +40,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import errors
-from .errors import BasisPruneError, ParameterError
+from basisprune import errors
+from basisprune.errors import BasisPruneError, ParameterError
 
 __all__ = [
     "PROFILES",
@@ -199,13 +199,13 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    from .results import write_json  # here: results imports torch
+    from basisprune.repro.results import write_json  # here: results imports torch
 
     write_json(path, obj)
 
 
 def _write_text(path: Path, text: str) -> None:
-    from .results import write_text
+    from basisprune.repro.results import write_text
 
     write_text(path, text)
 
@@ -230,9 +230,9 @@ def _kernel_python() -> str | None:
 
 
 # Parameters of the notebooks that are not experiment parameters (those are checked with
-# basisprune.profiles.SPECS): one spec per value, or per item of a list.
+# basisprune.repro.profiles.SPECS): one spec per value, or per item of a list.
 def _notebook_specs() -> tuple[dict[str, Any], dict[str, Any]]:
-    from .profiles import SPECS, Spec
+    from basisprune.repro.profiles import SPECS, Spec
 
     scalars = {
         "n_images": Spec("int", low=1, optional=True), "threads": Spec("int", low=1, optional=True),
@@ -251,7 +251,7 @@ _MAPPINGS = ("overrides", "transfer_overrides", "cost_overrides")
 
 
 def _check_notebook_value(name: str, value: Any) -> None:
-    from .profiles import SPECS
+    from basisprune.repro.profiles import SPECS
 
     scalars, lists = _notebook_specs()
     if value is None:  # None: the profile's value, for every notebook parameter
@@ -319,7 +319,7 @@ def execute(
     """
     import papermill as pm
 
-    from .results import check_writable, clean_stale_temporaries
+    from basisprune.repro.results import check_writable, clean_stale_temporaries
 
     _check_profile(profile)
     root = Path(root or repo_root())
@@ -458,7 +458,7 @@ def timings_markdown(record: dict[str, Any]) -> str:
         f"{', GPU ' + hw['gpu'] if hw.get('gpu') else ', no GPU'}; Python {hw.get('python', '?')}. "
         f"Kernel threads: {record.get('threads') or 'default (OMP_NUM_THREADS unset)'}"
         f"{'; resumed from earlier checkpoints, so the times are not those of a full run' if record.get('resumed') else ''}. "
-        "Generated from `timings.json` by `python -m basisprune.book build`.",
+        "Generated from `timings.json` by `python -m basisprune_book build`.",
         "",
         "| step | status | wall time |",
         "|:--|:--|--:|",
@@ -473,7 +473,7 @@ def timings_markdown(record: dict[str, Any]) -> str:
 
 def profiles_markdown() -> str:
     """The parameters of every profile as a MyST table (included by book/reproduce.md)."""
-    from . import profiles
+    from basisprune.repro import profiles
 
     names = list(profiles.PROFILES)
     values = {n: profiles.get(n) for n in names}
@@ -588,7 +588,7 @@ def build(
     if not executed.is_dir() or not any(NOTEBOOK_PATTERN.match(p.name) for p in executed.iterdir()):
         raise BookError(
             f"no executed notebooks in {executed}; run "
-            f"`python -m basisprune.book execute --profile {profile} --out {executed}` first"
+            f"`python -m basisprune_book execute --profile {profile} --out {executed}` first"
         )
     timings_path = executed / TIMINGS_FILE
     record = _read_json(timings_path)
@@ -663,7 +663,7 @@ def build(
 def selection(profile: str, *, datasets=None, seeds=None, dataset=None, seed=None) -> tuple[list[str], list[int]]:
     """Datasets and seeds a notebook loops over: one ``dataset`` / ``seed`` if given, else the
     ``datasets`` / ``seeds`` lists if given, else the profile's."""
-    from . import profiles
+    from basisprune.repro import profiles
 
     p = profiles.get(profile)
     ds = [dataset] if dataset is not None else list(datasets or p["datasets"])
@@ -674,7 +674,7 @@ def selection(profile: str, *, datasets=None, seeds=None, dataset=None, seed=Non
 def table_seeds(profile: str, *, datasets=None, seeds=None, dataset=None, seed=None) -> dict[str, list[int]]:
     """Seeds per data set for the main table (notebook 05): one ``seed`` or the ``seeds`` list if
     given, else the profile's ``table_seeds`` for that data set, else the profile's ``seeds``."""
-    from . import profiles
+    from basisprune.repro import profiles
 
     p = profiles.get(profile)
     ds, default = selection(profile, datasets=datasets, seeds=seeds, dataset=dataset, seed=seed)
@@ -714,8 +714,8 @@ def ceiling_table(names, image_size: int, num_classes: int = 10):
     import pandas as pd
     import torch
 
-    from . import models
-    from .measure import basis_ceiling
+    from basisprune.repro import models
+    from basisprune.measure import basis_ceiling
 
     rows = []
     for name in names:
@@ -803,7 +803,7 @@ def _parse_value(text: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = errors.ArgumentParser(prog="python -m basisprune.book", description=__doc__.split("\n\n")[0])
+    parser = errors.ArgumentParser(prog="python -m basisprune_book", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("execute", help="execute the notebooks with papermill")

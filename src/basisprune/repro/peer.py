@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from .measure import count_flops, count_params
+from ..measure import count_flops, count_params
 
 __all__ = ["IMPORTANCES", "finetune", "torch_pruning_channel_prune"]
 
@@ -134,7 +134,7 @@ def torch_pruning_channel_prune(
             needs gradients: of the cross-entropy on ``taylor_batch = (x, y)``, by default of
             ``example_input`` against the unpruned model's own predictions).
         ignored_layers: names or modules whose output channels stay (default: the classifier,
-            :func:`basisprune.models.classifier`).
+            :func:`basisprune.repro.models.classifier`).
         iterative_steps: ``pruner.step()`` calls reaching the ratio in equal steps (importance is
             re-estimated on the partly pruned model between steps; no training in between).
         global_pruning: rank all groups together (True) or prune every layer by the same ratio.
@@ -239,11 +239,11 @@ def finetune(
 ) -> dict[str, Any]:
     """Train *all* weights of ``model`` (in place) for ``epochs`` epochs and evaluate after each.
 
-    Uses :func:`basisprune.train.train_epoch` and :func:`basisprune.train.evaluate`.
+    Uses :func:`basisprune.repro.train.train_epoch` and :func:`basisprune.repro.train.evaluate`.
 
     Args:
         loaders: ``{"train": ..., "val": ..., "test": ...}`` as from
-            :func:`basisprune.data.make_loaders`.
+            :func:`basisprune.repro.data.make_loaders`.
         optimizer: ``"adam"`` or ``"sgd"`` (with ``momentum``).
         eval_split: loader evaluated after each epoch (default ``"val"`` if present, else ``"test"``).
         bn_mode: BatchNorm mode while training (``"train"`` updates running statistics).

@@ -13,14 +13,14 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 __all__ = ["PARAMETERS", "PROFILES", "SPECS", "Spec", "get", "describe", "validate"]
 
 # name -> (default, help). The defaults are the `default` profile's values.
 PARAMETERS: dict[str, tuple[Any, str]] = {
     "model": ("mobilenet_v2", "torchvision model name (or efficientnet_lite0)"),
-    "dataset": ("mnist5k", "dataset name (basisprune.data.available())"),
+    "dataset": ("mnist5k", "dataset name (basisprune.repro.data.available())"),
     "pretrained": (True, "start from ImageNet weights"),
     "image_size": (32, "input side in pixels"),
     "batch_size": (128, "training batch size"),
@@ -174,7 +174,7 @@ _EPOCHS = Spec("int", low=0)
 _SUBSET = Spec("int", low=1, optional=True)
 
 # name -> what it accepts. The choices of bn_mode, precision, basis_scope and basis_normalize are
-# those of basisprune.train.BN_MODES, basisprune.train.PRECISIONS and basisprune.prune (a test keeps
+# those of basisprune.repro.train.BN_MODES, basisprune.repro.train.PRECISIONS and basisprune.prune (a test keeps
 # them equal).
 SPECS: dict[str, Spec] = {
     "model": Spec("str", choices=_models, choices_name="known models"),
@@ -187,7 +187,7 @@ SPECS: dict[str, Spec] = {
     "val_fraction": _FRACTION,
     "data_root": Spec("path", optional=True),
     "seed": Spec("int", low=0, high=2**32 - 1),
-    "device": Spec("str"),  # the forms and what this machine has: basisprune.train.pick_device
+    "device": Spec("str"),  # the forms and what this machine has: basisprune.repro.train.pick_device
     "precision": Spec("str", choices=("auto", "fp32", "bf16", "fp16")),
     "bn_mode": Spec("str", choices=("eval", "train")),
     "lr": _RATE,
@@ -222,7 +222,7 @@ def validate(p: dict[str, Any]) -> dict[str, Any]:
     values out of range, unknown choices, a device this machine lacks, an image size too small
     for the model, a ``data_root`` that does not exist (unless a download will create it);
     pretrained weights that are neither cached nor obtainable raise
-    :class:`~basisprune.models.PretrainedUnavailableError`. Nothing is loaded: data, models and
+    :class:`~basisprune.repro.models.PretrainedUnavailableError`. Nothing is loaded: data, models and
     weights are only looked up by name.
     """
     unknown = sorted(set(p) - set(SPECS))

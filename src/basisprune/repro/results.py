@@ -147,7 +147,7 @@ def check_writable(path: str | os.PathLike, param: str, *, directory: bool = Fal
     nearest existing folder this process may not write. Raises
     :class:`~basisprune.errors.ParameterError` naming ``param``; returns ``path`` as a Path.
     """
-    from .errors import ParameterError
+    from ..errors import ParameterError
 
     if not isinstance(path, (str, os.PathLike)) or not str(os.fspath(path)).strip():
         raise ParameterError(param, f"{param} must be a path, got {path!r}", path)

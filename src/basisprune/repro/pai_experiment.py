@@ -4,7 +4,7 @@ Three experiments, each a function the notebook calls; their settings come from
 :data:`PAI_PROFILES` (``smoke``, ``default``, ``paper``) and keyword overrides, validated before
 any data is loaded or model built (``ValueError`` naming the allowed values).
 
-:func:`from_scratch` -- a small CNN from :mod:`basisprune.smallnets` is built from a seed,
+:func:`from_scratch` -- a small CNN from :mod:`basisprune.repro.smallnets` is built from a seed,
 pruned at initialization with :func:`basisprune.pai.prune` on a few training batches, the masks
 are attached with :func:`basisprune.pai.apply_masks` (pruned weights stay exactly zero), the
 network is trained and scored on the test set. Method ``"dense"`` (sparsity 0) is the unpruned
@@ -34,7 +34,7 @@ epochs):
   accuracy), and is flagged ``layer_collapse=True``.
 
 :func:`transfer` -- ProsPr and SNIP (any method of :data:`basisprune.pai.METHODS`) on the
-pretrained transfer model of :mod:`basisprune.experiments` (mobilenet_v2 in the ``smoke`` and
+pretrained transfer model of :mod:`basisprune.repro.experiments` (mobilenet_v2 in the ``smoke`` and
 ``default`` profiles), at the parameter count that basis pruning or double pruning reached, then
 fine-tuned (all weights train, masks kept) and scored on the same test set.  *Equal parameter
 counts*: basis/double pruning's ``final["params"]`` counts every parameter of its compact model.
@@ -70,7 +70,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import bench, data, experiments, models, pai, profiles, smallnets
+from .. import bench, pai
+from . import data, experiments, models, profiles, smallnets
 from .train import evaluate, pick_device, seed_everything, train_epoch
 
 __all__ = [
@@ -524,7 +525,7 @@ def accuracy_table(records: Iterable[Mapping[str, Any]], digits: int = 1):
     (the dense baseline as its own row at 0 %).  Returns a pandas DataFrame of strings."""
     import pandas as pd
 
-    from .book import mean_std
+    from basisprune_book.build import mean_std
 
     df = pd.DataFrame(list(records))
     order = [m for m in SCRATCH_METHODS if m in set(df["method"])]
@@ -709,7 +710,7 @@ def prune_cost(method: str, repeats: int = 5, model: str = "resnet20", batch: in
                width: int = 16, image_size: int = 32, sparsity: float = 0.9, warmup: int = 0,
                synflow_iterations: int = 100, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
     """Wall time of ``pai.prune(model, method, sparsity, batches)``: the median of ``repeats`` runs
-    (after ``warmup`` untimed ones) on a fresh ``model`` from :mod:`basisprune.smallnets` with
+    (after ``warmup`` untimed ones) on a fresh ``model`` from :mod:`basisprune.repro.smallnets` with
     ``3 x image_size x image_size`` random inputs and random labels, ``batch`` images per batch.
 
     ProsPr (full and first order) takes ``steps`` inner steps on ``steps`` batches and its

@@ -29,7 +29,7 @@ Small data sets are kept in memory as uint8 tensors already resized to ``S``, an
 assembled with one indexing operation (``__getitems__``), so a DataLoader epoch over thousands
 of images takes well under a second with ``num_workers=0``.
 
-Command line: ``python -m basisprune.data {list,download,info}``.
+Command line: ``python -m basisprune.repro.data {list,download,info}``.
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import assets, errors
+from .. import errors
+from . import assets
 from .assets import AssetUnavailableError
-from .errors import ParameterError
+from ..errors import ParameterError
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -275,7 +276,7 @@ def _download_allowed(download: bool | None) -> bool:
 
 
 def _download_command(name: str) -> str:
-    return f"python -m basisprune.data download {name} --root DIR"
+    return f"python -m basisprune.repro.data download {name} --root DIR"
 
 
 def _unavailable(name: str, root: Path, looked: str, reason: str) -> DataUnavailableError:
@@ -680,7 +681,7 @@ def load(
     ``split``: ``"train"``, ``"val"`` (a seeded stratified ``val_fraction`` of the train set) or
     ``"test"``. ``subset``: a seeded, class-stratified number of images from that split
     (ValueError if larger than the split). ``root``: where to look for (and download to) the
-    files; default :func:`basisprune.assets.cache_dir`. ``download``: None = download if not
+    files; default :func:`basisprune.repro.assets.cache_dir`. ``download``: None = download if not
     found locally unless ``$BASISPRUNE_OFFLINE`` is set, False = never, True = allowed.
     Raises ValueError for unknown names/splits/bad sizes and :class:`DataUnavailableError` when
     the data is neither local nor downloadable (the message names the command that provides it).
@@ -794,7 +795,7 @@ def _download(name: str, root: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m basisprune.data", description="basisprune data sets")
+    parser = argparse.ArgumentParser(prog="python -m basisprune.repro.data", description="basisprune data sets")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="known data sets and whether each is on this machine")
     d = sub.add_parser("download", help="fetch a data set into --root (default: the cache dir)")

@@ -26,13 +26,13 @@ from torch import nn
 from tqdm import tqdm
 
 from . import data, models, profiles
-from .channel import add_channel_scales, channel_scales, l1_penalty
-from .compact import compact, save_model
-from .decompose import basis_layers, decompose
-from .errors import ParameterError, WorkdirMismatchError
-from .importance import ScaleMagnitude, TaylorImportance
-from .measure import basis_savings, measure, output_positions
-from .prune import PruningRule, apply_masks, select
+from ..channel import add_channel_scales, channel_scales, l1_penalty
+from ..compact import compact, save_model
+from ..decompose import basis_layers, decompose
+from ..errors import ParameterError, WorkdirMismatchError
+from ..importance import ScaleMagnitude, TaylorImportance
+from ..measure import basis_savings, measure, output_positions
+from ..prune import PruningRule, apply_masks, select
 from .results import Timer, check_writable, clean_stale_temporaries, read_results, to_jsonable, write_json, write_results
 from .train import (
     DivergenceError,
@@ -534,7 +534,7 @@ def resolve_params(experiment: str, profile: str = "default", **params: Any) -> 
 
     ``None`` for a parameter means the profile's value (except where None is a value of its own).
     Raises :class:`~basisprune.errors.ParameterError` (a ValueError) naming the parameter and
-    what it allows (see :func:`basisprune.profiles.validate`); nothing is loaded or written.
+    what it allows (see :func:`basisprune.repro.profiles.validate`); nothing is loaded or written.
     """
     if not isinstance(experiment, str) or experiment not in EXPERIMENTS:
         raise ParameterError("experiment", f"experiment must be one of {sorted(EXPERIMENTS)} (known experiments), "
@@ -643,7 +643,7 @@ def run(experiment: str, *, profile: str = "default", out: str | Path | None = N
 
     Args:
         experiment: one of :data:`EXPERIMENTS`.
-        profile: ``smoke``, ``default`` or ``paper`` (see :mod:`basisprune.profiles`).
+        profile: ``smoke``, ``default`` or ``paper`` (see :mod:`basisprune.repro.profiles`).
         out: results file to write (JSON with provenance and timings).
         workdir: checkpoint directory (default :func:`default_workdir`; ``False``: no checkpoints).
         **params: overrides of the profile's parameters.

