@@ -373,7 +373,7 @@ def test_fit_checkpoint_with_dataloader_generator(tmp_path):
 
 def test_distillation_loss_at_weight_zero_is_cross_entropy():
     """weight 0: the teacher is ignored and the loss is plain cross-entropy."""
-    from basisprune.train import distillation_loss
+    from basisprune.repro.train import distillation_loss
 
     g = torch.Generator().manual_seed(0)
     out, teach = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
@@ -385,7 +385,7 @@ def test_distillation_loss_at_weight_zero_is_cross_entropy():
 def test_distillation_loss_pulls_towards_the_teacher():
     """weight 1: zero loss and zero gradient when the student equals the teacher, and a gradient
     that lowers the gap to the teacher otherwise."""
-    from basisprune.train import distillation_loss
+    from basisprune.repro.train import distillation_loss
 
     g = torch.Generator().manual_seed(1)
     teach = torch.randn(5, 3, generator=g)
@@ -407,7 +407,7 @@ def test_distillation_loss_pulls_towards_the_teacher():
 @pytest.mark.parametrize("weight,temperature", [(-0.1, 4.0), (1.5, 4.0), (0.5, 0.0), (0.5, float("inf"))])
 def test_distillation_loss_refuses_bad_settings(weight, temperature):
     """Weights outside [0, 1] and temperatures that are not finite and > 0 are refused."""
-    from basisprune.train import distillation_loss
+    from basisprune.repro.train import distillation_loss
 
     with pytest.raises(ValueError, match="distillation"):
         distillation_loss(weight, temperature)
