@@ -28,6 +28,7 @@ the one timed; the second only re-renders the pages that include the timings.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime as _dt
 import json
 import os
@@ -306,8 +307,12 @@ def execute(
     threads: int | None = None,
     resume: bool = False,
     root: str | os.PathLike | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Execute the notebooks with papermill; returns the timings record (also in ``<out>/timings.json``).
+
+    ``jobs`` notebooks run side by side (each kernel its own process; with ``threads=1`` one core
+    each), the longest first; ``wall_seconds`` in the record is the elapsed time of them all.
 
     Experiment checkpoints go to ``<out>/runs`` (``$BASISPRUNE_RUNS`` for the kernels), emptied
     first unless ``resume`` (then finished rounds are reused and the wall times are not those of a
@@ -317,11 +322,11 @@ def execute(
     Raises :class:`BookError` naming the notebooks that failed (their executed copies, with the
     error, are still written to ``out``).
     """
-    import papermill as pm
-
     from basisprune.repro.results import check_writable, clean_stale_temporaries
 
     _check_profile(profile)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ParameterError("jobs", f"jobs must be an integer >= 1 (notebooks run side by side), got {jobs!r}", jobs)
     root = Path(root or repo_root())
     out = Path(out) if out is not None else executed_dir(profile, root)
     out = out if out.is_absolute() else (Path.cwd() / out)
@@ -371,32 +376,26 @@ def execute(
     kernel_threads = os.environ.get("OMP_NUM_THREADS")
     t_all = time.perf_counter()
     try:
-        for nb in selected:
-            dest = out / nb.name
-            print(f"[{profile}] {nb.stem} ...", flush=True)
-            t0 = time.perf_counter()
-            status, error = "ok", None
-            try:
-                pm.execute_notebook(
-                    str(nb),
-                    str(dest),
-                    parameters=per_notebook[nb],
-                    kernel_name=KERNEL_NAME,
-                    cwd=str(nb.parent),
-                    progress_bar=False,
-                    execution_timeout=timeout,
-                )
-            except Exception as e:  # noqa: BLE001 - papermill raises several kinds
-                status = "failed"
-                error = f"{type(e).__name__}: {_short(str(e))}"
-            seconds = time.perf_counter() - t0
-            record["notebooks"][nb.stem] = {"seconds": round(seconds, 2), "status": status, "executed_utc": _now()}
-            print(f"[{profile}] {nb.stem}: {status} in {seconds:.1f} s", flush=True)
-            if error:
-                print(f"[{profile}] {nb.stem}: {error}", file=sys.stderr, flush=True)
-                failures.append(nb.stem)
-                if fail_fast:
+        # Longest first (by the last recorded wall times), so that with several jobs the long
+        # notebooks do not end up last on one worker; experiments that two notebooks share are
+        # computed once (the second waits on the stage's lock, then reads its checkpoint).
+        order = sorted(selected, key=lambda nb: -_last_seconds(profile, root).get(nb.stem, 0.0)) if jobs > 1 else selected
+        tasks = [(str(nb), str(out / nb.name), per_notebook[nb], str(nb.parent), timeout) for nb in order]
+        with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=_spawn()) as pool:
+            pending = {}
+            for nb, task in zip(order, tasks):
+                if failures and fail_fast:
                     break
+                print(f"[{profile}] {nb.stem} ...", flush=True)
+                pending[pool.submit(_execute_one, *task)] = nb
+                if jobs <= 1:  # one at a time: in file order, and fail_fast stops before the next
+                    _collect(concurrent.futures.wait(pending).done, pending, record, failures, profile)
+                    pending = {}
+            while pending:
+                done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                _collect(done, pending, record, failures, profile)
+                for f in done:
+                    pending.pop(f)
     finally:
         for k, v in env_backup.items():
             if v is None:
@@ -405,6 +404,8 @@ def execute(
                 os.environ[k] = v
     total = time.perf_counter() - t_all
     record.update(
+        jobs=max(1, jobs),
+        wall_seconds=round(total, 2),
         profile=profile,
         parameters=params,
         threads=int(kernel_threads) if kernel_threads and kernel_threads.isdigit() else None,
@@ -420,6 +421,48 @@ def execute(
     if failures:
         raise BookError(f"notebook(s) failed with profile {profile!r}: {', '.join(failures)} (see {out})")
     return record
+
+
+def _execute_one(nb: str, dest: str, parameters: dict[str, Any], cwd: str, timeout: int | None) -> tuple[str, str | None, float]:
+    """Execute one notebook (in a worker process); returns (status, error, seconds)."""
+    import papermill as pm
+
+    t0 = time.perf_counter()
+    try:
+        pm.execute_notebook(nb, dest, parameters=parameters, kernel_name=KERNEL_NAME, cwd=cwd,
+                            progress_bar=False, execution_timeout=timeout)
+    except Exception as e:  # noqa: BLE001 - papermill raises several kinds
+        return "failed", f"{type(e).__name__}: {_short(str(e))}", time.perf_counter() - t0
+    return "ok", None, time.perf_counter() - t0
+
+
+def _collect(done, pending: dict, record: dict[str, Any], failures: list[str], profile: str) -> None:
+    for fut in done:
+        nb = pending[fut]
+        status, error, seconds = fut.result()
+        record["notebooks"][nb.stem] = {"seconds": round(seconds, 2), "status": status, "executed_utc": _now()}
+        print(f"[{profile}] {nb.stem}: {status} in {seconds:.1f} s", flush=True)
+        if error:
+            print(f"[{profile}] {nb.stem}: {error}", file=sys.stderr, flush=True)
+            failures.append(nb.stem)
+
+
+def _spawn():
+    import multiprocessing
+
+    # A fresh interpreter per worker: no state (threads, open files) inherited from this process.
+    return multiprocessing.get_context("spawn")
+
+
+def _last_seconds(profile: str, root: Path) -> dict[str, float]:
+    """Per-notebook wall times of the profile's committed results (empty when there are none)."""
+    path = root / "data" / "results" / profile / TIMINGS_FILE
+    if not path.exists():
+        return {}
+    try:
+        return {k: float(v.get("seconds") or 0.0) for k, v in _read_json(path).get("notebooks", {}).items()}
+    except (ValueError, AttributeError, TypeError):
+        return {}
 
 
 def _short(text: str, limit: int = 2000) -> str:
@@ -817,6 +860,7 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--fail-fast", action="store_true", help="stop at the first failing notebook")
     ex.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     ex.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the kernels")
+    ex.add_argument("--jobs", type=int, default=1, help="notebooks executed side by side (default 1)")
     ex.add_argument("--resume", action="store_true", help="reuse the checkpoints of an earlier (interrupted) run in OUT/runs")
     bd = sub.add_parser("build", help="build the HTML book from the executed notebooks")
     bd.add_argument("--profile", default="default", choices=PROFILES)
@@ -837,6 +881,7 @@ def main(argv: list[str] | None = None) -> int:
             execute(
                 args.profile, args.out, only=args.only, parameters=params,
                 fail_fast=args.fail_fast, timeout=args.timeout, threads=args.threads, resume=args.resume,
+                jobs=args.jobs,
             )
         elif args.command == "build":
             build(args.profile, args.executed)

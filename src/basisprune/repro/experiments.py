@@ -12,6 +12,7 @@ last finished round and ends with the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -372,6 +373,33 @@ def _prune_stage(
             "reference_seconds": track.seconds, "track": track, "within_budget": bool(ok)}
 
 
+@contextlib.contextmanager
+def stage_lock(checkpoint: Path | None):
+    """Hold ``<checkpoint>.lock`` while a stage runs: a second process that needs the same stage (two
+    notebooks executed side by side, two sweep cells) waits, then resumes from the finished
+    checkpoint instead of computing the stage again. No checkpoint, no lock; where ``fcntl`` is
+    missing (Windows) no lock either, and the two compute the same numbers."""
+    if checkpoint is None:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    with open(checkpoint.with_suffix(".lock"), "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process computing {checkpoint.name} in {checkpoint.parent}", flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _unit_costs(holders: dict[str, nn.Module]) -> dict[str, float]:
     """Weights one basis costs in its layer (D + Cout per group), for ``normalize='cost'``."""
     return {n: float(h.basis_matrix().shape[1] + h.coef.shape[0] // h.groups) for n, h in holders.items()}
@@ -396,9 +424,10 @@ def _channel_stage(ctx: _Context, model: nn.Module, size: dict, ckpt: Path | Non
             if p["channel_threshold"] is not None
             else PruningRule(fraction=p["channel_fraction"], layer_floor=p["layer_floor"]))
     warm = p["channel_warmup_epochs"] if p["channel_warmup_epochs"] is not None else p["warmup_epochs"]
-    out = _prune_stage(ctx, s, kind="channel", rule=rule, rounds=p["channel_rounds"], warmup_epochs=warm,
-                       regularizer=lambda m: p["channel_l1"] * l1_penalty(m), checkpoint=ckpt,
-                       measure_fn=_measure_fn(ctx, size))
+    with stage_lock(ckpt):
+        out = _prune_stage(ctx, s, kind="channel", rule=rule, rounds=p["channel_rounds"], warmup_epochs=warm,
+                           regularizer=lambda m: p["channel_l1"] * l1_penalty(m), checkpoint=ckpt,
+                           measure_fn=_measure_fn(ctx, size))
     return s, out
 
 
@@ -409,8 +438,9 @@ def _basis_stage(ctx: _Context, model: nn.Module, size: dict, ckpt: Path | None,
     rule = PruningRule(scope=p["basis_scope"], fraction=p["basis_fraction"], normalize=p["basis_normalize"],
                        layer_floor=p["layer_floor"])
     warm = p["warmup_epochs"] if warmup_epochs is None else warmup_epochs
-    out = _prune_stage(ctx, d, kind="basis", rule=rule, rounds=p["basis_rounds"], warmup_epochs=warm,
-                       regularizer=None, checkpoint=ckpt, measure_fn=_measure_fn(ctx, size), **track)
+    with stage_lock(ckpt):
+        out = _prune_stage(ctx, d, kind="basis", rule=rule, rounds=p["basis_rounds"], warmup_epochs=warm,
+                           regularizer=None, checkpoint=ckpt, measure_fn=_measure_fn(ctx, size), **track)
     return d, out
 
 
