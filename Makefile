@@ -14,6 +14,9 @@ export MPLBACKEND = Agg
 NB_THREADS ?= 1
 NB_THREADS_OPT := $(if $(NB_THREADS),--threads $(NB_THREADS))
 NB_THREADS_ENV := $(if $(NB_THREADS),OMP_NUM_THREADS=$(NB_THREADS) MKL_NUM_THREADS=$(NB_THREADS))
+# Notebooks executed side by side (one kernel process each): one per core by default. Experiments
+# two notebooks share are computed once (a per-stage lock). NB_JOBS=1 runs them one at a time.
+NB_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
 .PHONY: help env assets system-deps browser-deps test test-unit test-notebooks test-book book book-html notebooks clean lock bench
 
@@ -61,7 +64,7 @@ test-unit: $(STAMP)
 
 # Execute every notebook on the smoke profile, then compare their marked outputs with nbval.
 test-notebooks: assets
-	$(BIN)/python -m basisprune_book execute --profile smoke --out notebooks/_executed/smoke $(NB_THREADS_OPT)
+	$(BIN)/python -m basisprune_book execute --profile smoke --out notebooks/_executed/smoke $(NB_THREADS_OPT) --jobs $(NB_JOBS)
 	rm -rf notebooks/_executed/smoke/nbval-runs
 	$(NB_THREADS_ENV) BASISPRUNE_RUNS=$(CURDIR)/notebooks/_executed/smoke/nbval-runs \
 	  $(BIN)/python -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks/_executed/smoke
@@ -71,7 +74,7 @@ test-book: $(STAMP) browser-deps
 	BASISPRUNE_REQUIRE_BOOK=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_book_pages.py
 
 notebooks: assets
-	$(BIN)/python -m basisprune_book execute --profile $(PROFILE) --out notebooks/_executed/$(PROFILE) $(NB_THREADS_OPT)
+	$(BIN)/python -m basisprune_book execute --profile $(PROFILE) --out notebooks/_executed/$(PROFILE) $(NB_THREADS_OPT) --jobs $(NB_JOBS)
 
 book: notebooks
 	$(BIN)/python -m basisprune_book build --profile $(PROFILE)
