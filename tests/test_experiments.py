@@ -105,17 +105,18 @@ def test_cli_bad_parameter_is_one_clear_line(capsys):
 
 
 def test_cache_key_covers_every_module_of_the_package(tmp_path, monkeypatch):
-    """The code hash changes when any module of the package changes, is added or is renamed."""
+    """The code hash changes when any module of the package, library or harness, changes, is added
+    or is renamed."""
     pkg = tmp_path / "pkg"
-    (pkg / "sub").mkdir(parents=True)
-    (pkg / "experiments.py").write_text("x = 1\n")
-    (pkg / "sub" / "helper.py").write_text("y = 2\n")
-    monkeypatch.setattr(experiments, "__file__", str(pkg / "experiments.py"))
+    (pkg / "repro").mkdir(parents=True)
+    (pkg / "repro" / "experiments.py").write_text("x = 1\n")
+    (pkg / "decompose.py").write_text("y = 2\n")
+    monkeypatch.setattr(experiments, "__file__", str(pkg / "repro" / "experiments.py"))
     first = experiments._code_hash()
     assert experiments._code_hash() == first
-    (pkg / "sub" / "helper.py").write_text("y = 3\n")
+    (pkg / "decompose.py").write_text("y = 3\n")  # the library, outside the harness's folder
     edited = experiments._code_hash()
-    (pkg / "new.py").write_text("")
+    (pkg / "repro" / "new.py").write_text("")
     added = experiments._code_hash()
-    (pkg / "new.py").rename(pkg / "renamed.py")
+    (pkg / "repro" / "new.py").rename(pkg / "repro" / "renamed.py")
     assert len({first, edited, added, experiments._code_hash()}) == 4

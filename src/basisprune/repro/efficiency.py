@@ -37,7 +37,7 @@ from torch import nn
 from .. import bench
 from . import experiments
 from ..compact import compact, load_model, save_model
-from ..decompose import BasisConv2d, basis_layers
+from ..decompose import BasisConv2d, basis_layers, set_submodule
 from ..measure import count_flops, count_params
 from .results import write_json, write_text
 
@@ -267,14 +267,9 @@ def _is_pair(m: nn.Module) -> bool:
 def _lift(pair: nn.Sequential) -> BasisConv2d:
     """The :class:`BasisConv2d` (all bases kept, scales 1) computing what ``pair`` computes."""
     basis, proj = pair[0], pair[1]
-    g, k = basis.groups, basis.out_channels // basis.groups
-    layer = BasisConv2d.__new__(BasisConv2d)
-    nn.Module.__init__(layer)
-    layer.in_channels, layer.out_channels = basis.in_channels, proj.out_channels
-    layer.kernel_size = basis.kernel_size
-    layer._init_scaling(proj.weight.detach().reshape(proj.out_channels, k).clone(), proj.bias, g)
-    layer.basis = copy.deepcopy(basis)
-    return layer
+    k = basis.out_channels // basis.groups
+    return BasisConv2d.from_factors(copy.deepcopy(basis), proj.weight.detach().reshape(proj.out_channels, k).clone(),
+                                    proj.bias)
 
 
 def lift_pairs(model: nn.Module) -> nn.Module:
@@ -288,9 +283,7 @@ def lift_pairs(model: nn.Module) -> nn.Module:
     out = copy.deepcopy(model)
     names = [n for n, m in out.named_modules() if n and _is_pair(m)]
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = out.get_submodule(parent_name) if parent_name else out
-        setattr(parent, child, _lift(out.get_submodule(name)))
+        set_submodule(out, name, _lift(out.get_submodule(name)))
     return out
 
 

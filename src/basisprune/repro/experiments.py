@@ -536,10 +536,11 @@ FINGERPRINT_FILE = "fingerprint.json"
 
 
 def _code_hash() -> str:
-    """Hash of every Python file of the package (names and contents, in path order): any code change,
-    a renamed or new module included, gives a new cache key; no list of names to keep up to date."""
+    """Hash of every Python file of the ``basisprune`` package, the library and this harness (names and
+    contents, in path order): any code change, a renamed or new module included, gives a new cache
+    key; no list of names to keep up to date."""
     h = hashlib.sha256()
-    root = Path(__file__).parent
+    root = Path(__file__).resolve().parents[1]  # src/basisprune, not only src/basisprune/repro
     for path in sorted(root.rglob("*.py")):
         h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:12]

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm  # honours TQDM_DISABLE=1 (read when tqdm is first imported)
 
-from basisprune.errors import BasisPruneError
-from basisprune.repro.results import atomic_write
+from ..errors import BasisPruneError
+from ..io import atomic_write
 
 __all__ = [
     "BN_MODES",
