@@ -42,6 +42,7 @@ from typing import Any, Sequence
 
 from basisprune import errors
 from basisprune.errors import BasisPruneError, ParameterError
+from basisprune.repro import profiles
 
 __all__ = [
     "PROFILES",
@@ -63,7 +64,7 @@ __all__ = [
     "main",
 ]
 
-PROFILES = ("smoke", "default", "paper")
+PROFILES = tuple(profiles.PROFILES)
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_[A-Za-z0-9_\-]+\.ipynb$")
 KERNEL_NAME = "python3"
 RESULTS_ENV = "BASISPRUNE_RESULTS"
@@ -106,12 +107,6 @@ def repo_root(start: str | os.PathLike | None = None) -> Path:
     )
 
 
-def _check_profile(profile: str) -> str:
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
-    return profile
-
-
 def notebooks(root: str | os.PathLike | None = None, only: Sequence[str] | None = None) -> list[Path]:
     """The book's notebooks ``notebooks/NN_*.ipynb``, sorted; ``only`` keeps those whose stem
     equals, or starts with, one of the given names (``"04"``, ``"04_basis_pruning"``)."""
@@ -131,7 +126,7 @@ def notebooks(root: str | os.PathLike | None = None, only: Sequence[str] | None 
 
 def executed_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
     """Where ``execute`` puts a profile's executed notebooks by default."""
-    return Path(root or repo_root()) / "notebooks" / "_executed" / _check_profile(profile)
+    return Path(root or repo_root()) / "notebooks" / "_executed" / profiles.check_profile(profile)
 
 
 def results_dir(profile: str, override: str | os.PathLike | None = None) -> Path:
@@ -149,14 +144,14 @@ def results_dir(profile: str, override: str | os.PathLike | None = None) -> Path
         try:
             path = executed_dir(profile) / "results"
         except BookError:
-            path = Path.cwd() / "results" / _check_profile(profile)
+            path = Path.cwd() / "results" / profiles.check_profile(profile)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def build_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
     """The build tree ``_build/src-<profile>`` (sources copied there, then built)."""
-    return Path(root or repo_root()) / "_build" / f"src-{_check_profile(profile)}"
+    return Path(root or repo_root()) / "_build" / f"src-{profiles.check_profile(profile)}"
 
 
 def html_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
@@ -237,7 +232,7 @@ def _notebook_specs() -> tuple[dict[str, Any], dict[str, Any]]:
     scalars = {
         "n_images": Spec("int", low=1, optional=True), "threads": Spec("int", low=1, optional=True),
         "peer_epochs": Spec("int", low=0, optional=True), "onnx": Spec("bool", optional=True),
-        "remeasure_pipeline": Spec("bool", optional=True), "results_dir": Spec("path", optional=True),
+        "results_dir": Spec("path", optional=True),
         "calibration_dir": Spec("path", optional=True),
     }
     lists = {
@@ -321,7 +316,7 @@ def execute(
 
     from basisprune.repro.results import check_writable, clean_stale_temporaries
 
-    _check_profile(profile)
+    profiles.check_profile(profile)
     root = Path(root or repo_root())
     out = Path(out) if out is not None else executed_dir(profile, root)
     out = out if out.is_absolute() else (Path.cwd() / out)
@@ -472,14 +467,24 @@ def timings_markdown(record: dict[str, Any]) -> str:
 
 
 def profiles_markdown() -> str:
-    """The parameters of every profile as a MyST table (included by book/reproduce.md)."""
-    from basisprune.repro import profiles
-
+    """Every setting of every profile (:data:`basisprune.repro.profiles.PROFILES`, the experiment
+    parameters and the ``pai`` and ``timing`` sections) as a MyST table (included by
+    book/reproduce.md)."""
     names = list(profiles.PROFILES)
     values = {n: profiles.get(n) for n in names}
     keys = ["datasets", "seeds", "table_seeds", "per_dataset", *profiles.PARAMETERS]
     for n in names:  # per-dataset overrides are not merged by get() without a dataset
         values[n]["per_dataset"] = profiles.PROFILES[n].get("per_dataset", {})
+    section_help = {}
+    for n in names:  # the sections, one row per setting: pai.scratch.epochs, timing.rounds, ...
+        for part, settings in profiles.section(n, "pai").items():
+            for k, v in settings.items():
+                values[n][f"pai.{part}.{k}"] = v
+                section_help[f"pai.{part}.{k}"] = f"chapter 6, {part} (`pai_experiment`)"
+        for k, v in profiles.section(n, "timing").items():
+            values[n][f"timing.{k}"] = v
+            section_help[f"timing.{k}"] = "chapter 7, latency timing (`efficiency`)"
+    keys += list(section_help)
 
     def cell(v: Any) -> str:
         if isinstance(v, dict):
@@ -504,7 +509,7 @@ def profiles_markdown() -> str:
         row = [cell(values[n].get(k)) for n in names]
         default = values["default"].get(k) if "default" in values else None
         marks = [f"**{c}**" if n != "default" and values[n].get(k) != default else c for n, c in zip(names, row)]
-        meaning = help_.get(k) or profiles.PARAMETERS[k][1]
+        meaning = help_.get(k) or section_help.get(k) or profiles.PARAMETERS[k][1]
         lines.append(f"| `{k}` | " + " | ".join(marks) + f" | {meaning.replace('|', chr(92) + '|')} |")
     return "\n".join(lines) + "\n\nBold: differs from the `default` profile.\n"
 
@@ -582,7 +587,7 @@ def build(
     root: str | os.PathLike | None = None,
 ) -> Path:
     """Build the HTML book of ``profile`` from its executed notebooks; returns the HTML directory."""
-    _check_profile(profile)
+    profiles.check_profile(profile)
     root = Path(root or repo_root())
     executed = Path(executed) if executed is not None else executed_dir(profile, root)
     if not executed.is_dir() or not any(NOTEBOOK_PATTERN.match(p.name) for p in executed.iterdir()):
@@ -663,7 +668,6 @@ def build(
 def selection(profile: str, *, datasets=None, seeds=None, dataset=None, seed=None) -> tuple[list[str], list[int]]:
     """Datasets and seeds a notebook loops over: one ``dataset`` / ``seed`` if given, else the
     ``datasets`` / ``seeds`` lists if given, else the profile's."""
-    from basisprune.repro import profiles
 
     p = profiles.get(profile)
     ds = [dataset] if dataset is not None else list(datasets or p["datasets"])
@@ -674,7 +678,6 @@ def selection(profile: str, *, datasets=None, seeds=None, dataset=None, seed=Non
 def table_seeds(profile: str, *, datasets=None, seeds=None, dataset=None, seed=None) -> dict[str, list[int]]:
     """Seeds per data set for the main table (notebook 05): one ``seed`` or the ``seeds`` list if
     given, else the profile's ``table_seeds`` for that data set, else the profile's ``seeds``."""
-    from basisprune.repro import profiles
 
     p = profiles.get(profile)
     ds, default = selection(profile, datasets=datasets, seeds=seeds, dataset=dataset, seed=seed)

@@ -518,8 +518,7 @@ def resolve_params(experiment: str, profile: str = "default", **params: Any) -> 
     if not isinstance(experiment, str) or experiment not in EXPERIMENTS:
         raise ParameterError("experiment", f"experiment must be one of {sorted(EXPERIMENTS)} (known experiments), "
                              f"got {experiment!r}", experiment)
-    if not isinstance(profile, str) or profile not in profiles.PROFILES:
-        raise ParameterError("profile", f"profile must be one of {sorted(profiles.PROFILES)}, got {profile!r}", profile)
+    profiles.check_profile(profile)
     unknown = sorted(set(params) - set(profiles.PARAMETERS))
     if unknown:
         raise ParameterError(unknown[0], f"unknown parameter(s) {unknown}; allowed: {sorted(profiles.PARAMETERS)}")
