@@ -33,7 +33,7 @@ def test_bad_input_fails_before_work(experiment, params, match, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the parameters were validated")
 
-    monkeypatch.setattr(experiments, "_Context", no_work)
+    monkeypatch.setattr(experiments, "Context", no_work)
     with pytest.raises(ValueError, match=match):
         experiments.run(experiment, profile="smoke", workdir=False, **params)
 
@@ -71,17 +71,18 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     ref = experiments.run("double_pruning", profile="smoke", workdir=tmp_path / "ref", **params)
     wd = tmp_path / "killed"
     code = (
-        "from basisprune import experiments\n"
+        "from basisprune.repro import experiments\n"
         f"experiments.run('double_pruning', profile='smoke', workdir={str(wd)!r}, **{params!r})\n"
     )
     env = dict(os.environ, TQDM_DISABLE="1")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     deadline = time.time() + 300
-    while not (wd / "channel.pt").exists() and time.time() < deadline and proc.poll() is None:
+    first, second = experiments.STAGE_CHECKPOINTS["double_pruning"]  # the names the stages write
+    while not (wd / first).exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert (wd / "channel.pt").exists() and not (wd / "double-basis.pt").exists(), "killed too late to test resume"
+    assert (wd / first).exists() and not (wd / second).exists(), "killed too late to test resume"
     resumed = experiments.run("double_pruning", profile="smoke", workdir=wd, **params)
     strip = lambda r: strip_volatile({k: v for k, v in r.items() if k not in ("timings", "compact_model")})
     assert strip(resumed) == strip(ref)

@@ -450,7 +450,7 @@ def peer_comparison(
     n_epochs = int(budget if epochs is None else epochs)
     target_ratio = float(rec["final"]["flop_pruning_ratio"])
     target_acc = float(rec["final"]["accuracy_test"])
-    ctx = experiments._Context(p)
+    ctx = experiments.Context(p)
     reference = ctx.fresh_model().eval()
     wd = Path(rec.get("workdir") or experiments.default_workdir(p))
     key = f"peer-{importance}-r{target_ratio:.4f}"

@@ -65,7 +65,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -247,30 +246,15 @@ def _prune_batches(dataset, batch_size: int, n: int, seed: int) -> list[tuple[to
     return out
 
 
-def _topk_masks(scores: Mapping[str, torch.Tensor], sparsity: float, largest: bool) -> dict[str, torch.Tensor]:
-    """:func:`basisprune.pai.masks_from_scores` without its refusal to empty a layer."""
-    names = list(scores)
-    flat = torch.cat([scores[n].detach().reshape(-1).to(torch.float64).cpu() for n in names])
-    n_keep = int(round((1.0 - sparsity) * flat.numel()))
-    keep = torch.zeros(flat.numel(), dtype=torch.bool)
-    keep[torch.argsort(flat, descending=largest, stable=True)[:n_keep]] = True
-    out, start = {}, 0
-    for n in names:
-        s = scores[n]
-        out[n] = keep[start : start + s.numel()].reshape(s.shape).to(device=s.device, dtype=s.dtype)
-        start += s.numel()
-    return out
-
-
 def _prune(model: nn.Module, method: str, sparsity: float, batches, options: Mapping[str, Any]):
     """``pai.prune``; on layer collapse, the same scores' top-k with the empty layer(s) kept empty."""
     try:
         return pai.prune(model, method, sparsity, batches, **options), False
-    except ValueError as err:
-        if "would remove every entry" not in str(err) or method == "synflow":
+    except pai.LayerCollapseError:
+        if method == "synflow":
             raise
     raw = pai.scores(model, method, batches, **options)
-    masks = _topk_masks(raw, sparsity, largest=method != "grasp")
+    masks = pai.masks_from_scores(raw, sparsity, largest=method != "grasp", dtype=None, allow_empty=True)
     params = dict(model.named_parameters())
     return {n: m.to(params[n]) for n, m in masks.items()}, True
 
@@ -306,22 +290,11 @@ def _fit_one_cycle(model: nn.Module, loader, s: Mapping[str, Any], device: torch
     total = s["epochs"] * len(loader)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s["lr"], total_steps=total, pct_start=0.15,
                                                 anneal_strategy="cos", cycle_momentum=False)
-    model.to(device).train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    n = 0
+    loss = 0.0
     for epoch in range(s["epochs"]):
-        loss_sum.zero_()
-        n = 0
-        for x, y in tqdm(loader, desc=f"train {epoch + 1}/{s['epochs']}", leave=False, dynamic_ncols=True):
-            x, y = x.to(device), y.to(device)
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.detach().to(loss_sum.dtype) * len(y)
-            n += len(y)
-    return float(loss_sum.item() / max(n, 1))
+        loss = train_epoch(model, loader, opt, device=device, bn_mode="train", after_step=sched.step,
+                           desc=f"train {epoch + 1}/{s['epochs']}")["loss"]
+    return loss
 
 
 def _scratch_data(s: Mapping[str, Any], seed: int):
@@ -567,10 +540,9 @@ def transfer_many(method: str, sparsities: Mapping[str, float], seed: int, profi
         else:
             try:
                 masks, collapse = pai.masks_from_scores(raw, sparsity, largest=method != "grasp"), False
-            except ValueError as err:
-                if "would remove every entry" not in str(err):
-                    raise
-                masks, collapse = _topk_masks(raw, sparsity, largest=method != "grasp"), True
+            except pai.LayerCollapseError:
+                masks = pai.masks_from_scores(raw, sparsity, largest=method != "grasp", dtype=None, allow_empty=True)
+                collapse = True
         _sync(device)
         prune_seconds = score_seconds + time.perf_counter() - t0
         pai.apply_masks(model, masks)
