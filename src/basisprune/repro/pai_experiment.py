@@ -408,7 +408,7 @@ def accuracy_table(records: Iterable[Mapping[str, Any]], digits: int = 1):
     (the dense baseline as its own row at 0 %).  Returns a pandas DataFrame of strings."""
     import pandas as pd
 
-    from basisprune_book.build import mean_std
+    from .report import mean_std
 
     df = pd.DataFrame(list(records))
     order = [m for m in SCRATCH_METHODS if m in set(df["method"])]
