@@ -111,10 +111,10 @@ def test_latency_fold_rule_keeps_faster_pairs_only_if_params_allow():
     d = pruned_basis_net(keep=0.6, seed=3)
     fast_pairs = lambda module, x: 1.0 if isinstance(module, nn.Sequential) else 2.0  # noqa: E731
     rule = bench.latency_fold_rule(d, torch.randn(2, *SHAPE), batch_sizes=(1,), timer=fast_pairs)
-    from basisprune.compact import _kept_indices, fold_by_params
+    from basisprune.compact import kept_indices, fold_by_params
 
     for name, layer in bp.basis_layers(d).items():
-        k = _kept_indices(layer)[1]
+        k = kept_indices(layer)[1]
         assert rule(name, layer, k) == fold_by_params(name, layer, k)
 
 

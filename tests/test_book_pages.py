@@ -207,7 +207,7 @@ def test_toc_drops_only_missing_notebooks():
 
 
 def test_mean_std_formats_like_the_tables():
-    from basisprune_book.build import mean_std
+    from basisprune.repro.report import mean_std
 
     assert mean_std([0.5]) == "0.5"
     assert mean_std([0.5, 0.7], 100, 1) == "60.0 ± 14.1"

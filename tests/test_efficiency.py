@@ -1,5 +1,7 @@
 """Invariants of the efficiency measurements (tiny models; no timing is ever asserted)."""
 
+import statistics
+
 import pytest
 import torch
 from torch import nn
@@ -38,7 +40,8 @@ QUICK = {"min_run_time": 0.002, "min_runs": 2, "warmup": 1}
 @pytest.mark.parametrize("rounds", [1, 2])
 def test_speed_table_rows_have_fields_and_reference_speedup_is_one(rounds):
     """One row per model and batch size, in order, with every field; the reference's speedup is
-    exactly 1 and the FLOP columns agree with count_flops."""
+    exactly 1, another model's is the median over rounds of the reference's round median over its
+    own (not its timing against itself), and the FLOP columns agree with count_flops."""
     _, small = pruned_compact()
     models = {"ref": tiny_net(), "small": small}
     rows = efficiency.speed_table(models, SHAPE, batch_sizes=(1, 3), threads=1, onnx=False, rounds=rounds, **QUICK)
@@ -54,6 +57,10 @@ def test_speed_table_rows_have_fields_and_reference_speedup_is_one(rounds):
         assert r["flop_reduction"] == pytest.approx(1 / (1 - r["flop_pruning_ratio"]))
     for r in rows[:2]:
         assert r["speedup"] == 1.0 and r["flop_pruning_ratio"] == 0.0 and r["flop_reduction"] == 1.0
+    for ref, r in zip(rows[:2], rows[2:]):  # same batch size
+        ratios = [q / m for q, m in zip(ref["round_medians_ms"], r["round_medians_ms"])]
+        assert r["speedup"] == pytest.approx(statistics.median(ratios), rel=1e-12)
+        assert r["round_medians_ms"] != ref["round_medians_ms"]  # two models, two timings
     assert rows[2]["flops"] < rows[0]["flops"]
 
 

@@ -33,7 +33,7 @@ def test_bad_input_fails_before_work(experiment, params, match, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the parameters were validated")
 
-    monkeypatch.setattr(experiments, "_Context", no_work)
+    monkeypatch.setattr(experiments, "Context", no_work)
     with pytest.raises(ValueError, match=match):
         experiments.run(experiment, profile="smoke", workdir=False, **params)
 
@@ -71,17 +71,18 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     ref = experiments.run("double_pruning", profile="smoke", workdir=tmp_path / "ref", **params)
     wd = tmp_path / "killed"
     code = (
-        "from basisprune import experiments\n"
+        "from basisprune.repro import experiments\n"
         f"experiments.run('double_pruning', profile='smoke', workdir={str(wd)!r}, **{params!r})\n"
     )
     env = dict(os.environ, TQDM_DISABLE="1")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     deadline = time.time() + 300
-    while not (wd / "channel.pt").exists() and time.time() < deadline and proc.poll() is None:
+    first, second = experiments.STAGE_CHECKPOINTS["double_pruning"]  # the names the stages write
+    while not (wd / first).exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert (wd / "channel.pt").exists() and not (wd / "double-basis.pt").exists(), "killed too late to test resume"
+    assert (wd / first).exists() and not (wd / second).exists(), "killed too late to test resume"
     resumed = experiments.run("double_pruning", profile="smoke", workdir=wd, **params)
     strip = lambda r: strip_volatile({k: v for k, v in r.items() if k not in ("timings", "compact_model")})
     assert strip(resumed) == strip(ref)
@@ -105,17 +106,18 @@ def test_cli_bad_parameter_is_one_clear_line(capsys):
 
 
 def test_cache_key_covers_every_module_of_the_package(tmp_path, monkeypatch):
-    """The code hash changes when any module of the package changes, is added or is renamed."""
+    """The code hash changes when any module of the package, library or harness, changes, is added
+    or is renamed."""
     pkg = tmp_path / "pkg"
-    (pkg / "sub").mkdir(parents=True)
-    (pkg / "experiments.py").write_text("x = 1\n")
-    (pkg / "sub" / "helper.py").write_text("y = 2\n")
-    monkeypatch.setattr(experiments, "__file__", str(pkg / "experiments.py"))
+    (pkg / "repro").mkdir(parents=True)
+    (pkg / "repro" / "experiments.py").write_text("x = 1\n")
+    (pkg / "decompose.py").write_text("y = 2\n")
+    monkeypatch.setattr(experiments, "__file__", str(pkg / "repro" / "experiments.py"))
     first = experiments._code_hash()
     assert experiments._code_hash() == first
-    (pkg / "sub" / "helper.py").write_text("y = 3\n")
+    (pkg / "decompose.py").write_text("y = 3\n")  # the library, outside the harness's folder
     edited = experiments._code_hash()
-    (pkg / "new.py").write_text("")
+    (pkg / "repro" / "new.py").write_text("")
     added = experiments._code_hash()
-    (pkg / "new.py").rename(pkg / "renamed.py")
+    (pkg / "repro" / "new.py").rename(pkg / "repro" / "renamed.py")
     assert len({first, edited, added, experiments._code_hash()}) == 4

@@ -150,7 +150,8 @@ def test_full_prospr_meta_gradient_matches_finite_differences(structured: bool) 
     seed=st.integers(0, 2**16),
 )
 def test_masks_from_scores_keeps_exact_count(shapes: list, sparsity: float, largest: bool, seed: int) -> None:
-    """masks_from_scores keeps exactly the round((1 - s) * total) best entries, or refuses to empty a layer."""
+    """masks_from_scores keeps exactly the round((1 - s) * total) best entries; it refuses to empty a
+    layer (LayerCollapseError) unless allow_empty, which then keeps the same global top-k."""
     g = torch.Generator().manual_seed(seed)
     sc = {f"l{i}.weight": torch.rand(s, generator=g, dtype=DT) for i, s in enumerate(shapes)}
     total = sum(v.numel() for v in sc.values())
@@ -158,11 +159,11 @@ def test_masks_from_scores_keeps_exact_count(shapes: list, sparsity: float, larg
     flat = torch.cat([v.reshape(-1) for v in sc.values()])
     best = set(torch.argsort(flat, descending=largest)[:n_keep].tolist())
     bounds = torch.tensor([0] + [v.numel() for v in sc.values()]).cumsum(0).tolist()
-    if not all(any(lo <= j < hi for j in best) for lo, hi in zip(bounds[:-1], bounds[1:])):
-        with pytest.raises(ValueError, match="every entry of layer"):
+    collapse = not all(any(lo <= j < hi for j in best) for lo, hi in zip(bounds[:-1], bounds[1:]))
+    if collapse:
+        with pytest.raises(pai.LayerCollapseError, match="every entry of layer"):
             pai.masks_from_scores(sc, sparsity, largest=largest)
-        return
-    masks = pai.masks_from_scores(sc, sparsity, largest=largest)
+    masks = pai.masks_from_scores(sc, sparsity, largest=largest, allow_empty=collapse)
     assert int(sum(m.sum() for m in masks.values())) == n_keep
     kept = set(torch.nonzero(torch.cat([m.reshape(-1) for m in masks.values()])).reshape(-1).tolist())
     assert kept == best

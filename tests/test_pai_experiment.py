@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -29,6 +31,22 @@ def test_from_scratch_density_and_accuracy(method, sparsity):
         assert r["prune_seconds"] == 0 and r["density_kept"] == 1.0
     else:  # scoring took measurable time
         assert r["prune_seconds"] > 0
+
+
+def test_prune_seconds_is_the_time_spent_pruning(monkeypatch):
+    """prune_seconds is the clock time spent in pai.prune: with a clock that only pai.prune moves
+    (by 7 s), it is 7 s, and training, which does not move it, adds nothing."""
+    now = [100.0]
+    real_prune = pe.pai.prune
+
+    def prune_taking_7s(*args, **kwargs):
+        now[0] += 7.0
+        return real_prune(*args, **kwargs)
+
+    monkeypatch.setattr(pe.pai, "prune", prune_taking_7s)
+    monkeypatch.setattr(pe, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    r = pe.from_scratch("snip", 0.5, 0, "smoke", **TINY)
+    assert r["prune_seconds"] == 7.0 and r["train_seconds"] == 0.0
 
 
 def test_pruned_weights_stay_zero_after_training():
@@ -68,7 +86,7 @@ def test_same_seed_same_result():
      (("snip", "0.5", 0), {}, "sparsity"),
      (("dense", 0.5, 0), {}, "sparsity must be 0"),
      (("snip", 0.5, -1), {}, "seed"),
-     (("snip", 0.5, 0, "huge"), {}, "allowed: smoke, default, paper"),
+     (("snip", 0.5, 0, "huge"), {}, "profile must be one of smoke, default, paper"),
      (("snip", 0.5, 0, "smoke"), {"epoch": 3}, "allowed:"),
      (("snip", 0.5, 0, "smoke"), {"net": "resnet50"}, "allowed: resnet20, vgg_small"),
      (("snip", 0.5, 0, "smoke"), {"optimizer": "lbfgs"}, "allowed: sgd, adamw"),

@@ -442,8 +442,8 @@ def atomic_write(path, write):
 
 results = importlib.import_module("basisprune.repro.results")
 real = results.atomic_write
-for name in ("results", "train", "compact"):  # every module that imported the writer
-    importlib.import_module(f"basisprune.repro.{name}").atomic_write = atomic_write
+for name in ("basisprune.repro.results", "basisprune.repro.train", "basisprune.compact"):  # every importer
+    importlib.import_module(name).atomic_write = atomic_write
 sys.exit(main(sys.argv[3:]))
 """
 

@@ -80,7 +80,7 @@ def test_grid_expands_to_the_union_of_products(exps, grids, seeds):
 def test_fingerprints_are_stable_across_processes():
     """A cell's fingerprint does not depend on the process (hash seed) that computes it."""
     here = [c.fingerprint for c in sweep.expand(sweep.load(SMOKE))]
-    code = ("import json, sys; from basisprune import sweep\n"
+    code = ("import json, sys; from basisprune.repro import sweep\n"
             f"print(json.dumps([c.fingerprint for c in sweep.expand(sweep.load({SMOKE!r}))]))")
     env = dict(os.environ, PYTHONHASHSEED="12345")
     there = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,

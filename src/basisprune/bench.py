@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .compact import compact_basis_layer, fold_by_params
+from .compact import compact_basis_layer, fold_by_params, kept_indices
 from .decompose import BasisLayer, basis_layers
 
 __all__ = [
@@ -634,10 +634,9 @@ def latency_fold_rule(
     shapes = layer_input_shapes(model, example_input.to(_model_device(model) or "cpu"))
     rule = LatencyFoldRule(shapes, sizes, criterion, timer or benchmark_timer(min_run_time, threads, min_runs),
                            base_rule, dev, seed)
-    from .compact import _kept_indices
 
     with _num_threads(threads):
         for name, layer in basis_layers(model).items():
-            _, k = _kept_indices(layer)
+            _, k = kept_indices(layer)
             rule.decide(name, layer, k)
     return rule

@@ -18,9 +18,9 @@ from torch import nn
 
 from .channel import channel_scales, dependency_graph, remove_channel_scales
 from .decompose import BasisConv2d, BasisLayer, basis_layers, set_submodule
-from .repro.results import atomic_write
+from .io import atomic_write
 
-__all__ = ["compact", "compact_basis_layer", "pair_cost", "save_model", "load_model"]
+__all__ = ["compact", "compact_basis_layer", "kept_indices", "pair_cost", "save_model", "load_model"]
 
 FoldRule = Callable[[str, BasisLayer, int], bool]
 
@@ -42,7 +42,7 @@ def fold_by_params(name: str, layer: BasisLayer, kept_per_group: int) -> bool:
     return pair >= orig
 
 
-def _kept_indices(layer: BasisLayer) -> tuple[list[torch.Tensor], int]:
+def kept_indices(layer: BasisLayer) -> tuple[list[torch.Tensor], int]:
     """Kept basis indices per group, padded to a common count (grouped 1x1 convs need one).
 
     Padding takes the strongest pruned bases; their scale is masked, so their columns are zero and
@@ -71,7 +71,7 @@ def compact_basis_layer(layer: BasisLayer, fold: bool) -> nn.Module:
             m.weight = nn.Parameter(w.clone(), requires_grad=False)
             m.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
             return m
-        kept, k = _kept_indices(layer)
+        kept, k = kept_indices(layer)
         flat = torch.cat([gi * layer.rank + idx for gi, idx in enumerate(kept)])
         coef = layer.scaled_coef().detach()
         out_g = coef.shape[0] // layer.groups
@@ -145,7 +145,7 @@ def compact(
             )
         _compact_channels(out, example_input)
     for name, layer in basis_layers(out).items():
-        _, k = _kept_indices(layer)
+        _, k = kept_indices(layer)
         set_submodule(out, name, compact_basis_layer(layer, fold_rule(name, layer, k)))
     for p in out.parameters():
         p.requires_grad_(False)

@@ -137,6 +137,22 @@ class BasisConv2d(BasisLayer):
         self.basis.bias = None
         self.basis.out_channels = basis.shape[0]
 
+    @classmethod
+    def from_factors(cls, basis: nn.Conv2d, coef: torch.Tensor, bias: torch.Tensor | None) -> "BasisConv2d":
+        """The layer computing ``conv1x1(basis(x), coef) + bias``, every basis kept, scales 1.
+
+        ``basis`` (kept as it is) has ``groups * rank`` filters without bias; ``coef`` is
+        ``(out_channels, rank)``. The inverse of an unfolded :func:`basisprune.compact` pair.
+        """
+        layer = cls.__new__(cls)  # no SVD: the factors are given
+        BasisLayer.__init__(layer)
+        g = basis.groups
+        layer.in_channels, layer.out_channels = basis.in_channels, coef.shape[0]
+        layer.kernel_size = basis.kernel_size
+        layer._init_scaling(coef, bias, g)
+        layer.basis = basis
+        return layer
+
     def basis_matrix(self) -> torch.Tensor:
         return self.basis.weight.reshape(self.basis.weight.shape[0], -1)
 

@@ -74,6 +74,7 @@ __all__ = [
     "prunable_weights",
     "scores",
     "masks_from_scores",
+    "LayerCollapseError",
     "prune",
     "apply_masks",
     "remove_masks",
@@ -424,17 +425,29 @@ def scores(
     return _raw_scores(model, method, names, data, structured, opts)
 
 
+class LayerCollapseError(ValueError):
+    """A mask would remove every entry of a layer; ``layers`` names them."""
+
+    def __init__(self, message: str, layers: list[str]):
+        self.layers = layers
+        super().__init__(message)
+
+
 def masks_from_scores(
     scores: Mapping[str, torch.Tensor],
     sparsity: float,
     largest: bool = True,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = torch.float32,
+    *,
+    allow_empty: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Global top-k keep-masks: keep ``round((1 - sparsity) * total)`` entries.
 
     ``largest=False`` keeps the lowest scores (GraSP).  Ties are broken by a stable
-    sort (earlier layer / earlier index wins), so the count is exact.  Raises
-    ``ValueError`` if a layer would lose every entry, naming the layer(s).
+    sort (earlier layer / earlier index wins), so the count is exact.  ``dtype=None`` gives
+    each mask its score's dtype.  Raises :class:`LayerCollapseError` (a ``ValueError``)
+    if a layer would lose every entry, naming the layer(s), unless ``allow_empty`` (then
+    such a layer's mask is all zeros: the collapse a pruning method causes, kept to study it).
     """
     _check_sparsity(sparsity)
     if not scores:
@@ -454,13 +467,13 @@ def masks_from_scores(
     start = 0
     for n in names:
         s = scores[n]
-        masks[n] = keep[start : start + s.numel()].reshape(s.shape).to(device=s.device, dtype=dtype)
+        masks[n] = keep[start : start + s.numel()].reshape(s.shape).to(device=s.device, dtype=dtype or s.dtype)
         start += s.numel()
-    empty = [n for n in names if masks[n].sum() == 0]
+    empty = [] if allow_empty else [n for n in names if masks[n].sum() == 0]
     if empty:
-        raise ValueError(
+        raise LayerCollapseError(
             f"sparsity {sparsity} would remove every entry of layer(s) {empty}; "
-            "lower the sparsity or exclude the layer"
+            "lower the sparsity or exclude the layer", empty
         )
     return masks
 

@@ -43,33 +43,25 @@ from typing import Any, Sequence
 
 from basisprune import errors
 from basisprune.errors import BasisPruneError, ParameterError
+from basisprune.repro import profiles
+from basisprune.repro.report import RESULTS_ENV, executed_dir, repo_root
 
 __all__ = [
     "PROFILES",
     "NOTEBOOK_PATTERN",
-    "repo_root",
     "notebooks",
-    "executed_dir",
-    "results_dir",
     "build_dir",
     "html_dir",
     "execute",
     "check_notebook_parameters",
     "build",
-    "selection",
-    "table_seeds",
-    "history_frame",
-    "kept_frame",
-    "mean_std",
     "main",
 ]
 
-PROFILES = ("smoke", "default", "paper")
+PROFILES = tuple(profiles.PROFILES)
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_[A-Za-z0-9_\-]+\.ipynb$")
 KERNEL_NAME = "python3"
-RESULTS_ENV = "BASISPRUNE_RESULTS"
 RUNS_ENV = "BASISPRUNE_RUNS"  # experiments.default_workdir puts checkpoints there
-ROOT_ENV = "BASISPRUNE_ROOT"
 TIMINGS_FILE = "timings.json"
 TIMINGS_PAGE = "_timings.md"
 PROFILES_PAGE = "_profiles.md"
@@ -81,38 +73,6 @@ class BookError(BasisPruneError, RuntimeError):
 
 
 # ------------------------------------------------------------------------------------ paths
-def _is_root(path: Path) -> bool:
-    return (path / "_toc.yml").is_file() and (path / "notebooks").is_dir()
-
-
-def repo_root(start: str | os.PathLike | None = None) -> Path:
-    """The project directory (holding ``_toc.yml`` and ``notebooks/``).
-
-    ``$BASISPRUNE_ROOT`` if set; else the first parent of ``start`` (default: the working
-    directory) that holds both; else the checkout this module was imported from (src layout).
-    """
-    env = os.environ.get(ROOT_ENV)
-    if env:
-        return Path(env).expanduser().resolve()
-    here = Path(start or os.getcwd()).resolve()
-    for p in (here, *here.parents):
-        if _is_root(p):
-            return p
-    src = Path(__file__).resolve().parents[2]
-    if _is_root(src):
-        return src
-    raise BookError(
-        f"cannot find the project directory (with _toc.yml and notebooks/) from {here}; "
-        f"run from the checkout or set ${ROOT_ENV}"
-    )
-
-
-def _check_profile(profile: str) -> str:
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
-    return profile
-
-
 def notebooks(root: str | os.PathLike | None = None, only: Sequence[str] | None = None) -> list[Path]:
     """The book's notebooks ``notebooks/NN_*.ipynb``, sorted; ``only`` keeps those whose stem
     equals, or starts with, one of the given names (``"04"``, ``"04_basis_pruning"``)."""
@@ -130,34 +90,9 @@ def notebooks(root: str | os.PathLike | None = None, only: Sequence[str] | None 
     return found
 
 
-def executed_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
-    """Where ``execute`` puts a profile's executed notebooks by default."""
-    return Path(root or repo_root()) / "notebooks" / "_executed" / _check_profile(profile)
-
-
-def results_dir(profile: str, override: str | os.PathLike | None = None) -> Path:
-    """Where a notebook writes its results JSON (created).
-
-    ``override`` if given; else ``$BASISPRUNE_RESULTS`` (``execute`` sets it to
-    ``<out>/results``); else ``notebooks/_executed/<profile>/results`` of the project; outside a
-    checkout, ``./results/<profile>``.
-    """
-    if override is not None:
-        path = Path(override)
-    elif os.environ.get(RESULTS_ENV):
-        path = Path(os.environ[RESULTS_ENV])
-    else:
-        try:
-            path = executed_dir(profile) / "results"
-        except BookError:
-            path = Path.cwd() / "results" / _check_profile(profile)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def build_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
     """The build tree ``_build/src-<profile>`` (sources copied there, then built)."""
-    return Path(root or repo_root()) / "_build" / f"src-{_check_profile(profile)}"
+    return Path(root or repo_root()) / "_build" / f"src-{profiles.check_profile(profile)}"
 
 
 def html_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
@@ -238,7 +173,7 @@ def _notebook_specs() -> tuple[dict[str, Any], dict[str, Any]]:
     scalars = {
         "n_images": Spec("int", low=1, optional=True), "threads": Spec("int", low=1, optional=True),
         "peer_epochs": Spec("int", low=0, optional=True), "onnx": Spec("bool", optional=True),
-        "remeasure_pipeline": Spec("bool", optional=True), "results_dir": Spec("path", optional=True),
+        "results_dir": Spec("path", optional=True),
         "calibration_dir": Spec("path", optional=True),
     }
     lists = {
@@ -324,7 +259,7 @@ def execute(
     """
     from basisprune.repro.results import check_writable, clean_stale_temporaries
 
-    _check_profile(profile)
+    profiles.check_profile(profile)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ParameterError("jobs", f"jobs must be an integer >= 1 (notebooks run side by side), got {jobs!r}", jobs)
     root = Path(root or repo_root())
@@ -515,14 +450,24 @@ def timings_markdown(record: dict[str, Any]) -> str:
 
 
 def profiles_markdown() -> str:
-    """The parameters of every profile as a MyST table (included by book/reproduce.md)."""
-    from basisprune.repro import profiles
-
+    """Every setting of every profile (:data:`basisprune.repro.profiles.PROFILES`, the experiment
+    parameters and the ``pai`` and ``timing`` sections) as a MyST table (included by
+    book/reproduce.md)."""
     names = list(profiles.PROFILES)
     values = {n: profiles.get(n) for n in names}
     keys = ["datasets", "seeds", "table_seeds", "per_dataset", *profiles.PARAMETERS]
     for n in names:  # per-dataset overrides are not merged by get() without a dataset
         values[n]["per_dataset"] = profiles.PROFILES[n].get("per_dataset", {})
+    section_help = {}
+    for n in names:  # the sections, one row per setting: pai.scratch.epochs, timing.rounds, ...
+        for part, settings in profiles.section(n, "pai").items():
+            for k, v in settings.items():
+                values[n][f"pai.{part}.{k}"] = v
+                section_help[f"pai.{part}.{k}"] = f"chapter 6, {part} (`pai_experiment`)"
+        for k, v in profiles.section(n, "timing").items():
+            values[n][f"timing.{k}"] = v
+            section_help[f"timing.{k}"] = "chapter 7, latency timing (`efficiency`)"
+    keys += list(section_help)
 
     def cell(v: Any) -> str:
         if isinstance(v, dict):
@@ -547,7 +492,7 @@ def profiles_markdown() -> str:
         row = [cell(values[n].get(k)) for n in names]
         default = values["default"].get(k) if "default" in values else None
         marks = [f"**{c}**" if n != "default" and values[n].get(k) != default else c for n, c in zip(names, row)]
-        meaning = help_.get(k) or profiles.PARAMETERS[k][1]
+        meaning = help_.get(k) or section_help.get(k) or profiles.PARAMETERS[k][1]
         lines.append(f"| `{k}` | " + " | ".join(marks) + f" | {meaning.replace('|', chr(92) + '|')} |")
     return "\n".join(lines) + "\n\nBold: differs from the `default` profile.\n"
 
@@ -625,7 +570,7 @@ def build(
     root: str | os.PathLike | None = None,
 ) -> Path:
     """Build the HTML book of ``profile`` from its executed notebooks; returns the HTML directory."""
-    _check_profile(profile)
+    profiles.check_profile(profile)
     root = Path(root or repo_root())
     executed = Path(executed) if executed is not None else executed_dir(profile, root)
     if not executed.is_dir() or not any(NOTEBOOK_PATTERN.match(p.name) for p in executed.iterdir()):
@@ -700,139 +645,6 @@ def build(
     print(f"[{profile}] HTML: {html}/index.html  (offline: no http(s) scripts or style sheets)")
     return html
 
-
-
-# ------------------------------------------------------------------------------------ notebook helpers
-def selection(profile: str, *, datasets=None, seeds=None, dataset=None, seed=None) -> tuple[list[str], list[int]]:
-    """Datasets and seeds a notebook loops over: one ``dataset`` / ``seed`` if given, else the
-    ``datasets`` / ``seeds`` lists if given, else the profile's."""
-    from basisprune.repro import profiles
-
-    p = profiles.get(profile)
-    ds = [dataset] if dataset is not None else list(datasets or p["datasets"])
-    ss = [int(seed)] if seed is not None else [int(s) for s in (seeds or p["seeds"])]
-    return ds, ss
-
-
-def table_seeds(profile: str, *, datasets=None, seeds=None, dataset=None, seed=None) -> dict[str, list[int]]:
-    """Seeds per data set for the main table (notebook 05): one ``seed`` or the ``seeds`` list if
-    given, else the profile's ``table_seeds`` for that data set, else the profile's ``seeds``."""
-    from basisprune.repro import profiles
-
-    p = profiles.get(profile)
-    ds, default = selection(profile, datasets=datasets, seeds=seeds, dataset=dataset, seed=seed)
-    if seed is not None or seeds:
-        return {d: list(default) for d in ds}
-    per = p.get("table_seeds") or {}
-    return {d: [int(s) for s in per.get(d, default)] for d in ds}
-
-
-def history_frame(record: dict[str, Any], **labels: Any):
-    """One row per pruning round of a record (or of one stage of it), with ``selected`` marking the
-    round the experiment kept; ``labels`` (dataset, seed, method, ...) become leading columns."""
-    import pandas as pd
-
-    rows = []
-    final_round = record["final"]["round"]
-    for h in record["history"]:
-        row = {k: v for k, v in h.items() if k not in ("kept", "total")}
-        row["selected"] = h["round"] == final_round
-        rows.append({**labels, **row})
-    return pd.DataFrame(rows)
-
-
-def kept_frame(row: dict[str, Any], **labels: Any):
-    """Per-layer kept and total units (bases or channels) of one history row."""
-    import pandas as pd
-
-    return pd.DataFrame(
-        [{**labels, "layer": name, "kept": row["kept"][name], "total": row["total"][name]} for name in row["total"]]
-    )
-
-
-def ceiling_table(names, image_size: int, num_classes: int = 10):
-    """Per architecture (randomly initialised: only shapes matter), its parameters and FLOPs with a
-    ``num_classes`` head and the share basis pruning alone removes at one basis per layer
-    (:func:`basisprune.basis_ceiling`; the classifier is not decomposed)."""
-    import pandas as pd
-    import torch
-
-    from basisprune.repro import models
-    from basisprune.measure import basis_ceiling
-
-    rows = []
-    for name in names:
-        net = models.load(name, num_classes, pretrained=False).eval()
-        x = torch.zeros(1, 3, image_size, image_size)
-        c = basis_ceiling(net, x, exclude=[models.classifier(net)[0]])
-        rows.append({"model": name, "params (M)": c["params_ref"] / 1e6, "FLOPs (M)": c["flops_ref"] / 1e6,
-                     "params pruned at the ceiling (%)": 100 * c["param_pruning_ratio"],
-                     "FLOPs pruned at the ceiling (%)": 100 * c["flop_pruning_ratio"]})
-    return pd.DataFrame(rows)
-
-
-def selected_frame(records: dict[tuple[str, int], dict[str, Any]]):
-    """One row per run ``{(dataset, seed): record}``: the selected round, its fair reference (the
-    unpruned model trained as many epochs) and the run's round 0 (the undertrained warm-up model)."""
-    import pandas as pd
-
-    return pd.DataFrame([
-        {"dataset": ds, "seed": s, **{k: v for k, v in r["final"].items() if k not in ("kept", "total")},
-         "reference_accuracy": r["reference"]["accuracy_test"], "round0_accuracy": r["reference"]["round0_accuracy_test"]}
-        for (ds, s), r in records.items()])
-
-
-def selected_summary(final):
-    """Per data set, mean ± std over seeds of a :func:`selected_frame`: accuracy of the fair
-    reference, of round 0 and of the selected round, the change against the reference with its
-    paired standard error (the mean over seeds), and the pruning ratios."""
-    return final.groupby("dataset", sort=False).agg(
-        **{"reference (%)": ("reference_accuracy", lambda v: mean_std(v, 100, 1)),
-           "round 0 (%)": ("round0_accuracy", lambda v: mean_std(v, 100, 1)),
-           "accuracy after (%)": ("accuracy_test", lambda v: mean_std(v, 100, 1)),
-           "change (pts)": ("accuracy_drop", lambda v: mean_std(v, -100, 2)),
-           "paired SE (pts)": ("drop_se_test", lambda v: f"{100 * float(v.mean()):.2f}"),
-           "params pruned (%)": ("param_pruning_ratio", lambda v: mean_std(v, 100, 1)),
-           "FLOPs pruned (%)": ("flop_pruning_ratio", lambda v: mean_std(v, 100, 1)),
-           "seeds": ("seed", "nunique")})
-
-
-def plot_pruning_curves(history, title: str):
-    """Test accuracy against parameters and FLOPs pruned, one line per run, the selected rounds
-    ringed, and dashed the fair reference (unpruned, trained as long) at every round."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    plot = history.assign(accuracy=100 * history["accuracy_test"], reference=100 * history["reference_test"],
-                          params_pruned=100 * history["param_pruning_ratio"],
-                          flops_pruned=100 * history["flop_pruning_ratio"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, x, label in zip(axes, ["params_pruned", "flops_pruned"], ["parameters pruned (%)", "FLOPs pruned (%)"]):
-        sns.lineplot(data=plot, x=x, y="accuracy", hue="dataset", style="seed", markers=True, dashes=False,
-                     estimator=None, sort=False, ax=ax, legend=ax is axes[0])
-        for _, g in plot.groupby(["dataset", "seed"]):
-            ax.plot(g[x], g["reference"], ls="--", lw=0.8, color="grey")
-        sel = plot[plot["selected"]]
-        ax.scatter(sel[x], sel["accuracy"], s=160, facecolors="none", edgecolors="black", lw=1.5, zorder=5)
-        ax.set(xlabel=label, ylabel="test accuracy (%)")
-    fig.suptitle(title + " (ringed: selected round; dashed: unpruned reference trained as long)")
-    return fig
-
-
-def mean_std(values, scale: float = 1.0, digits: int = 1) -> str:
-    """``"mean ± std"`` of ``values * scale`` (sample std; just the mean for a single value)."""
-    import numpy as np
-
-    v = np.asarray(list(values), dtype=float) * scale
-    if v.size == 0:
-        return "n/a"
-    def fmt(x: float) -> str:
-        text = f"{x:.{digits}f}"
-        return text[1:] if text.startswith("-") and not any(ch in "123456789" for ch in text) else text  # no "-0.0"
-
-    if v.size == 1:
-        return fmt(v[0])
-    return f"{fmt(v.mean())} ± {fmt(v.std(ddof=1))}"
 
 
 # ------------------------------------------------------------------------------------ CLI

@@ -23,10 +23,8 @@ Timings depend on the machine, its load and the thread count: nothing here asser
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 import json
 import math
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -35,15 +33,14 @@ import torch
 from torch import nn
 
 from .. import bench
-from . import experiments
+from . import experiments, profiles
 from ..compact import compact, load_model, save_model
-from ..decompose import BasisConv2d, basis_layers
+from ..decompose import BasisConv2d, basis_layers, set_submodule
 from ..measure import count_flops, count_params
-from .results import write_json, write_text
+from .results import write_text
 
 __all__ = [
     "FORM",
-    "TIMING",
     "assess_targets",
     "inference_forms",
     "latency_compact",
@@ -61,28 +58,10 @@ __all__ = [
     "training_epochs",
 ]
 
-LEDGER = "wall_seconds.json"
-"""File in an experiment's checkpoint directory holding the wall time of its first full run."""
-
-TIMING: dict[str, dict[str, Any]] = {
-    # speed_table: seconds of timing per model, batch size and round (at least), runs per round (at
-    # least), untimed warm-up calls, rounds (every model timed once per round, so that a change of
-    # load on a shared machine hits all models alike), ONNX Runtime calls; and the per-layer
-    # timings of the latency fold rule.
-    "smoke": {"min_run_time": 0.02, "min_runs": 3, "warmup": 1, "rounds": 1, "onnx": False, "onnx_repeats": 5,
-              "fold_min_run_time": 0.003, "fold_min_runs": 3},
-    "default": {"min_run_time": 0.2, "min_runs": 5, "warmup": 3, "rounds": 3, "onnx": True, "onnx_repeats": 30,
-                "fold_min_run_time": 0.02, "fold_min_runs": 5},
-    "paper": {"min_run_time": 0.5, "min_runs": 7, "warmup": 3, "rounds": 3, "onnx": True, "onnx_repeats": 50,
-              "fold_min_run_time": 0.05, "fold_min_runs": 7},
-}
-
-
 def timing_settings(profile: str) -> dict[str, Any]:
-    """How long to time things for a profile (a copy of :data:`TIMING`'s entry)."""
-    if profile not in TIMING:
-        raise ValueError(f"unknown profile {profile!r}; known: {sorted(TIMING)}")
-    return dict(TIMING[profile])
+    """How long to time things for a profile (a copy of its ``timing`` section in
+    :data:`basisprune.repro.profiles.PROFILES`)."""
+    return profiles.section(profile, "timing")
 
 
 # ------------------------------------------------------------------------------------ tables
@@ -267,14 +246,9 @@ def _is_pair(m: nn.Module) -> bool:
 def _lift(pair: nn.Sequential) -> BasisConv2d:
     """The :class:`BasisConv2d` (all bases kept, scales 1) computing what ``pair`` computes."""
     basis, proj = pair[0], pair[1]
-    g, k = basis.groups, basis.out_channels // basis.groups
-    layer = BasisConv2d.__new__(BasisConv2d)
-    nn.Module.__init__(layer)
-    layer.in_channels, layer.out_channels = basis.in_channels, proj.out_channels
-    layer.kernel_size = basis.kernel_size
-    layer._init_scaling(proj.weight.detach().reshape(proj.out_channels, k).clone(), proj.bias, g)
-    layer.basis = copy.deepcopy(basis)
-    return layer
+    k = basis.out_channels // basis.groups
+    return BasisConv2d.from_factors(copy.deepcopy(basis), proj.weight.detach().reshape(proj.out_channels, k).clone(),
+                                    proj.bias)
 
 
 def lift_pairs(model: nn.Module) -> nn.Module:
@@ -288,9 +262,7 @@ def lift_pairs(model: nn.Module) -> nn.Module:
     out = copy.deepcopy(model)
     names = [n for n, m in out.named_modules() if n and _is_pair(m)]
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = out.get_submodule(parent_name) if parent_name else out
-        setattr(parent, child, _lift(out.get_submodule(name)))
+        set_submodule(out, name, _lift(out.get_submodule(name)))
     return out
 
 
@@ -349,65 +321,21 @@ def training_epochs(record: Mapping[str, Any]) -> dict[str, int]:
     return out
 
 
-def _read_ledger(workdir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((workdir / LEDGER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_ledger(workdir: Path, experiment: str, seconds: float, how: str) -> None:
-    led = _read_ledger(workdir)
-    led[experiment] = {"seconds": float(seconds), "how": how, "threads": torch.get_num_threads(),
-                       "cpu": bench.cpu_model(),
-                       "utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()}
-    write_json(workdir / LEDGER, led)
-
-
-_STAGE_FILES = {"basis_pruning": ("basis.pt",), "channel_pruning": ("channel.pt",),
-                "double_pruning": ("channel.pt", "double-basis.pt")}
-
-
-def timed_run(experiment: str, profile: str = "default", *, remeasure: bool = False, **params: Any) -> dict[str, Any]:
+def timed_run(experiment: str, profile: str = "default", **params: Any) -> dict[str, Any]:
     """:func:`basisprune.repro.experiments.run` plus the wall time the pipeline took to *compute*.
 
     A run that loads its rounds from checkpoints returns at once, so its ``timings.total_seconds``
-    is not the pipeline's cost. The wall time reported here is, in order of preference:
-
-    * ``"this run"``: the run started from scratch in this call (no checkpoint of any of its
-      stages existed); recorded in the checkpoint directory's ``wall_seconds.json``;
-    * ``"ledger"``: recorded there by an earlier call of this function;
-    * ``"remeasured"``: with ``remeasure=True``, the pipeline is run again from scratch in a
-      temporary directory (same parameters and seed, same numbers) and timed;
-    * otherwise ``None`` (the run came from checkpoints written by someone else).
-
-    Returns the record with ``pipeline_seconds``, ``pipeline_seconds_source``, ``epochs``
-    (:func:`training_epochs`) and ``workdir`` added.
+    is not the pipeline's cost; its ``timings.compute_seconds`` is (the stages keep their compute
+    time in their checkpoints, so it survives resumes). Returns the record with
+    ``pipeline_seconds``, ``pipeline_seconds_source``, ``epochs`` (:func:`training_epochs`) and
+    ``workdir`` added.
     """
     p = experiments.resolve_params(experiment, profile, **params)
-    wd = experiments.default_workdir(p)
-    stage_files = _STAGE_FILES.get(experiment, ())
-    started_fresh = not any((wd / f).exists() for f in stage_files)
     record = experiments.run(experiment, profile=profile, **params)
-    seconds, source = None, None
-    ledger = _read_ledger(wd).get(experiment)
-    recorded = record.get("timings", {}).get("compute_seconds")  # if experiments ever keep it across resumes
-    if recorded is not None:
-        seconds, source = float(recorded), "recorded"
-    elif started_fresh and stage_files:
-        seconds, source = float(record["timings"]["total_seconds"]), "this run"
-        _write_ledger(wd, experiment, seconds, source)
-    elif ledger:
-        seconds, source = float(ledger["seconds"]), "ledger"
-    elif remeasure:
-        with tempfile.TemporaryDirectory(prefix="basisprune-remeasure-") as tmp:
-            again = experiments.run(experiment, profile=profile, workdir=tmp, **params)
-        seconds, source = float(again["timings"]["total_seconds"]), "remeasured"
-        _write_ledger(wd, experiment, seconds, source)
-    record["pipeline_seconds"] = seconds
-    record["pipeline_seconds_source"] = source
+    record["pipeline_seconds"] = float(record["timings"]["compute_seconds"])
+    record["pipeline_seconds_source"] = "recorded"
     record["epochs"] = training_epochs(record)
-    record["workdir"] = str(wd)
+    record["workdir"] = str(experiments.default_workdir(p))
     return record
 
 
@@ -482,7 +410,6 @@ def peer_comparison(
     epochs: int | None = None,
     stop_at_target: bool = False,
     record: Mapping[str, Any] | None = None,
-    remeasure: bool = False,
     cache: bool = True,
     **params: Any,
 ) -> dict[str, Any]:
@@ -518,12 +445,12 @@ def peer_comparison(
 
     overrides = {k: v for k, v in {"dataset": dataset, "seed": seed, **params}.items() if v is not None}
     p = experiments.resolve_params(experiment, profile, **overrides)
-    rec = dict(record) if record is not None else timed_run(experiment, profile, remeasure=remeasure, **overrides)
+    rec = dict(record) if record is not None else timed_run(experiment, profile, **overrides)
     budget = training_epochs(rec)["total"]
     n_epochs = int(budget if epochs is None else epochs)
     target_ratio = float(rec["final"]["flop_pruning_ratio"])
     target_acc = float(rec["final"]["accuracy_test"])
-    ctx = experiments._Context(p)
+    ctx = experiments.Context(p)
     reference = ctx.fresh_model().eval()
     wd = Path(rec.get("workdir") or experiments.default_workdir(p))
     key = f"peer-{importance}-r{target_ratio:.4f}"
@@ -831,8 +758,8 @@ def assess_targets(
     ours_s, reach, whole = c["ours"]["pipeline_seconds"], c["peer"]["reached_seconds"], c["peer"]["seconds"]
     name = c["experiment"].replace("_", " ")
     if ours_s is None:
-        out["c"] = {"met": None, "text": f"(c) not measured: the {name} run was loaded from checkpoints written "
-                                         "elsewhere, so its wall time is unknown (run with remeasure_pipeline=True)."}
+        out["c"] = {"met": None, "text": f"(c) not measured: the {name} record has no pipeline time "
+                                         "(records from timed_run have one)."}
     elif reach is not None:
         ratio = ours_s / reach
         met = ratio <= time_fraction

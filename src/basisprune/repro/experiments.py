@@ -38,25 +38,35 @@ from .results import Timer, check_writable, clean_stale_temporaries, read_result
 from .train import (
     DivergenceError,
     distillation_loss,
-    _loader_generators,
-    _rng_state,
-    _set_rng_state,
     evaluate,
     freeze,
     load_checkpoint,
     make_scaler,
     pick_device,
+    restore_streams,
     save_checkpoint,
     seed_everything,
+    stream_state,
     train_epoch,
 )
 
-__all__ = ["EXPERIMENTS", "FINGERPRINT_FILE", "run", "resolve_params", "default_workdir", "fingerprint"]
+__all__ = ["EXPERIMENTS", "FINGERPRINT_FILE", "STAGE_CHECKPOINTS", "Context", "run", "resolve_params", "default_workdir",
+           "fingerprint"]
+
+
+#: The checkpoint files of each pruning experiment's stages in its workdir, in the order they are
+#: written (double pruning shares its channel stage with channel pruning).
+STAGE_CHECKPOINTS: dict[str, tuple[str, ...]] = {
+    "channel_pruning": ("channel.pt",),
+    "basis_pruning": ("basis.pt",),
+    "double_pruning": ("channel.pt", "double-basis.pt"),
+}
 
 
 # ------------------------------------------------------------------------------------ setup
-class _Context:
-    """Data, model and reference measures shared by the stages of one run."""
+class Context:
+    """Data, loaders, example input and gradient scaler shared by the stages of one run (and by
+    :mod:`basisprune.repro.efficiency`, which starts its peer from the same transfer model)."""
 
     def __init__(self, p: dict[str, Any]):
         self.p = p
@@ -103,7 +113,7 @@ class _Context:
         return out
 
 
-def _train(ctx: _Context, model: nn.Module, optimizer, epochs: int, *, bn_mode: str,
+def _train(ctx: Context, model: nn.Module, optimizer, epochs: int, *, bn_mode: str,
            regularizer: Callable | None = None, callback: Callable | None = None, desc: str = "train",
            teacher: nn.Module | None = None) -> None:
     """``epochs`` epochs; with a ``teacher`` and ``distill`` > 0, on the distillation loss."""
@@ -155,7 +165,7 @@ class _ReferenceTrack:
     (``distill`` > 0) learns from: the pruned run and the reference both train on that loss.
     """
 
-    def __init__(self, ctx: _Context, model: nn.Module, optimizer: torch.optim.Optimizer,
+    def __init__(self, ctx: Context, model: nn.Module, optimizer: torch.optim.Optimizer,
                  regularizer: Callable | None, epochs: int, row: dict[str, Any]):
         self.ctx, self.regularizer = ctx, regularizer
         self.model = copy.deepcopy(model)
@@ -169,37 +179,31 @@ class _ReferenceTrack:
         self.optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
         self.epochs = epochs
         self.rows = {epochs: {k: v for k, v in row.items() if k.startswith(("accuracy_", "correct_"))}}
-        self.rng = _rng_state(ctx.device)
-        self.generators = {n: g.get_state() for n, g in _loader_generators(ctx.loaders).items()}
+        self.streams = stream_state(ctx.loaders, ctx.device)
         self.seconds = 0.0
 
     def at(self, epochs: int) -> dict[str, Any]:
         """Accuracies of the reference trained for ``epochs`` epochs in all (trains it that far)."""
         if epochs < min(self.rows):
             raise ValueError(f"the reference starts at epoch {min(self.rows)}, asked for {epochs}")
-        ctx, gens = self.ctx, _loader_generators(self.ctx.loaders)
+        ctx = self.ctx
         while self.epochs < epochs:
             tic = time.perf_counter()
             # Swap in the reference's random streams so the pruned run's own stay untouched.
-            run_rng, run_gens = _rng_state(ctx.device), {n: g.get_state() for n, g in gens.items()}
-            _set_rng_state(self.rng, ctx.device)
-            for n, g in gens.items():
-                g.set_state(self.generators[n])
+            run_streams = stream_state(ctx.loaders, ctx.device)
+            restore_streams(self.streams, ctx.loaders, ctx.device)
             _train(ctx, self.model, self.optimizer, 1, bn_mode=ctx.p["bn_mode"], regularizer=self.regularizer,
                    desc=f"reference epoch {self.epochs + 1}", teacher=self.teacher)
             self.epochs += 1
             self.rows[self.epochs] = ctx.evaluate(self.model, correct=True)
-            self.rng, self.generators = _rng_state(ctx.device), {n: g.get_state() for n, g in gens.items()}
-            _set_rng_state(run_rng, ctx.device)
-            for n, g in gens.items():
-                g.set_state(run_gens[n])
+            self.streams = stream_state(ctx.loaders, ctx.device)
+            restore_streams(run_streams, ctx.loaders, ctx.device)
             self.seconds += time.perf_counter() - tic
         return self.rows[epochs]
 
     def state_dict(self) -> dict[str, Any]:
         return {"snapshot": _snapshot(self.model, self.keys), "optimizer": self.optimizer.state_dict(),
-                "epochs": self.epochs, "rows": self.rows, "rng": self.rng, "generators": self.generators,
-                "seconds": self.seconds,
+                "epochs": self.epochs, "rows": self.rows, **self.streams, "seconds": self.seconds,
                 "teacher": None if self.teacher is None else _snapshot(self.teacher, self.keys)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -213,10 +217,10 @@ class _ReferenceTrack:
             self.teacher.load_state_dict(td)
         self.optimizer.load_state_dict(state["optimizer"])
         self.epochs, self.rows, self.seconds = state["epochs"], state["rows"], state["seconds"]
-        self.rng, self.generators = state["rng"], state["generators"]
+        self.streams = {"rng": state["rng"], "generators": state["generators"]}
 
 
-def _check_not_collapsed(ctx: _Context, row: dict[str, Any], previous: dict[str, Any] | None, kind: str) -> None:
+def _check_not_collapsed(ctx: Context, row: dict[str, Any], previous: dict[str, Any] | None, kind: str) -> None:
     """Raise :class:`DivergenceError` when the warm-up ends at chance, or one round falls to chance
     from far above it: that is a broken run (diverged training, overflowing precision), not a result.
 
@@ -239,7 +243,7 @@ def _check_not_collapsed(ctx: _Context, row: dict[str, Any], previous: dict[str,
 
 
 def _prune_stage(
-    ctx: _Context,
+    ctx: Context,
     model: nn.Module,
     *,
     kind: str,
@@ -287,9 +291,7 @@ def _prune_stage(
         optimizer.load_state_dict(saved["optimizer"])
         if taylor:
             importance.load_state_dict(saved["importance"])
-        for name, g in _loader_generators(ctx.loaders).items():
-            g.set_state(saved["generators"][name])
-        _set_rng_state(saved["rng"], ctx.device)
+        restore_streams(saved, ctx.loaders, ctx.device)
         state = {k: saved[k] for k in ("round", "history", "snapshots", "seconds")}
         if saved["reference"] is not None:
             if track is None:  # forked in this stage: rebuild it on a copy of this stage's model
@@ -302,8 +304,7 @@ def _prune_stage(
         save_checkpoint(
             checkpoint, model=model.state_dict(), optimizer=optimizer.state_dict(),
             importance=importance.state_dict() if taylor else None,
-            generators={n: g.get_state() for n, g in _loader_generators(ctx.loaders).items()},
-            rng=_rng_state(ctx.device), reference=None if track is None else track.state_dict(), **state,
+            **stream_state(ctx.loaders, ctx.device), reference=None if track is None else track.state_dict(), **state,
         )
 
     def record(r: int) -> dict[str, Any]:
@@ -405,7 +406,7 @@ def _unit_costs(holders: dict[str, nn.Module]) -> dict[str, float]:
     return {n: float(h.basis_matrix().shape[1] + h.coef.shape[0] // h.groups) for n, h in holders.items()}
 
 
-def _measure_fn(ctx: _Context, reference: dict[str, float]) -> Callable[[nn.Module], dict[str, float]]:
+def _measure_fn(ctx: Context, reference: dict[str, float]) -> Callable[[nn.Module], dict[str, float]]:
     def fn(model: nn.Module) -> dict[str, float]:
         c = compact(model, ctx.example if channel_scales(model) else None)
         m = measure(c, ctx.example, reference)
@@ -413,11 +414,11 @@ def _measure_fn(ctx: _Context, reference: dict[str, float]) -> Callable[[nn.Modu
     return fn
 
 
-def _size(ctx: _Context, model: nn.Module) -> dict[str, float]:
+def _size(ctx: Context, model: nn.Module) -> dict[str, float]:
     return measure(model, ctx.example)
 
 
-def _channel_stage(ctx: _Context, model: nn.Module, size: dict, ckpt: Path | None):
+def _channel_stage(ctx: Context, model: nn.Module, size: dict, ckpt: Path | None):
     p = ctx.p
     s = add_channel_scales(model, ctx.example, ignored=[ctx.head(model)])
     rule = (PruningRule(fraction=None, threshold=p["channel_threshold"], layer_floor=p["layer_floor"])
@@ -431,7 +432,7 @@ def _channel_stage(ctx: _Context, model: nn.Module, size: dict, ckpt: Path | Non
     return s, out
 
 
-def _basis_stage(ctx: _Context, model: nn.Module, size: dict, ckpt: Path | None,
+def _basis_stage(ctx: Context, model: nn.Module, size: dict, ckpt: Path | None,
                  warmup_epochs: int | None = None, **track: Any):
     p = ctx.p
     d = decompose(model, exclude=[ctx.head(model)])
@@ -456,9 +457,8 @@ def _pruning_record(out: dict, size: dict) -> dict[str, Any]:
     }
 
 
-def _save_compact(ctx: _Context, model: nn.Module, workdir: Path | None, record: dict) -> dict:
+def _save_compact(ctx: Context, model: nn.Module, workdir: Path | None, experiment: str, record: dict) -> dict:
     """Keep the selected model as a compact file (for latency benchmarks and reuse)."""
-    experiment = record.pop("_experiment")
     if workdir is not None:
         path = workdir / f"{experiment}-compact.pt"
         save_model(compact(model, ctx.example if channel_scales(model) else None).cpu(), path)
@@ -466,25 +466,26 @@ def _save_compact(ctx: _Context, model: nn.Module, workdir: Path | None, record:
     return record
 
 
-def _single_stage(ctx: _Context, workdir: Path | None, kind: str) -> dict[str, Any]:
+def _single_stage(ctx: Context, workdir: Path | None, kind: str) -> dict[str, Any]:
     model = ctx.fresh_model()
     size = _size(ctx, model)
     stage = _channel_stage if kind == "channel" else _basis_stage
-    pruned, out = stage(ctx, model, size, _ck(workdir, kind))
-    return _save_compact(ctx, pruned, workdir, {"_experiment": f"{kind}_pruning", **_pruning_record(out, size)})
+    experiment = f"{kind}_pruning"
+    pruned, out = stage(ctx, model, size, _ck(workdir, STAGE_CHECKPOINTS[experiment][0]))
+    return _save_compact(ctx, pruned, workdir, experiment, _pruning_record(out, size))
 
 
-def channel_pruning(ctx: _Context, workdir: Path | None) -> dict[str, Any]:
+def channel_pruning(ctx: Context, workdir: Path | None) -> dict[str, Any]:
     """Channel scaling and iterative channel pruning of the transfer model."""
     return _single_stage(ctx, workdir, "channel")
 
 
-def basis_pruning(ctx: _Context, workdir: Path | None) -> dict[str, Any]:
+def basis_pruning(ctx: Context, workdir: Path | None) -> dict[str, Any]:
     """Basis scaling and iterative basis pruning of the transfer model."""
     return _single_stage(ctx, workdir, "basis")
 
 
-def double_pruning(ctx: _Context, workdir: Path | None) -> dict[str, Any]:
+def double_pruning(ctx: Context, workdir: Path | None) -> dict[str, Any]:
     """Channel pruning, compaction, then basis pruning; ratios against the unpruned transfer model.
 
     One budget for both stages: the basis stage's rounds are judged against the unpruned
@@ -492,11 +493,12 @@ def double_pruning(ctx: _Context, workdir: Path | None) -> dict[str, Any]:
     """
     model = ctx.fresh_model()
     size = _size(ctx, model)
-    s, ch = _channel_stage(ctx, model, size, _ck(workdir, "channel"))
+    channel_ck, basis_ck = STAGE_CHECKPOINTS["double_pruning"]
+    s, ch = _channel_stage(ctx, model, size, _ck(workdir, channel_ck))
     small = compact(s, ctx.example)
     # The channel stage already trained the head; the decomposed model starts equal to it, so the
     # basis stage's warm-up is the one scoring epoch (more would mix extra training into the drop).
-    d, ba = _basis_stage(ctx, small, size, _ck(workdir, "double-basis"), warmup_epochs=1,
+    d, ba = _basis_stage(ctx, small, size, _ck(workdir, basis_ck), warmup_epochs=1,
                          reference=ch["track"], epoch_offset=ch["final"]["epochs"])
     final_model, out = d, ba
     if not ba["within_budget"]:
@@ -512,15 +514,15 @@ def double_pruning(ctx: _Context, workdir: Path | None) -> dict[str, Any]:
     rec["reference_seconds"] = ba["reference_seconds"]
     rec["reference"]["round0_accuracy_test"] = ch["history"][0]["accuracy_test"]  # the unpruned model's
     rec["reference"]["round0_accuracy_val"] = ch["history"][0]["accuracy_val"]
-    return _save_compact(ctx, final_model, workdir, {"_experiment": "double_pruning", **rec})
+    return _save_compact(ctx, final_model, workdir, "double_pruning", rec)
 
 
-def transfer(ctx: _Context, workdir: Path | None) -> dict[str, Any]:
+def transfer(ctx: Context, workdir: Path | None) -> dict[str, Any]:
     """The four transfer baselines, each from the same pretrained model and seed."""
     p = ctx.p
     results: dict[str, Any] = {}
     for name in ("head_only", "basis_scales_head", "channel_scales_head", "full_finetune"):
-        ck = _ck(workdir, f"transfer-{name}")
+        ck = _ck(workdir, f"transfer-{name}.pt")
         if ck is not None and ck.exists():
             results[name] = load_checkpoint(ck, weights_only=False)["result"]
             continue
@@ -550,7 +552,7 @@ def transfer(ctx: _Context, workdir: Path | None) -> dict[str, Any]:
     return {"baselines": results}
 
 
-EXPERIMENTS: dict[str, Callable[[_Context, Path | None], dict[str, Any]]] = {
+EXPERIMENTS: dict[str, Callable[[Context, Path | None], dict[str, Any]]] = {
     "transfer": transfer,
     "channel_pruning": channel_pruning,
     "basis_pruning": basis_pruning,
@@ -569,8 +571,7 @@ def resolve_params(experiment: str, profile: str = "default", **params: Any) -> 
     if not isinstance(experiment, str) or experiment not in EXPERIMENTS:
         raise ParameterError("experiment", f"experiment must be one of {sorted(EXPERIMENTS)} (known experiments), "
                              f"got {experiment!r}", experiment)
-    if not isinstance(profile, str) or profile not in profiles.PROFILES:
-        raise ParameterError("profile", f"profile must be one of {sorted(profiles.PROFILES)}, got {profile!r}", profile)
+    profiles.check_profile(profile)
     unknown = sorted(set(params) - set(profiles.PARAMETERS))
     if unknown:
         raise ParameterError(unknown[0], f"unknown parameter(s) {unknown}; allowed: {sorted(profiles.PARAMETERS)}")
@@ -587,10 +588,11 @@ FINGERPRINT_FILE = "fingerprint.json"
 
 
 def _code_hash() -> str:
-    """Hash of every Python file of the package (names and contents, in path order): any code change,
-    a renamed or new module included, gives a new cache key; no list of names to keep up to date."""
+    """Hash of every Python file of the ``basisprune`` package, the library and this harness (names and
+    contents, in path order): any code change, a renamed or new module included, gives a new cache
+    key; no list of names to keep up to date."""
     h = hashlib.sha256()
-    root = Path(__file__).parent
+    root = Path(__file__).resolve().parents[1]  # src/basisprune, not only src/basisprune/repro
     for path in sorted(root.rglob("*.py")):
         h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:12]
@@ -613,8 +615,8 @@ def default_workdir(p: dict[str, Any]) -> Path:
     return Path(os.environ.get("BASISPRUNE_RUNS", "runs")) / fingerprint(p)["digest"][:16]
 
 
-def _ck(workdir: Path | None, stage: str) -> Path | None:
-    return None if workdir is None else workdir / f"{stage}.pt"
+def _ck(workdir: Path | None, name: str) -> Path | None:
+    return None if workdir is None else workdir / name
 
 
 def _check_workdir(wd: Path, fp: dict[str, Any]) -> None:
@@ -689,7 +691,7 @@ def run(experiment: str, *, profile: str = "default", out: str | Path | None = N
         _check_workdir(wd, fp)
     timings: dict[str, float] = {}
     with Timer(timings, "total_seconds"):
-        ctx = _Context(p)
+        ctx = Context(p)
         data.check_labels(ctx.loaders, ctx.num_classes)
         if wd is not None:
             _open_workdir(wd, fp)

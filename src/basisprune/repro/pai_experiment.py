@@ -1,7 +1,7 @@
 """Pruning-at-initialization experiments (the library behind ``notebooks/06_pruning_at_init``).
 
 Three experiments, each a function the notebook calls; their settings come from
-:data:`PAI_PROFILES` (``smoke``, ``default``, ``paper``) and keyword overrides, validated before
+the ``pai`` section of :data:`basisprune.repro.profiles.PROFILES` and keyword overrides, validated before
 any data is loaded or model built (``ValueError`` naming the allowed values).
 
 :func:`from_scratch` -- a small CNN from :mod:`basisprune.repro.smallnets` is built from a seed,
@@ -65,7 +65,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -75,7 +74,6 @@ from . import data, experiments, models, profiles, smallnets
 from .train import evaluate, pick_device, seed_everything, train_epoch
 
 __all__ = [
-    "PAI_PROFILES",
     "SCRATCH_METHODS",
     "TRANSFER_TARGETS",
     "profile_settings",
@@ -101,103 +99,14 @@ FASHION_MNIST_MEAN = (0.2860,) * 3
 FASHION_MNIST_STD = (0.3530,) * 3
 OPTIMIZERS = ("sgd", "adamw")
 
-_ALL_SPARSITIES = [0.5, 0.8, 0.9, 0.95, 0.98]
-
-PAI_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
-    "smoke": {
-        "scratch": {
-            "dataset": "fashion_mnist", "image_size": 28, "net": "vgg_small", "width": 4,
-            "subset_train": 256, "subset_test": 256, "batch_size": 32, "epochs": 1,
-            "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
-            "prune_batch_size": 32, "steps": 3, "inner_lr": 0.1, "synflow_iterations": 10,
-            "device": "cpu",
-            "methods": ["prospr", "snip"], "sparsities": [0.5, 0.9], "seeds": [0],
-        },
-        "transfer": {
-            "run": True, "experiments_profile": "smoke", "dataset": None, "model": None, "seeds": [0],
-            "methods": ["prospr", "snip"], "targets": [], "fixed": {"fixed 50%": 0.5},
-            "epochs": 1, "lr": None, "subset_train": 128, "subset_test": None,
-            "prune_batch_size": 16, "steps": 3, "inner_lr": 0.1, "bn_mode": "train",
-        },
-        "cost": {
-            "model": "resnet20", "width": 4, "batch": 16, "steps": 3, "image_size": 32,
-            "repeats": 3, "warmup": 0, "sparsity": 0.9, "synflow_iterations": 10, "device": "cpu",
-            "methods": list(pai.METHODS),
-        },
-    },
-    "default": {
-        "scratch": {
-            "dataset": "fashion_mnist", "image_size": 28, "net": "vgg_small", "width": 8,
-            "subset_train": 2000, "subset_test": 2000, "batch_size": 32, "epochs": 1,
-            "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
-            "prune_batch_size": 64, "steps": 3, "inner_lr": 0.1, "synflow_iterations": 20,
-            "device": "cpu",
-            "methods": list(pai.METHODS), "sparsities": list(_ALL_SPARSITIES), "seeds": [0, 1, 2],
-        },
-        "transfer": {
-            "run": True, "experiments_profile": "default", "dataset": None, "model": None, "seeds": [0],
-            "methods": ["prospr", "snip"], "targets": ["basis_pruning", "double_pruning"], "fixed": {},
-            "epochs": 2, "lr": 1e-3, "subset_train": 1800, "subset_test": None,
-            "prune_batch_size": 64, "steps": 3, "inner_lr": 0.1, "bn_mode": "train",
-        },
-        "cost": {
-            "model": "resnet20", "width": 16, "batch": 128, "steps": 3, "image_size": 32,
-            "repeats": 5, "warmup": 0, "sparsity": 0.9, "synflow_iterations": 100, "device": "cpu",
-            "methods": list(pai.METHODS),
-        },
-    },
-    "paper": {
-        "scratch": {
-            "dataset": "fashion_mnist", "image_size": 32, "net": "resnet20", "width": 16,
-            "subset_train": None, "subset_test": None, "batch_size": 128, "epochs": 30,
-            "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
-            "prune_batch_size": 128, "steps": 3, "inner_lr": 0.1, "synflow_iterations": 100,
-            "device": "auto",
-            "methods": list(pai.METHODS), "sparsities": list(_ALL_SPARSITIES), "seeds": [0, 1, 2],
-        },
-        "transfer": {
-            "run": True, "experiments_profile": "paper", "dataset": None, "model": None, "seeds": [0, 1, 2],
-            "methods": ["prospr", "snip"], "targets": ["basis_pruning", "double_pruning"], "fixed": {},
-            "epochs": None, "lr": None, "subset_train": None, "subset_test": None,
-            "prune_batch_size": None, "steps": 3, "inner_lr": 0.1, "bn_mode": "train",
-        },
-        "cost": {
-            "model": "resnet20", "width": 16, "batch": 128, "steps": 3, "image_size": 32,
-            "repeats": 5, "warmup": 1, "sparsity": 0.9, "synflow_iterations": 100, "device": "auto",
-            "methods": list(pai.METHODS),
-        },
-    },
-}
-"""Settings per profile.  ``scratch``: :func:`from_scratch` (``methods``, ``sparsities`` and
-``seeds`` are the grid :func:`scratch_grid` runs).  ``transfer``: :func:`transfer_many` and the
-notebook's transfer comparison (``None`` means the value of the experiments profile
-``experiments_profile``: dataset, model, subsets, ``epochs`` = its ``transfer_epochs``, ``lr`` =
-its ``full_lr``, ``prune_batch_size`` = its ``batch_size``; ``targets`` are matched to
-:data:`TRANSFER_TARGETS` records, ``fixed`` are extra labelled sparsities).  ``cost``:
-:func:`prune_cost` / :func:`cost_table`.
-
-``default`` is sized for 2 CPU cores (the whole notebook in about 6 minutes): Fashion-MNIST at
-28 px, 2,000 training images, one epoch, vgg_small at width 8 (18.4k prunable weights), SynFlow
-with 20 rounds instead of 100, pruning batches of 64; the transfer fine-tuning runs two epochs on
-1,800 of the training images at Adam lr 1e-3 instead of the experiments profile's five epochs on all
-of them (3,600 for mnist5k) at its ``full_lr`` 3e-4 (after one epoch at 3e-4 the pruned
-MobileNetV2 was still at chance accuracy)."""
-
 _GRID_KEYS = ("methods", "sparsities", "seeds")
 
 
 # ------------------------------------------------------------------------------- validation
-def _check_profile(profile: str) -> str:
-    if profile not in PAI_PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; allowed: {', '.join(PAI_PROFILES)}")
-    return profile
-
-
 def profile_settings(profile: str = "default", section: str = "scratch", **overrides: Any) -> dict[str, Any]:
-    """A copy of ``PAI_PROFILES[profile][section]`` with ``overrides`` applied (``None`` keeps the
+    """A copy of ``profiles.section(profile, "pai")[section]`` with ``overrides`` applied (``None`` keeps the
     profile's value), validated.  Raises ``ValueError`` listing the allowed names/values."""
-    _check_profile(profile)
-    sections = PAI_PROFILES[profile]
+    sections = profiles.section(profile, "pai")
     if section not in sections:
         raise ValueError(f"unknown section {section!r}; allowed: {', '.join(sections)}")
     s = copy.deepcopy(sections[section])
@@ -271,7 +180,7 @@ def _check_scratch(s: dict[str, Any]) -> None:
 
 
 def _check_transfer(s: dict[str, Any]) -> None:
-    _check_profile(s["experiments_profile"])
+    profiles.check_profile(s["experiments_profile"])
     _check_methods(s["methods"], pai.METHODS)
     _check_methods(s["targets"], list(TRANSFER_TARGETS), "target")
     if not isinstance(s["fixed"], Mapping):
@@ -337,30 +246,15 @@ def _prune_batches(dataset, batch_size: int, n: int, seed: int) -> list[tuple[to
     return out
 
 
-def _topk_masks(scores: Mapping[str, torch.Tensor], sparsity: float, largest: bool) -> dict[str, torch.Tensor]:
-    """:func:`basisprune.pai.masks_from_scores` without its refusal to empty a layer."""
-    names = list(scores)
-    flat = torch.cat([scores[n].detach().reshape(-1).to(torch.float64).cpu() for n in names])
-    n_keep = int(round((1.0 - sparsity) * flat.numel()))
-    keep = torch.zeros(flat.numel(), dtype=torch.bool)
-    keep[torch.argsort(flat, descending=largest, stable=True)[:n_keep]] = True
-    out, start = {}, 0
-    for n in names:
-        s = scores[n]
-        out[n] = keep[start : start + s.numel()].reshape(s.shape).to(device=s.device, dtype=s.dtype)
-        start += s.numel()
-    return out
-
-
 def _prune(model: nn.Module, method: str, sparsity: float, batches, options: Mapping[str, Any]):
     """``pai.prune``; on layer collapse, the same scores' top-k with the empty layer(s) kept empty."""
     try:
         return pai.prune(model, method, sparsity, batches, **options), False
-    except ValueError as err:
-        if "would remove every entry" not in str(err) or method == "synflow":
+    except pai.LayerCollapseError:
+        if method == "synflow":
             raise
     raw = pai.scores(model, method, batches, **options)
-    masks = _topk_masks(raw, sparsity, largest=method != "grasp")
+    masks = pai.masks_from_scores(raw, sparsity, largest=method != "grasp", dtype=None, allow_empty=True)
     params = dict(model.named_parameters())
     return {n: m.to(params[n]) for n, m in masks.items()}, True
 
@@ -396,22 +290,11 @@ def _fit_one_cycle(model: nn.Module, loader, s: Mapping[str, Any], device: torch
     total = s["epochs"] * len(loader)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s["lr"], total_steps=total, pct_start=0.15,
                                                 anneal_strategy="cos", cycle_momentum=False)
-    model.to(device).train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    n = 0
+    loss = 0.0
     for epoch in range(s["epochs"]):
-        loss_sum.zero_()
-        n = 0
-        for x, y in tqdm(loader, desc=f"train {epoch + 1}/{s['epochs']}", leave=False, dynamic_ncols=True):
-            x, y = x.to(device), y.to(device)
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.detach().to(loss_sum.dtype) * len(y)
-            n += len(y)
-    return float(loss_sum.item() / max(n, 1))
+        loss = train_epoch(model, loader, opt, device=device, bn_mode="train", after_step=sched.step,
+                           desc=f"train {epoch + 1}/{s['epochs']}")["loss"]
+    return loss
 
 
 def _scratch_data(s: Mapping[str, Any], seed: int):
@@ -435,7 +318,7 @@ def from_scratch(method: str, sparsity: float, seed: int, profile: str = "defaul
     ``method``: one of :data:`SCRATCH_METHODS` (``"dense"`` needs ``sparsity=0``); ``sparsity``:
     the fraction of prunable weights (every Conv2d/Linear weight) removed, in [0, 1); ``seed``
     fixes the initialisation (identical across methods), the training subset and its order;
-    ``overrides``: settings of ``PAI_PROFILES[profile]["scratch"]``.
+    ``overrides``: settings of ``profiles.section(profile, "pai")["scratch"]``.
 
     Returns ``method, sparsity, seed, accuracy_test, density_kept, prune_seconds, train_seconds``
     plus ``loss_test``, ``kept_weights``, ``prunable_weights``, ``params_total``,
@@ -525,7 +408,7 @@ def accuracy_table(records: Iterable[Mapping[str, Any]], digits: int = 1):
     (the dense baseline as its own row at 0 %).  Returns a pandas DataFrame of strings."""
     import pandas as pd
 
-    from basisprune_book.build import mean_std
+    from .report import mean_std
 
     df = pd.DataFrame(list(records))
     order = [m for m in SCRATCH_METHODS if m in set(df["method"])]
@@ -657,10 +540,9 @@ def transfer_many(method: str, sparsities: Mapping[str, float], seed: int, profi
         else:
             try:
                 masks, collapse = pai.masks_from_scores(raw, sparsity, largest=method != "grasp"), False
-            except ValueError as err:
-                if "would remove every entry" not in str(err):
-                    raise
-                masks, collapse = _topk_masks(raw, sparsity, largest=method != "grasp"), True
+            except pai.LayerCollapseError:
+                masks = pai.masks_from_scores(raw, sparsity, largest=method != "grasp", dtype=None, allow_empty=True)
+                collapse = True
         _sync(device)
         prune_seconds = score_seconds + time.perf_counter() - t0
         pai.apply_masks(model, masks)
@@ -692,7 +574,7 @@ def transfer(method: str, sparsity: float, seed: int, profile: str = "default", 
     and score it.
 
     The data, model and seed are those of basis/double pruning in the experiments profile named by
-    ``PAI_PROFILES[profile]["transfer"]["experiments_profile"]``; ``overrides`` are settings of
+    ``profiles.section(profile, "pai")["transfer"]["experiments_profile"]``; ``overrides`` are settings of
     that section.  Returns ``method, target, sparsity, seed, accuracy_val, accuracy_test,
     density_kept, params_nonzero, params_reference, prune_seconds, train_seconds, ...``.
     """
@@ -756,7 +638,7 @@ def prune_cost(method: str, repeats: int = 5, model: str = "resnet20", batch: in
 
 
 def cost_table(profile: str = "default", *, progress: bool = True, **overrides: Any) -> list[dict[str, Any]]:
-    """:func:`prune_cost` for every method of ``PAI_PROFILES[profile]["cost"]`` (with overrides)."""
+    """:func:`prune_cost` for every method of ``profiles.section(profile, "pai")["cost"]`` (with overrides)."""
     s = profile_settings(profile, "cost", **overrides)
     kw = {k: s[k] for k in ("repeats", "model", "batch", "steps", "width", "image_size", "sparsity", "warmup",
                             "synflow_iterations", "device")}

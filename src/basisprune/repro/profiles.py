@@ -1,7 +1,11 @@
 """Parameter profiles: ``smoke`` (CI, seconds), ``default`` (CPU, offline), ``paper`` (GPU, online).
 
-Every experiment parameter has one default here; a profile overrides some of them, and a caller
-(notebook, CLI) overrides any. ``datasets`` and ``seeds`` are what notebooks loop over.
+One table, :data:`PROFILES`, for everything a profile sets. Every experiment parameter has one
+default here (:data:`PARAMETERS`); a profile overrides some of them, and a caller (notebook, CLI)
+overrides any. ``datasets`` and ``seeds`` are what notebooks loop over. Besides the experiment
+parameters each profile has two sections (:data:`SECTIONS`, read with :func:`section`): ``pai``,
+the pruning-at-initialization settings of chapter 6 (:mod:`basisprune.repro.pai_experiment`), and
+``timing``, how long chapter 7 times things (:mod:`basisprune.repro.efficiency`).
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..errors import ParameterError
+from ..pai import METHODS as PAI_METHODS
 
-__all__ = ["PARAMETERS", "PROFILES", "SPECS", "Spec", "get", "describe", "validate"]
+__all__ = ["PARAMETERS", "PROFILES", "SECTIONS", "SPECS", "Spec", "check_profile", "get", "describe", "section", "validate"]
 
 # name -> (default, help). The defaults are the `default` profile's values.
 PARAMETERS: dict[str, tuple[Any, str]] = {
@@ -254,6 +259,26 @@ def validate(p: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_ALL_SPARSITIES = [0.5, 0.8, 0.9, 0.95, 0.98]
+
+#: The sections of a profile that are not experiment parameters (:func:`get` leaves them out).
+SECTIONS = ("pai", "timing")
+
+# ``pai``: ``scratch`` is pai_experiment.from_scratch (``methods``, ``sparsities`` and ``seeds`` are
+# the grid scratch_grid runs); ``transfer`` is transfer_many and the notebook's transfer comparison
+# (``None`` means the value of the experiments profile ``experiments_profile``: dataset, model,
+# subsets, ``epochs`` = its ``transfer_epochs``, ``lr`` = its ``full_lr``, ``prune_batch_size`` = its
+# ``batch_size``; ``targets`` are matched to TRANSFER_TARGETS records, ``fixed`` are extra labelled
+# sparsities); ``cost`` is prune_cost / cost_table. The default profile's ``pai`` is sized for 2 CPU
+# cores (the whole notebook in about 6 minutes): Fashion-MNIST at 28 px, 2,000 training images, one
+# epoch, vgg_small at width 8 (18.4k prunable weights), SynFlow with 20 rounds instead of 100,
+# pruning batches of 64; the transfer fine-tuning runs two epochs on 1,800 of the training images at
+# Adam lr 1e-3 instead of the experiments profile's five epochs on all of them (3,600 for mnist5k) at
+# its ``full_lr`` 3e-4 (after one epoch at 3e-4 the pruned MobileNetV2 was still at chance accuracy).
+# ``timing`` (efficiency.speed_table): seconds of timing per model, batch size and round (at least),
+# runs per round (at least), untimed warm-up calls, rounds (every model timed once per round, so that
+# a change of load on a shared machine hits all models alike), ONNX Runtime calls; and the per-layer
+# timings of the latency fold rule.
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
         "dataset": "digits",
@@ -272,6 +297,29 @@ PROFILES: dict[str, dict[str, Any]] = {
         "stop_drop": 1.0,
         "max_drop": 0.5,  # smoke exercises the pruned code paths; its accuracies mean nothing
         "device": "cpu",
+        "pai": {
+            "scratch": {
+                "dataset": "fashion_mnist", "image_size": 28, "net": "vgg_small", "width": 4,
+                "subset_train": 256, "subset_test": 256, "batch_size": 32, "epochs": 1,
+                "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+                "prune_batch_size": 32, "steps": 3, "inner_lr": 0.1, "synflow_iterations": 10,
+                "device": "cpu",
+                "methods": ["prospr", "snip"], "sparsities": [0.5, 0.9], "seeds": [0],
+            },
+            "transfer": {
+                "run": True, "experiments_profile": "smoke", "dataset": None, "model": None, "seeds": [0],
+                "methods": ["prospr", "snip"], "targets": [], "fixed": {"fixed 50%": 0.5},
+                "epochs": 1, "lr": None, "subset_train": 128, "subset_test": None,
+                "prune_batch_size": 16, "steps": 3, "inner_lr": 0.1, "bn_mode": "train",
+            },
+            "cost": {
+                "model": "resnet20", "width": 4, "batch": 16, "steps": 3, "image_size": 32,
+                "repeats": 3, "warmup": 0, "sparsity": 0.9, "synflow_iterations": 10, "device": "cpu",
+                "methods": list(PAI_METHODS),
+            },
+        },
+        "timing": {"min_run_time": 0.02, "min_runs": 3, "warmup": 1, "rounds": 1, "onnx": False, "onnx_repeats": 5,
+                   "fold_min_run_time": 0.003, "fold_min_runs": 3},
     },
     "default": {
         "datasets": ["mnist5k", "fashion_mnist"],
@@ -283,6 +331,29 @@ PROFILES: dict[str, dict[str, Any]] = {
         # Fashion-MNIST is cut to a like training size; its validation split (12,000) is large.
         "per_dataset": {"mnist5k": {"val_fraction": 0.3},
                         "fashion_mnist": {"subset_train": 4000, "subset_test": 2000}},
+        "pai": {
+            "scratch": {
+                "dataset": "fashion_mnist", "image_size": 28, "net": "vgg_small", "width": 8,
+                "subset_train": 2000, "subset_test": 2000, "batch_size": 32, "epochs": 1,
+                "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+                "prune_batch_size": 64, "steps": 3, "inner_lr": 0.1, "synflow_iterations": 20,
+                "device": "cpu",
+                "methods": list(PAI_METHODS), "sparsities": list(_ALL_SPARSITIES), "seeds": [0, 1, 2],
+            },
+            "transfer": {
+                "run": True, "experiments_profile": "default", "dataset": None, "model": None, "seeds": [0],
+                "methods": ["prospr", "snip"], "targets": ["basis_pruning", "double_pruning"], "fixed": {},
+                "epochs": 2, "lr": 1e-3, "subset_train": 1800, "subset_test": None,
+                "prune_batch_size": 64, "steps": 3, "inner_lr": 0.1, "bn_mode": "train",
+            },
+            "cost": {
+                "model": "resnet20", "width": 16, "batch": 128, "steps": 3, "image_size": 32,
+                "repeats": 5, "warmup": 0, "sparsity": 0.9, "synflow_iterations": 100, "device": "cpu",
+                "methods": list(PAI_METHODS),
+            },
+        },
+        "timing": {"min_run_time": 0.2, "min_runs": 5, "warmup": 3, "rounds": 3, "onnx": True, "onnx_repeats": 30,
+                   "fold_min_run_time": 0.02, "fold_min_runs": 5},
     },
     "gpu": {
         # The GPU tier (sweeps/gpu_tier.yaml, benchmarks/gpu_tier.py): committed results, not
@@ -316,8 +387,45 @@ PROFILES: dict[str, dict[str, Any]] = {
         "basis_rounds": 30,
         "channel_rounds": 20,
         "device": "cuda",
+        "pai": {
+            "scratch": {
+                "dataset": "fashion_mnist", "image_size": 32, "net": "resnet20", "width": 16,
+                "subset_train": None, "subset_test": None, "batch_size": 128, "epochs": 30,
+                "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+                "prune_batch_size": 128, "steps": 3, "inner_lr": 0.1, "synflow_iterations": 100,
+                "device": "auto",
+                "methods": list(PAI_METHODS), "sparsities": list(_ALL_SPARSITIES), "seeds": [0, 1, 2],
+            },
+            "transfer": {
+                "run": True, "experiments_profile": "paper", "dataset": None, "model": None, "seeds": [0, 1, 2],
+                "methods": ["prospr", "snip"], "targets": ["basis_pruning", "double_pruning"], "fixed": {},
+                "epochs": None, "lr": None, "subset_train": None, "subset_test": None,
+                "prune_batch_size": None, "steps": 3, "inner_lr": 0.1, "bn_mode": "train",
+            },
+            "cost": {
+                "model": "resnet20", "width": 16, "batch": 128, "steps": 3, "image_size": 32,
+                "repeats": 5, "warmup": 1, "sparsity": 0.9, "synflow_iterations": 100, "device": "auto",
+                "methods": list(PAI_METHODS),
+            },
+        },
+        "timing": {"min_run_time": 0.5, "min_runs": 7, "warmup": 3, "rounds": 3, "onnx": True, "onnx_repeats": 50,
+                   "fold_min_run_time": 0.05, "fold_min_runs": 7},
     },
 }
+
+
+def check_profile(profile: Any) -> str:
+    """``profile`` if it names a profile of :data:`PROFILES`, else :class:`ParameterError`."""
+    if not isinstance(profile, str) or profile not in PROFILES:
+        raise ParameterError("profile", f"profile must be one of {', '.join(PROFILES)}, got {profile!r}", profile)
+    return profile
+
+
+def section(profile: str, name: str) -> dict[str, Any]:
+    """A copy of one of a profile's :data:`SECTIONS` (``pai`` or ``timing``)."""
+    if name not in SECTIONS:
+        raise ParameterError("section", f"section must be one of {', '.join(SECTIONS)}, got {name!r}", name)
+    return copy.deepcopy(PROFILES[check_profile(profile)][name])
 
 
 def get(profile: str = "default", dataset: str | None = None) -> dict[str, Any]:
@@ -325,11 +433,10 @@ def get(profile: str = "default", dataset: str | None = None) -> dict[str, Any]:
 
     With ``dataset``, the profile's settings for that dataset (``per_dataset``) apply too.
     """
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; known profiles: {sorted(PROFILES)}")
+    check_profile(profile)
     out = {k: v for k, (v, _) in PARAMETERS.items()}
     out.update({"datasets": [out["dataset"]], "seeds": [out["seed"]], "table_seeds": {}})
-    prof = copy.deepcopy(PROFILES[profile])
+    prof = {k: v for k, v in copy.deepcopy(PROFILES[profile]).items() if k not in SECTIONS}
     per_dataset = prof.pop("per_dataset", {})
     out.update(prof)
     if dataset is not None:

@@ -118,7 +118,7 @@ def tier_table(rows: list[dict[str, Any]]):
     """Mean ± std over seeds per tier, model, image size, dataset and experiment."""
     import pandas as pd
 
-    from basisprune_book.build import mean_std
+    from .report import mean_std
 
     df = pd.DataFrame(rows)
     out = []

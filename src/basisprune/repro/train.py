@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm  # honours TQDM_DISABLE=1 (read when tqdm is first imported)
 
-from basisprune.errors import BasisPruneError
-from basisprune.repro.results import atomic_write
+from ..errors import BasisPruneError
+from ..io import atomic_write
 
 __all__ = [
     "BN_MODES",
@@ -325,9 +325,13 @@ def train_epoch(
     callback: Callback | None = None,
     desc: str = "train",
     scaler: torch.amp.GradScaler | None = None,
+    after_step: Callable[[], Any] | None = None,
     teacher: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` for one pass over ``loader``; returns ``loss``, ``accuracy``, ``n``, ``seconds``.
+
+    The one training loop of the project: every runner (experiments, pruning at initialization,
+    the Torch-Pruning peer, :func:`fit`) trains through it.
 
     Each step minimises ``loss_fn(model(x), y) + regularizer(model)``; with a ``teacher`` (a frozen
     module, run without gradients), ``loss_fn(model(x), y, teacher(x))`` instead (see
@@ -342,6 +346,7 @@ def train_epoch(
     ``callback(model, batch_idx, inputs, targets, loss)`` runs after ``backward()`` and before
     ``optimizer.step()``, with ``loss`` the (detached) total loss that was backpropagated; under
     float16 the gradients are already unscaled (and may be inf/nan on a step the scaler skips).
+    ``after_step()`` runs after every ``optimizer.step()`` (a per-step learning-rate schedule).
     A non-finite training loss raises :class:`DivergenceError` at the end of the epoch.
     """
     device = pick_device(device)
@@ -386,6 +391,8 @@ def train_epoch(
             scaler.update()
         else:
             optimizer.step()
+        if after_step is not None:
+            after_step()
 
         tally.add(loss, outputs, targets)
         batches += 1
@@ -518,7 +525,7 @@ def _load_error_reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text[:300]}"
 
 
-def _loader_generators(loaders: Mapping[str, Any]) -> dict[str, torch.Generator]:
+def loader_generators(loaders: Mapping[str, Any]) -> dict[str, torch.Generator]:
     """The torch generators that drive each loader's shuffling (deduplicated), by attribute path."""
     found: dict[str, torch.Generator] = {}
     seen: set[int] = set()
@@ -544,7 +551,8 @@ def _numpy_rng_state() -> dict[str, Any]:
     }
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The Python, numpy and torch (and the device's) global random states, as saved in checkpoints."""
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": _numpy_rng_state(),
@@ -557,7 +565,8 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+def set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    """Restore what :func:`rng_state` returned."""
     random.setstate(state["python"])
     np_state = state["numpy"]
     np.random.set_state(
@@ -574,6 +583,20 @@ def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     if device.type == "mps" and "mps" in state:
         torch.mps.set_rng_state(state["mps"])
+
+
+def stream_state(loaders: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """Every random stream a training run draws from: ``{"rng": rng_state(device), "generators":
+    {path: state}}`` (the loaders' shuffling generators). Saved with a run's model and optimizer, it
+    makes a resumed run draw the same batches and the same random numbers as an uninterrupted one."""
+    return {"rng": rng_state(device), "generators": {n: g.get_state() for n, g in loader_generators(loaders).items()}}
+
+
+def restore_streams(state: Mapping[str, Any], loaders: Mapping[str, Any], device: torch.device) -> None:
+    """Put back what :func:`stream_state` returned (the same loaders, or loaders built alike)."""
+    for name, g in loader_generators(loaders).items():
+        g.set_state(state["generators"][name])
+    set_rng_state(state["rng"], device)
 
 
 def _fn_name(fn: Any) -> str:
@@ -691,7 +714,7 @@ def fit(
     device = pick_device(device)
     model.to(device)
     scaler = make_scaler(amp, device)
-    generators = _loader_generators(loaders)
+    generators = loader_generators(loaders)
     eval_names = [name for name in loaders if name != "train"]
     config = {
         "loaders": sorted(loaders),
@@ -722,9 +745,7 @@ def fit(
                 scheduler.load_state_dict(state["scheduler"])
             if scaler is not None and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
-            for key, generator in generators.items():
-                generator.set_state(state["generators"][key])
-            _set_rng_state(state["rng"], device)
+            restore_streams(state, loaders, device)
         except Exception as exc:
             raise CheckpointError(ckpt, f"could not be restored ({type(exc).__name__}: {exc})") from exc
         history = list(state["history"])
@@ -757,8 +778,7 @@ def fit(
                 scheduler=None if scheduler is None else scheduler.state_dict(),
                 scaler=None if scaler is None else scaler.state_dict(),
                 history=history,
-                rng=_rng_state(device),
-                generators={key: g.get_state() for key, g in generators.items()},
+                **stream_state(loaders, device),
             )
 
     final: dict[str, Any] = {k: v for k, v in history[-1].items() if k != "lr"} if history else {"epoch": 0}

@@ -1,0 +1,471 @@
+"""What the notebooks call besides the experiments: where results go, which data sets and seeds a
+chapter covers, and the tables, figures and glued numbers of the chapters.
+
+The notebooks hold parameters, one call per experiment, these helpers and glue; the book builder
+(:mod:`basisprune_book`) finds the project with :func:`repo_root` and tells the kernels where to
+write results through ``$BASISPRUNE_RESULTS`` (:func:`results_dir`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import BasisPruneError
+from . import profiles
+
+__all__ = [
+    "RESULTS_ENV",
+    "ROOT_ENV",
+    "ProjectNotFoundError",
+    "ceiling_table",
+    "executed_dir",
+    "history_frame",
+    "kept_frame",
+    "mean_std",
+    "plot_pruning_curves",
+    "repo_root",
+    "results_dir",
+    "selected_frame",
+    "selected_summary",
+    "selection",
+    "table_seeds",
+]
+
+RESULTS_ENV = "BASISPRUNE_RESULTS"  # the book builder sets it to <out>/results for the kernels
+ROOT_ENV = "BASISPRUNE_ROOT"
+
+
+class ProjectNotFoundError(BasisPruneError, FileNotFoundError):
+    """No project directory (with ``_toc.yml`` and ``notebooks/``) was found."""
+
+
+# ------------------------------------------------------------------------------------ paths
+def _is_root(path: Path) -> bool:
+    return (path / "_toc.yml").is_file() and (path / "notebooks").is_dir()
+
+
+def repo_root(start: str | os.PathLike | None = None) -> Path:
+    """The project directory (holding ``_toc.yml`` and ``notebooks/``).
+
+    ``$BASISPRUNE_ROOT`` if set; else the first parent of ``start`` (default: the working
+    directory) that holds both; else the checkout this module was imported from (src layout).
+    """
+    env = os.environ.get(ROOT_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    here = Path(start or os.getcwd()).resolve()
+    for p in (here, *here.parents):
+        if _is_root(p):
+            return p
+    src = Path(__file__).resolve().parents[3]  # src/basisprune/repro/report.py
+    if _is_root(src):
+        return src
+    raise ProjectNotFoundError(
+        f"cannot find the project directory (with _toc.yml and notebooks/) from {here}; "
+        f"run from the checkout or set ${ROOT_ENV}"
+    )
+
+
+def executed_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
+    """Where ``execute`` puts a profile's executed notebooks by default."""
+    return Path(root or repo_root()) / "notebooks" / "_executed" / profiles.check_profile(profile)
+
+
+def results_dir(profile: str, override: str | os.PathLike | None = None) -> Path:
+    """Where a notebook writes its results JSON (created).
+
+    ``override`` if given; else ``$BASISPRUNE_RESULTS`` (``execute`` sets it to
+    ``<out>/results``); else ``notebooks/_executed/<profile>/results`` of the project; outside a
+    checkout, ``./results/<profile>``.
+    """
+    if override is not None:
+        path = Path(override)
+    elif os.environ.get(RESULTS_ENV):
+        path = Path(os.environ[RESULTS_ENV])
+    else:
+        try:
+            path = executed_dir(profile) / "results"
+        except ProjectNotFoundError:
+            path = Path.cwd() / "results" / profiles.check_profile(profile)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------ tables
+def selection(profile: str, *, datasets=None, seeds=None, dataset=None, seed=None) -> tuple[list[str], list[int]]:
+    """Datasets and seeds a notebook loops over: one ``dataset`` / ``seed`` if given, else the
+    ``datasets`` / ``seeds`` lists if given, else the profile's."""
+
+    p = profiles.get(profile)
+    ds = [dataset] if dataset is not None else list(datasets or p["datasets"])
+    ss = [int(seed)] if seed is not None else [int(s) for s in (seeds or p["seeds"])]
+    return ds, ss
+
+
+def table_seeds(profile: str, *, datasets=None, seeds=None, dataset=None, seed=None) -> dict[str, list[int]]:
+    """Seeds per data set for the main table (notebook 05): one ``seed`` or the ``seeds`` list if
+    given, else the profile's ``table_seeds`` for that data set, else the profile's ``seeds``."""
+
+    p = profiles.get(profile)
+    ds, default = selection(profile, datasets=datasets, seeds=seeds, dataset=dataset, seed=seed)
+    if seed is not None or seeds:
+        return {d: list(default) for d in ds}
+    per = p.get("table_seeds") or {}
+    return {d: [int(s) for s in per.get(d, default)] for d in ds}
+
+
+def history_frame(record: dict[str, Any], **labels: Any):
+    """One row per pruning round of a record (or of one stage of it), with ``selected`` marking the
+    round the experiment kept; ``labels`` (dataset, seed, method, ...) become leading columns."""
+    import pandas as pd
+
+    rows = []
+    final_round = record["final"]["round"]
+    for h in record["history"]:
+        row = {k: v for k, v in h.items() if k not in ("kept", "total")}
+        row["selected"] = h["round"] == final_round
+        rows.append({**labels, **row})
+    return pd.DataFrame(rows)
+
+
+def kept_frame(row: dict[str, Any], **labels: Any):
+    """Per-layer kept and total units (bases or channels) of one history row."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [{**labels, "layer": name, "kept": row["kept"][name], "total": row["total"][name]} for name in row["total"]]
+    )
+
+
+def ceiling_table(names, image_size: int, num_classes: int = 10):
+    """Per architecture (randomly initialised: only shapes matter), its parameters and FLOPs with a
+    ``num_classes`` head and the share basis pruning alone removes at one basis per layer
+    (:func:`basisprune.basis_ceiling`; the classifier is not decomposed)."""
+    import pandas as pd
+    import torch
+
+    from ..measure import basis_ceiling
+    from . import models
+
+    rows = []
+    for name in names:
+        net = models.load(name, num_classes, pretrained=False).eval()
+        x = torch.zeros(1, 3, image_size, image_size)
+        c = basis_ceiling(net, x, exclude=[models.classifier(net)[0]])
+        rows.append({"model": name, "params (M)": c["params_ref"] / 1e6, "FLOPs (M)": c["flops_ref"] / 1e6,
+                     "params pruned at the ceiling (%)": 100 * c["param_pruning_ratio"],
+                     "FLOPs pruned at the ceiling (%)": 100 * c["flop_pruning_ratio"]})
+    return pd.DataFrame(rows)
+
+
+def selected_frame(records: dict[tuple[str, int], dict[str, Any]]):
+    """One row per run ``{(dataset, seed): record}``: the selected round, its fair reference (the
+    unpruned model trained as many epochs) and the run's round 0 (the undertrained warm-up model)."""
+    import pandas as pd
+
+    return pd.DataFrame([
+        {"dataset": ds, "seed": s, **{k: v for k, v in r["final"].items() if k not in ("kept", "total")},
+         "reference_accuracy": r["reference"]["accuracy_test"], "round0_accuracy": r["reference"]["round0_accuracy_test"]}
+        for (ds, s), r in records.items()])
+
+
+def selected_summary(final):
+    """Per data set, mean ± std over seeds of a :func:`selected_frame`: accuracy of the fair
+    reference, of round 0 and of the selected round, the change against the reference with its
+    paired standard error (the mean over seeds), and the pruning ratios."""
+    return final.groupby("dataset", sort=False).agg(
+        **{"reference (%)": ("reference_accuracy", lambda v: mean_std(v, 100, 1)),
+           "round 0 (%)": ("round0_accuracy", lambda v: mean_std(v, 100, 1)),
+           "accuracy after (%)": ("accuracy_test", lambda v: mean_std(v, 100, 1)),
+           "change (pts)": ("accuracy_drop", lambda v: mean_std(v, -100, 2)),
+           "paired SE (pts)": ("drop_se_test", lambda v: f"{100 * float(v.mean()):.2f}"),
+           "params pruned (%)": ("param_pruning_ratio", lambda v: mean_std(v, 100, 1)),
+           "FLOPs pruned (%)": ("flop_pruning_ratio", lambda v: mean_std(v, 100, 1)),
+           "seeds": ("seed", "nunique")})
+
+
+def plot_pruning_curves(history, title: str):
+    """Test accuracy against parameters and FLOPs pruned, one line per run, the selected rounds
+    ringed, and dashed the fair reference (unpruned, trained as long) at every round."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    plot = history.assign(accuracy=100 * history["accuracy_test"], reference=100 * history["reference_test"],
+                          params_pruned=100 * history["param_pruning_ratio"],
+                          flops_pruned=100 * history["flop_pruning_ratio"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, x, label in zip(axes, ["params_pruned", "flops_pruned"], ["parameters pruned (%)", "FLOPs pruned (%)"]):
+        sns.lineplot(data=plot, x=x, y="accuracy", hue="dataset", style="seed", markers=True, dashes=False,
+                     estimator=None, sort=False, ax=ax, legend=ax is axes[0])
+        for _, g in plot.groupby(["dataset", "seed"]):
+            ax.plot(g[x], g["reference"], ls="--", lw=0.8, color="grey")
+        sel = plot[plot["selected"]]
+        ax.scatter(sel[x], sel["accuracy"], s=160, facecolors="none", edgecolors="black", lw=1.5, zorder=5)
+        ax.set(xlabel=label, ylabel="test accuracy (%)")
+    fig.suptitle(title + " (ringed: selected round; dashed: unpruned reference trained as long)")
+    return fig
+
+
+def mean_std(values, scale: float = 1.0, digits: int = 1) -> str:
+    """``"mean ± std"`` of ``values * scale`` (sample std; just the mean for a single value)."""
+    import numpy as np
+
+    v = np.asarray(list(values), dtype=float) * scale
+    if v.size == 0:
+        return "n/a"
+    def fmt(x: float) -> str:
+        text = f"{x:.{digits}f}"
+        return text[1:] if text.startswith("-") and not any(ch in "123456789" for ch in text) else text  # no "-0.0"
+
+    if v.size == 1:
+        return fmt(v[0])
+    return f"{fmt(v.mean())} ± {fmt(v.std(ddof=1))}"
+
+
+# ------------------------------------------------------------------------- pruning chapters (3, 4)
+#: The columns of a pruning chapter's round-by-round table.
+HISTORY_COLUMNS = ["dataset", "seed", "round", "epochs", "accuracy_test", "reference_test", "accuracy_drop",
+                   "drop_se_test", "accuracy_val", "drop_val", "param_pruning_ratio", "flop_pruning_ratio", "selected"]
+
+
+def chapter_setup(experiment: str, profile: str, *, datasets=None, seeds=None, dataset=None, seed=None, model=None,
+                  image_size=None, overrides=None, results=None) -> tuple[list[str], list[int], dict, dict, Path]:
+    """A chapter's data sets and seeds (:func:`selection`), the parameter overrides every run shares
+    (``model``, ``image_size`` and ``overrides``), the parameters of its first run, and the results
+    folder (:func:`results_dir` of ``results``); sets the plot and table style and prints one line
+    saying what runs."""
+    import pandas as pd
+    import seaborn as sns
+
+    from . import experiments
+
+    datasets, seeds = selection(profile, datasets=datasets, seeds=seeds, dataset=dataset, seed=seed)
+    common = {k: v for k, v in {"model": model, "image_size": image_size}.items() if v is not None} | dict(overrides or {})
+    p = experiments.resolve_params(experiment, profile, dataset=datasets[0], seed=seeds[0], **common)
+    out_dir = results_dir(profile, results)
+    sns.set_theme(context="notebook", style="whitegrid")
+    pd.set_option("display.precision", 3)
+    print(f"profile={profile} model={p['model']} image_size={p['image_size']} datasets={datasets} seeds={seeds}")
+    return datasets, seeds, common, p, out_dir
+
+
+def run_pruning(experiment: str, profile: str, datasets, seeds, common: dict, out_dir: Path):
+    """Run one pruning experiment per data set and seed (results file ``<experiment>-<dataset>-seed<seed>.json``
+    in ``out_dir``); prints the rule and the budget. Returns ``(records, history, rule)``: the records by
+    ``(dataset, seed)``, their rounds (:func:`history_frame`) and the pruning rule."""
+    import pandas as pd
+
+    from . import experiments
+
+    records = {}
+    for ds in datasets:
+        for s in seeds:
+            records[ds, s] = experiments.run(experiment, profile=profile, dataset=ds, seed=s,
+                                             out=out_dir / f"{experiment}-{ds}-seed{s}.json", **common)
+    first = next(iter(records.values()))
+    rule, p = first["rule"], first["params"]
+    rounds = p["channel_rounds"] if experiment == "channel_pruning" else p["basis_rounds"]
+    print("pruning rule:", rule)
+    print("budget: max_drop =", p["max_drop"], "| stop_drop =", p["stop_drop"], "| rounds =", rounds)
+    history = pd.concat([history_frame(r, dataset=ds, seed=s) for (ds, s), r in records.items()], ignore_index=True)
+    return records, history, rule
+
+
+def plot_kept(record: dict[str, Any], dataset: str, seed: int, unit: str):
+    """Bar chart of the kept and total ``unit`` (bases or channels) per layer at the selected round."""
+    import matplotlib.pyplot as plt
+
+    final = record["final"]
+    kept = kept_frame(final)
+    fig, ax = plt.subplots(figsize=(max(8, 0.25 * len(kept)), 3.8))
+    ax.bar(kept["layer"], kept["total"], color="lightgrey", label="total")
+    ax.bar(kept["layer"], kept["kept"], color="tab:blue", label="kept")
+    ax.set_yscale("log")
+    ax.set(ylabel=unit, xlabel="", title=f"{dataset}, seed {seed}, round {final['round']}: "
+           f"{kept['kept'].sum():,} of {kept['total'].sum():,} {unit} kept")
+    ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+    ax.legend()
+    return fig
+
+
+def print_selected(records: dict[tuple[str, int], dict[str, Any]]) -> None:
+    """One rounded line per run: rounds run, the selected round, its test accuracy and pruning ratios."""
+    for (ds, s), r in records.items():
+        f = r["final"]
+        print(f"{ds} seed {s}: rounds {len(r['history']) - 1}, selected round {f['round']}, "
+              f"test accuracy {round(f['accuracy_test'], 2)}, params pruned {round(f['param_pruning_ratio'], 2)}, "
+              f"FLOPs pruned {round(f['flop_pruning_ratio'], 2)}")
+
+
+def glue_selected(prefix: str, final, summary, dataset: str) -> None:
+    """Glue a pruning chapter's numbers for the text, as ``<prefix>_acc``, ``<prefix>_delta``, ...: the
+    selected rounds of ``dataset`` (mean ± std over seeds) and the ``summary`` table."""
+    from myst_nb import glue
+
+    sel = final[final["dataset"] == dataset]
+    glue(f"{prefix}_dataset", dataset, display=False)
+    glue(f"{prefix}_acc", mean_std(sel["accuracy_test"], 100, 1), display=False)
+    glue(f"{prefix}_ref_acc", mean_std(sel["reference_accuracy"], 100, 1), display=False)
+    glue(f"{prefix}_delta", mean_std(sel["accuracy_drop"], -100, 2), display=False)
+    glue(f"{prefix}_round0_acc", mean_std(sel["round0_accuracy"], 100, 1), display=False)
+    glue(f"{prefix}_se", f"{100 * sel['drop_se_test'].mean():.2f}", display=False)
+    glue(f"{prefix}_params_pruned", mean_std(sel["param_pruning_ratio"], 100, 1), display=False)
+    glue(f"{prefix}_flops_pruned", mean_std(sel["flop_pruning_ratio"], 100, 1), display=False)
+    glue(f"{prefix}_summary", summary, display=False)
+
+
+# ------------------------------------------------------------------------- double pruning (chapter 5)
+#: The methods of chapter 5's main table, in its order.
+METHODS = ["channel pruning", "basis pruning", "double: channel stage", "double pruning"]
+
+
+def _stage_row(method: str, ds: str, s: int, final: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    return {"dataset": ds, "method": method, "seed": s, "before": final["reference_test"],
+            "round0": reference["round0_accuracy_test"], "after": final["accuracy_test"],
+            "change": -final["accuracy_drop"], "se": final["drop_se_test"], "params": final["params"],
+            "flops": final["flops"], "params_pruned": final["param_pruning_ratio"],
+            "flops_pruned": final["flop_pruning_ratio"], "ref_params": reference["params"], "ref_flops": reference["flops"]}
+
+
+def method_runs(records: dict[tuple[str, str, int], dict[str, Any]]):
+    """One row per run ``{(experiment, dataset, seed): record}`` and method of :data:`METHODS` (double
+    pruning gives two: its channel stage and its result): the selected round's accuracy, its fair
+    reference (``before``), round 0, the change with its paired standard error, sizes and ratios."""
+    import pandas as pd
+
+    rows = []
+    for (exp, ds, s), r in records.items():
+        if exp == "double_pruning":
+            rows.append(_stage_row("double: channel stage", ds, s, r["stages"]["channel"]["final"], r["reference"]))
+            rows.append(_stage_row("double pruning", ds, s, r["final"], r["reference"]))
+        else:
+            rows.append(_stage_row(exp.replace("_", " "), ds, s, r["final"], r["reference"]))
+    runs = pd.DataFrame(rows)
+    runs["method"] = pd.Categorical(runs["method"], METHODS)
+    return runs
+
+
+def method_table(runs, datasets):
+    """Chapter 5's main table: per data set (in the order of ``datasets``) and method, mean ± std over
+    seeds of :func:`method_runs`' columns."""
+    import pandas as pd
+
+    out = []
+    for (ds, m), g in runs.groupby(["dataset", "method"], sort=True, observed=True):
+        out.append({"dataset": ds, "method": m,
+                    "reference (%)": mean_std(g["before"], 100, 1),
+                    "round 0 (%)": mean_std(g["round0"], 100, 1),
+                    "accuracy after (%)": mean_std(g["after"], 100, 1),
+                    "change (pts)": mean_std(g["change"], 100, 2),
+                    "paired SE (pts)": f"{100 * g['se'].mean():.2f}",
+                    "params (M)": mean_std(g["params"], 1e-6, 3),
+                    "FLOPs (M)": mean_std(g["flops"], 1e-6, 2),
+                    "params pruned (%)": mean_std(g["params_pruned"], 100, 1),
+                    "FLOPs pruned (%)": mean_std(g["flops_pruned"], 100, 1),
+                    "seeds": g["seed"].nunique()})
+    ds_order = {d: i for i, d in enumerate(datasets)}
+    return pd.DataFrame(out).sort_values("dataset", key=lambda c: c.map(ds_order), kind="stable").reset_index(drop=True)
+
+
+def pareto_front(df):
+    """The rows of ``df`` (``params``, ``accuracy``) that no smaller model beats in accuracy."""
+    import numpy as np
+
+    df = df.sort_values(["params", "accuracy"], ascending=[True, False])
+    best, keep = -np.inf, []
+    for i, row in df.iterrows():
+        if row["accuracy"] > best:
+            keep.append(i)
+            best = row["accuracy"]
+    return df.loc[keep]
+
+
+def plot_accuracy_against_size(history, runs, datasets, title: str):
+    """Test accuracy against parameters, per data set: every round of every run (thin), each method's
+    Pareto front (thick) and the selected rounds (stars; double pruning's is its result)."""
+    import matplotlib.pyplot as plt
+
+    curves = history.copy()
+    curves.loc[curves["method"].str.startswith("double"), "method"] = "double pruning"
+    curves = curves[curves["method"].isin(["channel pruning", "basis pruning", "double pruning"])]
+    curves = curves.assign(accuracy=100 * curves["accuracy_test"], params_m=curves["params"] / 1e6)
+    palette = {"channel pruning": "tab:orange", "basis pruning": "tab:blue", "double pruning": "tab:green"}
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.2), squeeze=False, sharey=False)
+    for ax, ds in zip(axes[0], datasets):
+        c = curves[curves["dataset"] == ds]
+        for m, g in c.groupby("method"):
+            for s, gs in g.groupby("seed"):
+                ax.plot(gs["params_m"], gs["accuracy"], "o-", ms=3, lw=0.6, alpha=0.45, color=palette[m])
+            front = pareto_front(g[["params_m", "accuracy"]].rename(columns={"params_m": "params"}))
+            ax.step(front["params"], front["accuracy"], where="post", color=palette[m], lw=2, label=m)
+            sel = g[g["selected"]]
+            if m == "double pruning":  # the basis stage's selected round (each stage has its own)
+                sel = runs[(runs["dataset"] == ds) & (runs["method"] == "double pruning")].assign(
+                    params_m=lambda d: d["params"] / 1e6, accuracy=lambda d: 100 * d["after"])
+            ax.scatter(sel["params_m"], sel["accuracy"], s=90, marker="*", color=palette[m], edgecolors="black", zorder=5)
+        ax.set_xscale("log")
+        ax.set(title=ds, xlabel="parameters (millions, log scale)", ylabel="test accuracy (%)")
+        ax.legend(fontsize=8)
+    fig.suptitle(title + " (stars: selected rounds)")
+    return fig
+
+
+def pick_dataset(candidates, datasets, fallback: str) -> str:
+    """The first of ``candidates`` among ``datasets``, else ``fallback``."""
+    return next((d for d in candidates if d in datasets), fallback)
+
+
+def glue_method(prefix: str, runs, ds: str, method: str) -> None:
+    """Glue one method's numbers on one data set (mean ± std over seeds of :func:`method_runs`) as
+    ``<prefix>_acc``, ``<prefix>_before``, ``<prefix>_delta``, sizes and ratios."""
+    from myst_nb import glue
+
+    g = runs[(runs["dataset"] == ds) & (runs["method"] == method)]
+    glue(f"{prefix}_acc", mean_std(g["after"], 100, 1), display=False)
+    glue(f"{prefix}_before", mean_std(g["before"], 100, 1), display=False)
+    glue(f"{prefix}_delta", mean_std(g["change"], 100, 2), display=False)
+    glue(f"{prefix}_params", mean_std(g["params"], 1e-6, 3), display=False)
+    glue(f"{prefix}_flops", mean_std(g["flops"], 1e-6, 2), display=False)
+    glue(f"{prefix}_params_pruned", mean_std(g["params_pruned"], 100, 1), display=False)
+    glue(f"{prefix}_flops_pruned", mean_std(g["flops_pruned"], 100, 1), display=False)
+
+
+# ------------------------------------------------------------------------- other chapters (1, 6, 7)
+def photo(name: str, mean, std, size: int = 224):
+    """One of scikit-learn's sample photos (``china.jpg``, ``flower.jpg``) as an ImageNet input:
+    shorter side resized to 256 (antialiased), centre crop ``size``, normalised with ``mean``/``std``;
+    shape ``(1, 3, size, size)``."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_sample_image
+
+    img = torch.from_numpy(load_sample_image(name).copy()).permute(2, 0, 1).float().div(255)[None]
+    h, w = img.shape[-2:]
+    scale = 256 / min(h, w)
+    img = F.interpolate(img, size=(round(h * scale), round(w * scale)), mode="bilinear", antialias=True)
+    top, left = (img.shape[-2] - size) // 2, (img.shape[-1] - size) // 2
+    img = img[..., top:top + size, left:left + size].clamp(0, 1)
+    return (img - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def top5(logits, categories) -> list[str]:
+    """The five most likely classes of one image's ``logits`` as ``"name (p%)"``."""
+    return [f"{categories[i]} ({p:.0%})" for p, i in zip(*logits.softmax(-1).topk(5))]
+
+
+def accuracy_at(runs, method: str, sparsity: float):
+    """Test accuracies (one per seed) of ``method`` at ``sparsity`` in chapter 6's scratch runs."""
+    return runs[(runs["method"] == method) & (runs["sparsity"] == sparsity)]["accuracy_test"]
+
+
+def target_status(verdict: dict[str, Any]) -> str:
+    """``met``, ``not met`` or ``not measured`` for one of chapter 7's target verdicts."""
+    return {True: "met", False: "not met", None: "not measured"}[verdict["met"]]
+
+
+def without_models(comparison: dict[str, Any]) -> dict[str, Any]:
+    """A peer comparison (:func:`basisprune.repro.efficiency.peer_comparison`) without its models,
+    example input and full record: what its results file keeps."""
+    return {k: v for k, v in comparison.items() if k not in ("peer_model", "reference_model", "example_input", "record")}

@@ -1,0 +1,40 @@
+"""basisprune.repro.profiles: one table for every setting a profile makes, one check of a profile name."""
+
+import pytest
+
+from basisprune.errors import ParameterError
+from basisprune.repro import efficiency, pai_experiment, profiles
+
+
+def test_unknown_profile_is_refused_by_one_check_everywhere():
+    """Every entry point that takes a profile name refuses an unknown one with the same ParameterError."""
+    calls = [lambda: profiles.get("nope"), lambda: profiles.section("nope", "pai"),
+             lambda: pai_experiment.profile_settings("nope"), lambda: efficiency.timing_settings("nope")]
+    for call in calls:
+        with pytest.raises(ParameterError, match="profile must be one of smoke, default, paper, got 'nope'"):
+            call()
+
+
+@pytest.mark.parametrize("profile", list(profiles.PROFILES))
+def test_sections_are_read_from_the_one_table_and_left_out_of_the_parameters(profile):
+    """The pai and timing settings come from PROFILES (copies), and get() returns no section."""
+    params = profiles.get(profile)
+    assert not set(profiles.SECTIONS) & set(params)
+    timing = efficiency.timing_settings(profile)
+    assert timing == profiles.PROFILES[profile]["timing"]
+    timing["rounds"] = -1  # a copy: the table is unchanged
+    assert profiles.PROFILES[profile]["timing"]["rounds"] != -1
+    for part in ("scratch", "transfer", "cost"):
+        assert pai_experiment.profile_settings(profile, part) == profiles.PROFILES[profile]["pai"][part]
+
+
+def test_reproduce_chapter_table_shows_every_setting_of_every_profile():
+    """The Reproduce chapter's table has a row for each parameter and each setting of each section."""
+    from basisprune_book.build import profiles_markdown
+
+    rows = {line.split("|")[1].strip(" `") for line in profiles_markdown().splitlines() if line.startswith("| `")}
+    expected = set(profiles.PARAMETERS)
+    for name, prof in profiles.PROFILES.items():
+        expected |= {f"pai.{part}.{k}" for part, settings in prof["pai"].items() for k in settings}
+        expected |= {f"timing.{k}" for k in prof["timing"]}
+    assert expected <= rows
