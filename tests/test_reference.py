@@ -40,13 +40,26 @@ def test_drops_are_measured_against_the_reference_at_the_same_epochs(one_thread)
     assert any(h["reference_test"] != r["history"][0]["accuracy_test"] for h in r["history"][1:])
 
 
-def test_selection_keeps_the_budget_against_the_reference(one_thread):
-    """The selected round is the most pruned one whose validation drop is within max_drop."""
+@pytest.mark.parametrize("margin", [0.0, 1.0])
+def test_selection_keeps_the_budget_against_the_reference(one_thread, margin):
+    """The selected round is the most pruned one whose validation drop stays within max_drop with
+    ``select_margin`` standard errors to spare (0: the drop itself)."""
     r = experiments.run("basis_pruning", profile="smoke", workdir=False, basis_rounds=2, stop_drop=1.0,
-                        max_drop=0.05, **TINY)
-    ok = [h for h in r["history"] if h["drop_val"] <= 0.05]
-    assert r["final"]["drop_val"] <= 0.05
-    assert r["final"]["param_pruning_ratio"] == max(h["param_pruning_ratio"] for h in ok)
+                        max_drop=0.05, select_margin=margin, **TINY)
+    ok = [h for h in r["history"] if h["drop_val"] + margin * h["drop_se_val"] <= 0.05]
+    f = r["final"]
+    assert f["drop_val"] + margin * f["drop_se_val"] <= 0.05
+    assert f["param_pruning_ratio"] == max(h["param_pruning_ratio"] for h in ok)
+
+
+def test_a_margin_rejects_a_round_that_only_its_noise_keeps_in_budget(one_thread):
+    """A round whose drop is within the budget but whose drop plus one SE is not, is selected with
+    no margin and refused with one (the rule the calibration chapter chose)."""
+    runs = {m: experiments.run("basis_pruning", profile="smoke", workdir=False, basis_rounds=2, stop_drop=1.0,
+                               max_drop=1.0, select_margin=m, **TINY) for m in (0.0, 1000.0)}
+    assert runs[0.0]["history"] == runs[1000.0]["history"]  # the margin changes the choice, not the run
+    assert runs[1000.0]["final"]["round"] == 0  # only round 0 (drop 0, SE 0) survives a huge margin
+    assert runs[0.0]["final"]["round"] > 0
 
 
 def test_double_pruning_has_one_budget_and_one_reference(one_thread):

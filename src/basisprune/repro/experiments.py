@@ -365,7 +365,9 @@ def _prune_stage(
 
     # Selection on validation: the most pruned round whose drop against the fair reference is
     # within the budget.
-    ok = [h for h in state["history"] if h["drop_val"] <= p["max_drop"]]
+    # The validation drop is noisy (its paired SE is about half the usual one-point budget): a round
+    # counts as within the budget when it stays there with select_margin standard errors to spare.
+    ok = [h for h in state["history"] if h["drop_val"] + p["select_margin"] * h["drop_se_val"] <= p["max_drop"]]
     best = max(ok or state["history"][:1], key=lambda h: (h["param_pruning_ratio"], h["round"]))
     sd = model.state_dict()
     sd.update(state["snapshots"][best["round"]])

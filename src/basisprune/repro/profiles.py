@@ -42,6 +42,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "warmup_epochs": (4, "epochs training scales and classifier before the first pruning round"),
     "epochs_per_round": (1, "training epochs after each pruning round"),
     "max_drop": (0.01, "accuracy budget: the selected round is the most pruned one within this drop (validation)"),
+    "select_margin": (1.0, "standard errors of the validation drop a selected round keeps below max_drop "
+                           "(0: the drop itself; ours)"),
     "stop_drop": (0.05, "stop pruning once validation accuracy falls this far below the reference"),
     "basis_rounds": (12, "basis pruning rounds"),
     "basis_fraction": (0.1, "share of live bases pruned per round"),
@@ -199,6 +201,7 @@ SPECS: dict[str, Spec] = {
     "warmup_epochs": _EPOCHS,
     "epochs_per_round": Spec("int", low=1),
     "max_drop": _DROP,
+    "select_margin": Spec("float", low=0.0),
     "stop_drop": _DROP,
     "basis_rounds": _EPOCHS,
     "basis_fraction": _FRACTION,

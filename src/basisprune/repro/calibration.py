@@ -1,0 +1,120 @@
+"""Reading the schedule calibration (``benchmarks/calibrate_schedule.py``) for the calibration chapter.
+
+Each calibration run is an ordinary results file (with its provenance) of a pruning experiment on
+the default setting with one schedule or extension changed. These helpers turn a folder of them
+into the chapter's tables: one row per run, the curve of every stage, the selection rules replayed
+on the recorded rounds, and each extension against the faithful method seed by seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .results import read_results
+
+__all__ = ["load_runs", "label", "run_summary", "stage_curves", "replay_selection", "extension_gains"]
+
+#: The schedule parameters a calibration run may change, as they are shown.
+SCHEDULE = ("warmup_epochs", "epochs_per_round", "basis_fraction", "channel_fraction", "lr")
+
+
+def load_runs(directory: str | Path) -> list[dict[str, Any]]:
+    """Every results file in ``directory`` (sorted by name), each with its file stem as ``name``."""
+    return [{**read_results(f), "name": f.stem} for f in sorted(Path(directory).glob("*.json"))]
+
+
+def label(p: dict[str, Any]) -> tuple[str, str]:
+    """(schedule, extension) of a run's parameters, e.g. ``("warm-up 10, 10%/round, 2 ep/round",
+    "fold-aware ranking")``; the extension is ``"faithful"`` when none is on."""
+    schedule = (f"warm-up {p['warmup_epochs']}, {100 * p['basis_fraction']:g}%/round, "
+                f"{p['epochs_per_round']} ep/round" + (f", lr {p['lr']:g}" if p["lr"] != 1e-3 else ""))
+    ext = []
+    if p.get("basis_normalize", "none") == "saved":
+        ext.append("fold-aware ranking")
+    elif p.get("basis_normalize", "none") != "none":
+        ext.append(f"normalize {p['basis_normalize']}")
+    if p.get("distill", 0.0) > 0:
+        ext.append(f"distillation {p['distill']:g}")
+    return schedule, " + ".join(ext) or "faithful"
+
+
+def run_summary(runs: list[dict[str, Any]]):
+    """One row per run: what it was (experiment, schedule, extension, seed) and its selected round."""
+    import pandas as pd
+
+    rows = []
+    for r in runs:
+        p, f = r["params"], r["final"]
+        schedule, ext = label(p)
+        rows.append({"name": r["name"], "experiment": r["experiment"], "schedule": schedule, "extension": ext,
+                     "seed": p["seed"], "final_stage": r.get("final_stage", r["experiment"].split("_")[0]),
+                     "params_pruned": f["param_pruning_ratio"], "flops_pruned": f["flop_pruning_ratio"],
+                     "drop_val": f["drop_val"], "drop_test": f["accuracy_drop"], "reference_test": f["reference_test"],
+                     "minutes": r["timings"]["compute_seconds"] / 60, "commit": (r["provenance"]["git"]["commit"] or "")[:8]})
+    return pd.DataFrame(rows)
+
+
+def _stages(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return r["stages"] if "stages" in r else {r["experiment"].split("_")[0]: r}
+
+
+def stage_curves(runs: list[dict[str, Any]]):
+    """One row per round of every stage: params/FLOPs pruned, validation and test drop with SEs."""
+    import pandas as pd
+
+    rows = []
+    for r in runs:
+        schedule, ext = label(r["params"])
+        for stage, st in _stages(r).items():
+            for h in st["history"]:
+                rows.append({"name": r["name"], "schedule": schedule, "extension": ext, "seed": r["params"]["seed"],
+                             "stage": stage, "round": h["round"], "params_pruned": h["param_pruning_ratio"],
+                             "flops_pruned": h["flop_pruning_ratio"], "drop_val": h["drop_val"],
+                             "drop_se_val": h["drop_se_val"], "drop_test": h["accuracy_drop"]})
+    return pd.DataFrame(rows)
+
+
+def replay_selection(curves, max_drop: float, margins=(0.0, 1.0, 2.0)):
+    """The selection rule replayed on every recorded stage: for each margin ``z``, the most pruned
+    round with ``drop_val + z * SE <= max_drop``, and its test drop. A stage's rounds do not depend
+    on its own selection, so this is exact per stage (a double run's basis stage starts from the
+    channel selection that ran)."""
+    import pandas as pd
+
+    rows = []
+    for (name, stage), g in curves.groupby(["name", "stage"], sort=False):
+        for z in margins:
+            ok = g[g["drop_val"] + z * g["drop_se_val"] <= max_drop]
+            pick = ok.sort_values(["params_pruned", "round"]).iloc[-1] if len(ok) else g.iloc[0]
+            rows.append({"name": name, "stage": stage, "margin": z, "params_pruned": pick["params_pruned"],
+                         "drop_test": pick["drop_test"], "over_budget_on_test": pick["drop_test"] > max_drop})
+    return pd.DataFrame(rows)
+
+
+def extension_gains(summary, baseline: str = "faithful"):
+    """Each extension against ``baseline`` on the same schedule and seeds: mean ± std over seeds of
+    params and FLOPs pruned and of the test drop, and the per-seed gain (extension minus baseline)."""
+    import pandas as pd
+
+    from .report import mean_std
+
+    rows = []
+    for schedule, g in summary.groupby("schedule", sort=False):
+        base = g[g["extension"] == baseline].set_index("seed")
+        if base.empty:
+            continue
+        for ext, e in g.groupby("extension", sort=False):
+            e = e.set_index("seed")
+            seeds = sorted(set(e.index) & set(base.index))
+            if not seeds:
+                continue
+            e, b = e.loc[seeds], base.loc[seeds]
+            rows.append({"schedule": schedule, "extension": ext, "seeds": len(seeds),
+                         "params pruned (%)": mean_std(e["params_pruned"], 100, 1),
+                         "FLOPs pruned (%)": mean_std(e["flops_pruned"], 100, 1),
+                         "test drop (pts)": mean_std(e["drop_test"], 100, 2),
+                         "gain in params pruned (pts)": mean_std(e["params_pruned"] - b["params_pruned"], 100, 1),
+                         "gain in FLOPs pruned (pts)": mean_std(e["flops_pruned"] - b["flops_pruned"], 100, 1),
+                         "change in test drop (pts)": mean_std(e["drop_test"] - b["drop_test"], 100, 2)})
+    return pd.DataFrame(rows)
