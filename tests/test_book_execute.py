@@ -54,3 +54,16 @@ def test_a_stage_lock_keeps_a_second_process_out(tmp_path):
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     with stage_lock(None):
         pass
+
+
+def test_parallel_order_starts_with_the_main_table_then_the_longest():
+    """PARALLEL_FIRST first (in its order), then the rest longest first; nothing lost or repeated."""
+    from pathlib import Path
+
+    from basisprune_book.build import _parallel_order
+
+    nbs = [Path(f"{n}.ipynb") for n in ("01_a", "02_b", "03_c", "04_d", "05_e", "06_f", "07_g")]
+    order = [p.stem for p in _parallel_order(nbs, {"03_c": 10.0, "04_d": 30.0, "07_g": 20.0})]
+    assert order[:3] == ["05_e", "02_b", "06_f"]
+    assert order[3:6] == ["04_d", "07_g", "03_c"]
+    assert sorted(order) == sorted(p.stem for p in nbs)

@@ -311,10 +311,10 @@ def execute(
     kernel_threads = os.environ.get("OMP_NUM_THREADS")
     t_all = time.perf_counter()
     try:
-        # Longest first (by the last recorded wall times), so that with several jobs the long
-        # notebooks do not end up last on one worker; experiments that two notebooks share are
-        # computed once (the second waits on the stage's lock, then reads its checkpoint).
-        order = sorted(selected, key=lambda nb: -_last_seconds(profile, root).get(nb.stem, 0.0)) if jobs > 1 else selected
+        # Side by side: PARALLEL_FIRST first, then the longest (by the last recorded wall times).
+        # Experiments that two notebooks share are computed once: the second waits on the stage's
+        # lock, then reads its checkpoint.
+        order = _parallel_order(selected, _last_seconds(profile, root)) if jobs > 1 else selected
         tasks = [(str(nb), str(out / nb.name), per_notebook[nb], str(nb.parent), timeout) for nb in order]
         with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=_spawn()) as pool:
             pending = {}
@@ -387,6 +387,18 @@ def _spawn():
 
     # A fresh interpreter per worker: no state (threads, open files) inherited from this process.
     return multiprocessing.get_context("spawn")
+
+
+#: With several jobs, these start first: the main table (it computes most of the pruning runs the
+#: other chapters read), then the chapters that share no experiment with it, so that no worker
+#: starts by waiting for a stage another worker is computing.
+PARALLEL_FIRST = ("05", "02", "06")
+
+
+def _parallel_order(selected: Sequence[Path], seconds: dict[str, float]) -> list[Path]:
+    first = [nb for p in PARALLEL_FIRST for nb in selected if nb.stem.startswith(p)]
+    rest = sorted((nb for nb in selected if nb not in first), key=lambda nb: -seconds.get(nb.stem, 0.0))
+    return first + rest
 
 
 def _last_seconds(profile: str, root: Path) -> dict[str, float]:
