@@ -44,17 +44,19 @@ FIRST_COMMON = dict(experiment="basis_pruning", dataset="mnist5k", basis_rounds=
 # out is never selected, and stopping there keeps the grid affordable on a CPU).
 _FAIR = dict(dataset="mnist5k", stop_drop=0.04, channel_rounds=12)
 _W10 = dict(warmup_epochs=10, epochs_per_round=2, basis_fraction=0.1, basis_rounds=20)
+_LR3 = dict(_W10, lr=3e-3)
 FAIR = {
     "d-b10e2r20-c15r12": dict(experiment="double_pruning", epochs_per_round=2, basis_fraction=0.1, basis_rounds=20),
     "d-w10-b10e2": dict(_W10, experiment="double_pruning"),
-    "d-w10-b10e2-lr3": dict(_W10, experiment="double_pruning", lr=3e-3),
-    "b-w10-b10e2": dict(_W10, experiment="basis_pruning"),
+    "d-w10-b10e2-saved-s0": dict(_W10, experiment="double_pruning", basis_normalize="saved"),
+    "d-w10-b10e2-lr3": dict(_LR3, experiment="double_pruning"),
+    "b-w10-b10e2-lr3": dict(_LR3, experiment="basis_pruning"),
 }
-for _s in (0, 1, 2):
+for _s in (0, 1, 2):  # the extensions on the chosen schedule, three seeds
     if _s:
-        FAIR[f"d-w10-b10e2-s{_s}"] = dict(_W10, experiment="double_pruning", seed=_s)
-    FAIR[f"d-w10-b10e2-saved-s{_s}"] = dict(_W10, experiment="double_pruning", seed=_s, basis_normalize="saved")
-    FAIR[f"d-w10-b10e2-distill-s{_s}"] = dict(_W10, experiment="double_pruning", seed=_s, distill=0.5)
+        FAIR[f"d-w10-b10e2-lr3-s{_s}"] = dict(_LR3, experiment="double_pruning", seed=_s)
+    FAIR[f"d-w10-b10e2-lr3-saved-s{_s}"] = dict(_LR3, experiment="double_pruning", seed=_s, basis_normalize="saved")
+    FAIR[f"d-w10-b10e2-lr3-distill-s{_s}"] = dict(_LR3, experiment="double_pruning", seed=_s, distill=0.5)
 GRIDS = {"first": (FIRST, FIRST_COMMON, Path("data/calibration")),
          "fair": (FAIR, _FAIR, Path("data/calibration/fair"))}
 

@@ -38,8 +38,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "precision": ("auto", "autocast: auto (bf16 on CUDA where supported, fp16 with one grad scaler on older GPUs, "
                           "fp32 on CPU), fp32, bf16 or fp16; Taylor scores are always summed in fp32"),
     "bn_mode": ("eval", "batch norm while training: eval keeps ImageNet statistics, train uses batch statistics"),
-    "lr": (1e-3, "Adam learning rate for scales and classifier"),
-    "warmup_epochs": (4, "epochs training scales and classifier before the first pruning round"),
+    "lr": (3e-3, "Adam learning rate for scales and classifier"),
+    "warmup_epochs": (10, "epochs training scales and classifier before the first pruning round"),
     "epochs_per_round": (2, "training epochs after each pruning round"),
     "max_drop": (0.01, "accuracy budget: the selected round is the most pruned one within this drop (validation)"),
     "select_margin": (1.0, "standard errors of the validation drop a selected round keeps below max_drop "
