@@ -21,7 +21,7 @@ def _run(name, rows, **params):
 
 def test_labels_name_the_schedule_and_the_extension():
     """The faithful run is 'faithful'; the fold-aware ranking and distillation are named."""
-    assert calibration.label(P) == ("warm-up 10, 10%/round, 2 ep/round", "faithful")
+    assert calibration.label(P) == ("warm-up 10, 10%/round, 2 ep/round, lr 0.001", "faithful")
     assert calibration.label({**P, "basis_normalize": "saved", "distill": 0.5})[1] == "fold-aware ranking + distillation 0.5"
 
 

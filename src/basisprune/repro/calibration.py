@@ -25,10 +25,10 @@ def load_runs(directory: str | Path) -> list[dict[str, Any]]:
 
 
 def label(p: dict[str, Any]) -> tuple[str, str]:
-    """(schedule, extension) of a run's parameters, e.g. ``("warm-up 10, 10%/round, 2 ep/round",
-    "fold-aware ranking")``; the extension is ``"faithful"`` when none is on."""
+    """(schedule, extension) of a run's parameters, e.g. ``("warm-up 10, 10%/round, 2 ep/round,
+    lr 0.003", "fold-aware ranking")``; the extension is ``"faithful"`` when none is on."""
     schedule = (f"warm-up {p['warmup_epochs']}, {100 * p['basis_fraction']:g}%/round, "
-                f"{p['epochs_per_round']} ep/round" + (f", lr {p['lr']:g}" if p["lr"] != 1e-3 else ""))
+                f"{p['epochs_per_round']} ep/round, lr {p['lr']:g}")
     ext = []
     if p.get("basis_normalize", "none") == "saved":
         ext.append("fold-aware ranking")
