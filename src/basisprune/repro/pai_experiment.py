@@ -77,6 +77,7 @@ __all__ = [
     "SCRATCH_METHODS",
     "TRANSFER_TARGETS",
     "profile_settings",
+    "transfer_comparison",
     "from_scratch",
     "scratch_grid",
     "accuracy_table",
@@ -469,6 +470,23 @@ def transfer_targets(profile: str = "default", seed: int = 0, *, targets: Sequen
                       "reference": prunable + rest, "experiment": None, "final_params": kept + rest,
                       "reference_params": prunable + rest, "accuracy_test": None}
     return out
+
+
+def transfer_comparison(profile: str = "default", **overrides: Any) -> tuple[dict[int, dict], list[dict[str, Any]]]:
+    """Chapter 6's transfer comparison: for every seed of the profile's ``transfer`` settings (with
+    ``overrides``), the basis/double pruning targets (:func:`transfer_targets`) and every method
+    pruned to their sparsities (:func:`transfer_many`). Returns ``(targets by seed, rows)``; both
+    empty when the settings' ``run`` is false."""
+    s = profile_settings(profile, "transfer", **overrides)
+    rows: list[dict[str, Any]] = []
+    targets_used: dict[int, dict] = {}
+    if s["run"]:
+        for seed in s["seeds"]:
+            targets = transfer_targets(profile, seed=seed, **overrides)
+            targets_used[seed] = targets
+            for m in tqdm(s["methods"], desc=f"transfer seed {seed}"):
+                rows += transfer_many(m, {k: v["sparsity"] for k, v in targets.items()}, seed, profile, **overrides)
+    return targets_used, rows
 
 
 def transfer_many(method: str, sparsities: Mapping[str, float], seed: int, profile: str = "default",
