@@ -58,6 +58,7 @@ __all__ = [
     "training_epochs",
 ]
 
+
 def timing_settings(profile: str) -> dict[str, Any]:
     """How long to time things for a profile (a copy of its ``timing`` section in
     :data:`basisprune.repro.profiles.PROFILES`)."""
