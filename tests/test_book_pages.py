@@ -206,14 +206,6 @@ def test_toc_drops_only_missing_notebooks():
     assert "notebooks/01_a" in text and "06_b" not in text and "book/method" in text
 
 
-def test_mean_std_formats_like_the_tables():
-    from basisprune.repro.report import mean_std
-
-    assert mean_std([0.5]) == "0.5"
-    assert mean_std([0.5, 0.7], 100, 1) == "60.0 ± 14.1"
-    assert mean_std([-0.0, 0.0], 100, 2) == "0.00 ± 0.00"  # never "-0.00"
-
-
 def test_build_refuses_notebooks_with_error_outputs(tmp_path):
     """An executed notebook with an error output never becomes a page."""
     nbformat = pytest.importorskip("nbformat")

@@ -8,8 +8,14 @@ The core API::
     bp.measure(c, x, reference=model)    # params, FLOPs, pruning ratios
     f = bp.inference_form(c, x)          # batch norms and scales folded, linear chains merged
     bp.export(f, "model.onnx", x)        # ONNX, written once ONNX Runtime reproduces PyTorch
+    masks = bp.pai.prune(net, "prospr", 0.9, batches)   # pruning at initialization (ProsPr, SNIP, ...)
+    bp.bench.latency_fold_rule(d, x)     # latency helpers: fold a basis pair only where it is faster
+
+This package is the library and never imports the reproduction harness beside it
+(:mod:`basisprune.repro`: data, models, training, experiments, results, the ``basisprune`` command).
 """
 
+from . import bench, pai
 from .channel import ChannelScale, add_channel_scales, channel_scales, l1_penalty, remove_channel_scales
 from .compact import compact, load_model, save_model
 from .decompose import BasisConv2d, BasisLayer, BasisLinear, basis_layers, decompose
@@ -33,6 +39,7 @@ __all__ = [
     "basis_ceiling",
     "basis_layers",
     "basis_savings",
+    "bench",
     "channel_scales",
     "compact",
     "count_flops",
@@ -45,6 +52,7 @@ __all__ = [
     "load_model",
     "measure",
     "output_positions",
+    "pai",
     "remove_channel_scales",
     "save_model",
     "select",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import importlib.metadata
 import os
 import platform
 import statistics
@@ -87,16 +88,23 @@ def _physical_cores() -> int | None:
     return len(cores) or None
 
 
-def _version(module: str) -> str | None:
+def package_version(name: str) -> str | None:
+    """The installed version of a distribution (``torch-pruning``) or module (``onnxruntime``), or
+    ``None`` when it is not installed."""
     try:
-        return __import__(module).__version__
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        return __import__(name.replace("-", "_")).__version__
     except Exception:  # noqa: BLE001 - optional packages
         return None
 
 
 def hardware() -> dict[str, Any]:
-    """Where timings come from: CPU model, logical/physical cores, cores this process may use,
-    torch intra-op threads, platform, torch / onnxruntime versions and the CUDA device (if any)."""
+    """Where timings and results come from: CPU model, logical/physical cores, cores this process may
+    use, torch intra-op threads, platform, machine, Python / torch / onnxruntime versions, the CUDA
+    device (if any) and the host name. The one hardware description of results and timings."""
     try:
         usable: int | None = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -109,11 +117,17 @@ def hardware() -> dict[str, Any]:
         "usable_cores": usable,
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "onnxruntime": _version("onnxruntime"),
+        "onnxruntime": package_version("onnxruntime"),
         "cuda_available": cuda,
         "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
+        "cuda_device_count": torch.cuda.device_count() if cuda else 0,
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version() if cuda else None,
+        "hostname": platform.node() or None,
     }
 
 

@@ -74,6 +74,7 @@ __all__ = [
     "prunable_weights",
     "scores",
     "masks_from_scores",
+    "check_sparsity",
     "LayerCollapseError",
     "prune",
     "apply_masks",
@@ -179,10 +180,12 @@ def _check_common(model: nn.Module, method: str, structured: bool, opts: PaiOpti
     return names
 
 
-def _check_sparsity(sparsity: float) -> None:
+def check_sparsity(sparsity: Any, what: str = "sparsity") -> float:
+    """``sparsity`` as a float if it is a number in [0, 1), else ``ValueError`` naming ``what``."""
     ok = isinstance(sparsity, (int, float)) and not isinstance(sparsity, bool) and 0.0 <= sparsity < 1.0
     if not ok:
-        raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+        raise ValueError(f"{what} must be a number in [0, 1), got {sparsity!r}")
+    return float(sparsity)
 
 
 def _n_batches_needed(method: str, opts: PaiOptions) -> int:
@@ -449,7 +452,7 @@ def masks_from_scores(
     if a layer would lose every entry, naming the layer(s), unless ``allow_empty`` (then
     such a layer's mask is all zeros: the collapse a pruning method causes, kept to study it).
     """
-    _check_sparsity(sparsity)
+    check_sparsity(sparsity)
     if not scores:
         raise ValueError("scores is empty")
     names = list(scores)
@@ -517,7 +520,7 @@ def prune(
     """
     opts = PaiOptions.from_kwargs(options)
     names = _check_common(model, method, structured, opts)
-    _check_sparsity(sparsity)
+    check_sparsity(sparsity)
     data = _take_batches(batches, _n_batches_needed(method, opts), method)
 
     if method == "synflow":

@@ -32,7 +32,6 @@ import concurrent.futures
 import datetime as _dt
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -43,8 +42,10 @@ from typing import Any, Sequence
 
 from basisprune import errors
 from basisprune.errors import BasisPruneError, ParameterError
+from basisprune.bench import hardware
 from basisprune.repro import profiles
 from basisprune.repro.report import RESULTS_ENV, executed_dir, repo_root
+from basisprune.repro.results import write_json, write_text
 
 __all__ = [
     "PROFILES",
@@ -101,49 +102,12 @@ def html_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
 
 
 # ------------------------------------------------------------------------------------ timings
-def _hardware() -> dict[str, Any]:
-    try:
-        cores: int | None = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count()
-    cpu = platform.processor() or None
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    gpu = None
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = torch.cuda.get_device_name(0)
-    except Exception:  # noqa: BLE001 - timings must not fail on a broken torch
-        pass
-    return {"cpu": cpu, "cores": cores, "gpu": gpu, "platform": platform.platform(), "python": platform.python_version()}
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError):
         return {}
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    from basisprune.repro.results import write_json  # here: results imports torch
-
-    write_json(path, obj)
-
-
-def _write_text(path: Path, text: str) -> None:
-    from basisprune.repro.results import write_text
-
-    write_text(path, text)
 
 
 def _now() -> str:
@@ -347,11 +311,11 @@ def execute(
         resumed=bool(resume),
         execute_seconds=round(sum(v["seconds"] for v in record["notebooks"].values()), 2),
         executed_utc=_now(),
-        hardware=_hardware(),
+        hardware=hardware(),
     )
     for stale in ("build_seconds", "total_seconds", "built_utc"):
         record.pop(stale, None)
-    _write_json(timings_path, record)
+    write_json(timings_path, record)
     print(f"[{profile}] executed {len(selected)} notebook(s) in {total:.1f} s -> {out} ({TIMINGS_FILE})")
     if failures:
         raise BookError(f"notebook(s) failed with profile {profile!r}: {', '.join(failures)} (see {out})")
@@ -444,8 +408,8 @@ def timings_markdown(record: dict[str, Any]) -> str:
     lines = [
         f"Measured for the **{record.get('profile', '?')}** profile of this build "
         f"(executed {record.get('executed_utc', '?')}, built {record.get('built_utc', 'n/a')}) on "
-        f"{hw.get('cpu') or 'an unknown CPU'}, {hw.get('cores', '?')} cores"
-        f"{', GPU ' + hw['gpu'] if hw.get('gpu') else ', no GPU'}; Python {hw.get('python', '?')}. "
+        f"{hw.get('cpu_model') or 'an unknown CPU'}, {hw.get('usable_cores') or hw.get('cpu_count', '?')} cores"
+        f"{', GPU ' + hw['cuda_device'] if hw.get('cuda_device') else ', no GPU'}; Python {hw.get('python', '?')}. "
         f"Kernel threads: {record.get('threads') or 'default (OMP_NUM_THREADS unset)'}"
         f"{'; resumed from earlier checkpoints, so the times are not those of a full run' if record.get('resumed') else ''}. "
         "Generated from `timings.json` by `python -m basisprune_book build`.",
@@ -613,18 +577,18 @@ def build(
             shutil.copy2(nb, src / "notebooks" / nb.name)
             present.add(nb.stem)
     toc, dropped = _toc_without_missing((root / "_toc.yml").read_text(encoding="utf-8"), present)
-    _write_text(src / "_toc.yml", toc)
+    write_text(src / "_toc.yml", toc)
     if dropped:
         print(f"[{profile}] not in this build (no executed notebook): {', '.join(dropped)}")
     page = src / "book" / TIMINGS_PAGE
-    _write_text(page, timings_markdown(record))
-    _write_text(src / "book" / PROFILES_PAGE, profiles_markdown())
+    write_text(page, timings_markdown(record))
+    write_text(src / "book" / PROFILES_PAGE, profiles_markdown())
 
     print(f"[{profile}] jupyter-book build {src} -W -n --keep-going ...", flush=True)
     t0 = time.perf_counter()
     rc, log = _run_jupyter_book(src)
     build_seconds = time.perf_counter() - t0
-    _write_text(src / "build.log", log)
+    write_text(src / "build.log", log)
     if rc != 0:
         _set_aside(html_dir(profile, root))
         raise BookError(f"jupyter-book build failed (exit {rc}); full log in {src / 'build.log'}\n{_warnings(log)}")
@@ -635,12 +599,12 @@ def build(
         total_seconds=round(record.get("execute_seconds", 0.0) + build_seconds, 2),
         built_utc=_now(),
     )
-    _write_json(timings_path, record)
+    write_json(timings_path, record)
     # Second pass: put the measured build time into the timings page (only it is re-rendered).
-    _write_text(page, timings_markdown(record))
+    write_text(page, timings_markdown(record))
     t1 = time.perf_counter()
     rc, log2 = _run_jupyter_book(src)
-    _write_text(src / "build.log", log + "\n--- timings pass ---\n" + log2)
+    write_text(src / "build.log", log + "\n--- timings pass ---\n" + log2)
     if rc != 0:
         _set_aside(html_dir(profile, root))
         raise BookError(f"jupyter-book build (timings pass) failed (exit {rc}); log in {src / 'build.log'}\n{_warnings(log2)}")

@@ -37,7 +37,7 @@ from . import experiments, profiles
 from ..compact import compact, load_model, save_model
 from ..decompose import BasisConv2d, basis_layers, set_submodule
 from ..measure import count_flops, count_params
-from .results import write_text
+from .results import write_json
 
 __all__ = [
     "FORM",
@@ -57,6 +57,7 @@ __all__ = [
     "timing_settings",
     "training_epochs",
 ]
+
 
 def timing_settings(profile: str) -> dict[str, Any]:
     """How long to time things for a profile (a copy of its ``timing`` section in
@@ -486,7 +487,7 @@ def peer_comparison(
         if cache and (stored is None or len(hist) >= len(stored["history"])):
             wd.mkdir(parents=True, exist_ok=True)
             save_model(peer_model, model_path)
-            write_text(meta_path, json.dumps(run, indent=2, default=float) + "\n")
+            write_json(meta_path, run)
     hist = _prefix(run["history"], n_epochs, stop_at_target, target_acc)
     reached = next((h for h in hist if h["accuracy_test"] >= target_acc), None)
     result = {

@@ -77,6 +77,7 @@ __all__ = [
     "SCRATCH_METHODS",
     "TRANSFER_TARGETS",
     "profile_settings",
+    "transfer_comparison",
     "from_scratch",
     "scratch_grid",
     "accuracy_table",
@@ -134,13 +135,6 @@ def _positive(s: Mapping[str, Any], key: str, none_ok: bool = False) -> None:
         raise ValueError(f"{key} must be a positive number{' or None' if none_ok else ''}, got {v!r}")
 
 
-def _check_sparsity(sparsity: Any, what: str = "sparsity") -> float:
-    ok = isinstance(sparsity, (int, float)) and not isinstance(sparsity, bool) and 0.0 <= sparsity < 1.0
-    if not ok:
-        raise ValueError(f"{what} must be a number in [0, 1), got {sparsity!r}")
-    return float(sparsity)
-
-
 def _check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -174,7 +168,7 @@ def _check_scratch(s: dict[str, Any]) -> None:
     pick_device(s["device"])
     _check_methods(s["methods"], SCRATCH_METHODS)
     for sp in s["sparsities"]:
-        _check_sparsity(sp, "each sparsity")
+        pai.check_sparsity(sp, "each sparsity")
     for seed in s["seeds"]:
         _check_seed(seed)
 
@@ -186,7 +180,7 @@ def _check_transfer(s: dict[str, Any]) -> None:
     if not isinstance(s["fixed"], Mapping):
         raise ValueError(f"fixed must be a mapping label -> sparsity, got {s['fixed']!r}")
     for sp in s["fixed"].values():
-        _check_sparsity(sp, "each fixed sparsity")
+        pai.check_sparsity(sp, "each fixed sparsity")
     for seed in s["seeds"]:
         _check_seed(seed)
     if s["model"] is not None and s["model"] not in models.available():
@@ -210,7 +204,7 @@ def _check_cost(s: dict[str, Any]) -> None:
     for k, lo in (("width", 1), ("batch", 1), ("steps", 0), ("image_size", 8), ("repeats", 1), ("warmup", 0),
                   ("synflow_iterations", 1)):
         _int(s, k, lo)
-    _check_sparsity(s["sparsity"])
+    pai.check_sparsity(s["sparsity"])
     pick_device(s["device"])
     _check_methods(s["methods"], pai.METHODS)
 
@@ -327,7 +321,7 @@ def from_scratch(method: str, sparsity: float, seed: int, profile: str = "defaul
     """
     if method not in SCRATCH_METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(SCRATCH_METHODS)}")
-    sparsity = _check_sparsity(sparsity)
+    sparsity = pai.check_sparsity(sparsity)
     if method == DENSE and sparsity != 0.0:
         raise ValueError(f"method 'dense' is the unpruned baseline: sparsity must be 0, got {sparsity}")
     seed = _check_seed(seed)
@@ -478,6 +472,23 @@ def transfer_targets(profile: str = "default", seed: int = 0, *, targets: Sequen
     return out
 
 
+def transfer_comparison(profile: str = "default", **overrides: Any) -> tuple[dict[int, dict], list[dict[str, Any]]]:
+    """Chapter 6's transfer comparison: for every seed of the profile's ``transfer`` settings (with
+    ``overrides``), the basis/double pruning targets (:func:`transfer_targets`) and every method
+    pruned to their sparsities (:func:`transfer_many`). Returns ``(targets by seed, rows)``; both
+    empty when the settings' ``run`` is false."""
+    s = profile_settings(profile, "transfer", **overrides)
+    rows: list[dict[str, Any]] = []
+    targets_used: dict[int, dict] = {}
+    if s["run"]:
+        for seed in s["seeds"]:
+            targets = transfer_targets(profile, seed=seed, **overrides)
+            targets_used[seed] = targets
+            for m in tqdm(s["methods"], desc=f"transfer seed {seed}"):
+                rows += transfer_many(m, {k: v["sparsity"] for k, v in targets.items()}, seed, profile, **overrides)
+    return targets_used, rows
+
+
 def transfer_many(method: str, sparsities: Mapping[str, float], seed: int, profile: str = "default",
                   **overrides: Any) -> list[dict[str, Any]]:
     """:func:`transfer` at several labelled sparsities, scoring the pretrained model once.
@@ -492,7 +503,7 @@ def transfer_many(method: str, sparsities: Mapping[str, float], seed: int, profi
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(pai.METHODS)}")
     if not isinstance(sparsities, Mapping) or not sparsities:
         raise ValueError("sparsities must be a non-empty mapping label -> sparsity")
-    sp = {str(k): _check_sparsity(v) for k, v in sparsities.items()}
+    sp = {str(k): pai.check_sparsity(v) for k, v in sparsities.items()}
     seed = _check_seed(seed)
     s = profile_settings(profile, "transfer", **overrides)
     p = _transfer_params(s, seed)
@@ -578,7 +589,7 @@ def transfer(method: str, sparsity: float, seed: int, profile: str = "default", 
     that section.  Returns ``method, target, sparsity, seed, accuracy_val, accuracy_test,
     density_kept, params_nonzero, params_reference, prune_seconds, train_seconds, ...``.
     """
-    return transfer_many(method, {f"{100 * _check_sparsity(sparsity):g}%": sparsity}, seed, profile, **overrides)[0]
+    return transfer_many(method, {f"{100 * pai.check_sparsity(sparsity):g}%": sparsity}, seed, profile, **overrides)[0]
 
 
 # -------------------------------------------------------------------------------------- cost

@@ -469,3 +469,156 @@ def without_models(comparison: dict[str, Any]) -> dict[str, Any]:
     """A peer comparison (:func:`basisprune.repro.efficiency.peer_comparison`) without its models,
     example input and full record: what its results file keeps."""
     return {k: v for k, v in comparison.items() if k not in ("peer_model", "reference_model", "example_input", "record")}
+
+
+# ------------------------------------------------------------------------------ efficiency (chapter 7)
+def plot_speedup_against_flops(rows, onnx: bool, title: str):
+    """Measured speedup against FLOP reduction of every model of a speed table, with the ideal line
+    and target (a)'s half of it; PyTorch and, with ``onnx``, ONNX Runtime."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    plot = pd.DataFrame(rows)
+    frames = [plot.assign(backend="PyTorch", measured=plot["speedup"])]
+    if onnx and plot["onnx_speedup"].notna().any():
+        frames.append(plot.assign(backend="ONNX Runtime", measured=plot["onnx_speedup"]))
+    plot = pd.concat(frames, ignore_index=True).dropna(subset=["measured"])
+    plot["batch"] = plot["batch_size"].astype(str)
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    sns.scatterplot(data=plot, x="flop_reduction", y="measured", hue="model", style="batch", size="backend",
+                    sizes={"PyTorch": 90, "ONNX Runtime": 40}, ax=ax)
+    hi = max(plot["flop_reduction"].max(), plot["measured"].max(), 1.0) * 1.3
+    lo = min(plot["measured"].min(), 0.5) / 1.3
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="ideal: speedup = FLOP reduction")
+    ax.plot([lo, hi], [lo / 2, hi / 2], color="black", lw=1, ls="--", label="target (a): half of it")
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(0.8, hi)
+    ax.set_ylim(lo, hi)
+    ax.set(xlabel="FLOP reduction  $F_{ref}/F = 1/(1-\\mathrm{FLOP\\ ratio})$", ylabel="measured speedup", title=title)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def print_model_check(rows, peers: dict[str, Any], form: str) -> None:
+    """Rounded sizes of the models whose layers do not depend on timings, and each peer comparison's
+    accuracies and epochs (what nbval compares)."""
+    seen = set()
+    for r in rows:  # the latency-fold models and inference forms are left out: their layers depend on timings
+        if r["model"] not in seen and "latency fold" not in r["model"] and form not in r["model"]:
+            seen.add(r["model"])
+            print(f"{r['model']:30s} params {r['params']:>9,d}  FLOPs {r['flops']:>11,d}  "
+                  f"FLOPs pruned {round(r['flop_pruning_ratio'], 2)}")
+    for n, c in peers.items():
+        print(f"{n}: ours accuracy {round(c['ours']['accuracy_test'], 2)}; Torch-Pruning FLOPs pruned "
+              f"{round(c['peer']['flop_pruning_ratio'], 2)}, epochs {c['peer']['epochs_run']} of {c['peer']['epochs']}, "
+              f"accuracy {round(c['peer']['accuracy_test'], 2)}")
+
+
+def peer_table(comparison: dict[str, Any], rows, onnx: bool, form: str):
+    """Our double-pruned model (compact, latency fold, inference form) beside Torch-Pruning's at the
+    same FLOPs (and its inference form): accuracy, size, training and latency per batch size."""
+    import pandas as pd
+
+    c = comparison
+    peer_rows = []
+    for label, who, acc in (("double pruning", "ours", c["ours"]["accuracy_test"]),
+                            ("double pruning, latency fold", "ours", c["ours"]["accuracy_test"]),
+                            ("double pruning" + form, "ours", c["ours"]["accuracy_test"]),
+                            ("Torch-Pruning, double's FLOPs", "peer", c["peer"]["accuracy_test"]),
+                            ("Torch-Pruning, double's FLOPs" + form, "peer", c["peer"]["accuracy_test"])):
+        src = c[who]
+        row = {"model": label, "accuracy": acc, "params": src["params"], "FLOPs": src["flops"],
+               "FLOPs pruned": src["flop_pruning_ratio"],
+               "training": (f"{c['ours']['epochs']['total']} epochs, scales + classifier" if who == "ours"
+                            else f"{c['peer']['epochs_run']} epochs, all weights")}
+        for r in rows:
+            if r["model"] == label:
+                row[f"b{r['batch_size']} ms"] = r["median_ms"]
+                if onnx and r.get("onnx_median_ms") is not None:
+                    row[f"b{r['batch_size']} ORT ms"] = r["onnx_median_ms"]
+        peer_rows.append(row)
+    return pd.DataFrame(peer_rows).set_index("model")
+
+
+def print_targets(verdict, folded_verdict, form_targets, slower, where: str) -> None:
+    """Chapter 7's verdicts in words: targets (a)-(c), the latency-fold variant's, the inference
+    form's, and the models slower than the unpruned one; ``where`` says what was measured on."""
+    print(f"Measured on {where}:")
+    for k in "abc":
+        print(" ", verdict[k]["text"])
+    print("  latency-fold variant of the double-pruned model:")
+    for k in "ab":
+        print("   ", folded_verdict[k]["text"])
+    print("   ", folded_verdict["c"]["text"].replace("(c)", "(c, double pruning)"))
+    for b, v in form_targets.items():
+        print(f"  inference form of the double-pruned model, {'PyTorch eager' if b == 'torch' else 'ONNX Runtime'} "
+              "(ratio: at least 0.7 of the compact model's FLOP reduction; peer: Torch-Pruning's inference form):")
+        for k in ("ratio", "peer"):
+            print("   ", v[k]["text"])
+    print("Slower than the unpruned model (median) at batch sizes:")
+    for v in slower:
+        print(f"  {v['model']:30s} {v['slower_median_at'] or 'none'} (clearly, quartiles apart: "
+              f"{v['clearly_slower_at'] or 'none'}); lowest speedup {v['min_speedup']:.2f}x")
+
+
+# ------------------------------------------------------------------- pruning at initialization (chapter 6)
+def plot_pai_accuracy(runs, order, title: str):
+    """Test accuracy against sparsity (log scale of the weights kept) of chapter 6's scratch runs, one
+    line per method of ``order`` (mean and std over seeds), the dense baseline dashed."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    pruned = runs[runs["method"] != "dense"].assign(accuracy=lambda d: 100 * d["accuracy_test"],
+                                                    kept_pct=lambda d: (100 * (1 - d["sparsity"])).round(6))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    sns.lineplot(data=pruned, x="kept_pct", y="accuracy", hue="method", hue_order=order, style="method",
+                 style_order=order, markers=True, dashes=False, errorbar="sd", err_style="bars", ax=ax)
+    dense = runs.loc[runs["method"] == "dense", "accuracy_test"]
+    if len(dense):
+        ax.axhline(100 * dense.mean(), color="black", ls="--", lw=1, label="dense")
+    ax.set_xscale("log")
+    ticks = sorted(pruned["kept_pct"].unique())
+    ax.set_xticks(ticks, [f"{round(100 - k, 4):g}%" for k in ticks])
+    ax.minorticks_off()
+    ax.invert_xaxis()  # sparser to the right
+    ax.set(xlabel="sparsity (% of prunable weights removed; log scale of the weights kept)",
+           ylabel="test accuracy (%)", title=title)
+    ax.legend(fontsize=8, ncol=2)
+    return fig
+
+
+def transfer_table(targets_used, transfer_rows):
+    """Chapter 6's transfer table: per target and method (the pruning runs that set the targets
+    first), parameters kept, sparsity and test accuracy over seeds; prints what was fine-tuned.
+    An empty frame (and a line saying so) when the comparison did not run."""
+    import pandas as pd
+
+    rows = []
+    for s, targets in targets_used.items():
+        for label, t in targets.items():
+            if t["experiment"] is not None:
+                rows.append({"target": label, "method": label, "seed": s, "params": t["final_params"],
+                             "sparsity": None, "accuracy_test": t["accuracy_test"]})
+    for r in transfer_rows:
+        rows.append({"target": r["target"], "method": r["method"], "seed": r["seed"], "params": r["params_nonzero"],
+                     "sparsity": r["sparsity"], "accuracy_test": r["accuracy_test"]})
+    transfer_df = pd.DataFrame(rows)
+    if not len(transfer_df):
+        print("transfer comparison skipped in this profile")
+        return pd.DataFrame()
+    ref_params = transfer_rows[0]["params_reference"]
+    table = (transfer_df.groupby(["target", "method"], sort=False)
+             .agg(params=("params", lambda v: f"{v.mean() / 1e6:.3f} M"),
+                  params_kept=("params", lambda v: f"{100 * v.mean() / ref_params:.1f}%"),
+                  sparsity=("sparsity", lambda v: "" if v.isna().all() else f"{100 * v.mean():.1f}%"),
+                  accuracy=("accuracy_test", lambda v: mean_std(v, 100, 1)),
+                  seeds=("seed", "nunique"))
+             .reset_index())
+    r0 = transfer_rows[0]
+    print(f"{r0['model']} on {r0['dataset']} at {r0['image_size']} px: {ref_params:,} parameters before pruning; "
+          f"fine-tuning {r0['epochs']} epoch(s), Adam lr {r0['lr']}, BatchNorm {r0['bn_mode']}")
+    return table

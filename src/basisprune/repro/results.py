@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import enum
-import importlib.metadata
 import json
 import os
 import platform
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..bench import hardware, package_version
 from ..io import atomic_write
 
 __all__ = [
@@ -224,35 +224,6 @@ def _git_info() -> dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _hardware() -> dict[str, Any]:
-    try:
-        affinity: int | None = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        affinity = None
-    cuda = torch.cuda.is_available()
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": affinity,
-        "torch_threads": torch.get_num_threads(),
-        "cuda_available": cuda,
-        "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
-        "cuda_device_count": torch.cuda.device_count() if cuda else 0,
-        "cuda_version": torch.version.cuda,
-        "cudnn_version": torch.backends.cudnn.version() if cuda else None,
-        "hostname": platform.node() or None,
-    }
-
-
 def provenance(params: Mapping[str, Any], seed: int | None) -> dict[str, Any]:
     """Everything needed to say where a result came from.
 
@@ -263,12 +234,12 @@ def provenance(params: Mapping[str, Any], seed: int | None) -> dict[str, Any]:
     ``timestamp_utc`` (ISO 8601).
     """
     versions: dict[str, Any] = {"python": platform.python_version()}
-    versions.update({name: _version(name) for name in _PACKAGES})
+    versions.update({name: package_version(name) for name in _PACKAGES})
     return {
         "git": _git_info(),
         "params": to_jsonable(dict(params)),
         "versions": versions,
-        "hardware": _hardware(),
+        "hardware": hardware(),
         "seed": None if seed is None else int(seed),
         "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(),
     }

@@ -1,0 +1,53 @@
+"""basisprune.repro.report: the helpers the notebooks call (results folder, tables, fronts)."""
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from basisprune.repro import report
+
+
+def test_mean_std_formats_like_the_tables():
+    """mean ± sample std of the scaled values, just the mean for one value, never "-0.00"."""
+    assert report.mean_std([0.5]) == "0.5"
+    assert report.mean_std([0.5, 0.7], 100, 1) == "60.0 ± 14.1"
+    assert report.mean_std([-0.0, 0.0], 100, 2) == "0.00 ± 0.00"
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 20), st.integers(0, 100)), min_size=1, max_size=15))
+def test_pareto_front_keeps_exactly_the_rows_no_smaller_model_beats(points):
+    """A row is on the front iff every model at most as large is less accurate (ties: the first)."""
+    df = pd.DataFrame(points, columns=["params", "accuracy"])
+    front = report.pareto_front(df)
+    kept = set(front.index)
+    for i, row in df.iterrows():
+        beaten = any(j != i and (r["params"], -r["accuracy"], j) < (row["params"], -row["accuracy"], i)
+                     and r["accuracy"] >= row["accuracy"] for j, r in df.iterrows())
+        assert (i in kept) == (not beaten)
+    assert list(front["params"]) == sorted(front["params"]) and list(front["accuracy"]) == sorted(front["accuracy"])
+
+
+def test_results_dir_prefers_the_argument_then_the_environment(tmp_path, monkeypatch):
+    """results_dir: the given folder, else $BASISPRUNE_RESULTS, else the project's executed copies."""
+    monkeypatch.setenv(report.RESULTS_ENV, str(tmp_path / "env"))
+    assert report.results_dir("smoke", tmp_path / "arg") == tmp_path / "arg" and (tmp_path / "arg").is_dir()
+    assert report.results_dir("smoke") == tmp_path / "env"
+    monkeypatch.delenv(report.RESULTS_ENV)
+    monkeypatch.setenv(report.ROOT_ENV, str(tmp_path / "project"))
+    assert report.results_dir("smoke") == tmp_path / "project" / "notebooks" / "_executed" / "smoke" / "results"
+    with pytest.raises(ValueError, match="profile must be one of"):
+        report.results_dir("nope")
+
+
+def test_method_table_orders_data_sets_as_given_and_counts_seeds():
+    """One row per data set and method, data sets in the given order, seeds counted per row."""
+    rec = {"final": {"reference_test": 0.9, "accuracy_test": 0.8, "accuracy_drop": 0.1, "drop_se_test": 0.01,
+                     "params": 10, "flops": 20, "param_pruning_ratio": 0.5, "flop_pruning_ratio": 0.4},
+           "reference": {"round0_accuracy_test": 0.85, "params": 20, "flops": 40}}
+    records = {(exp, ds, s): rec for exp in ("basis_pruning", "channel_pruning") for ds in ("b", "a") for s in (0, 1)}
+    table = report.method_table(report.method_runs(records), ["b", "a"])
+    assert list(zip(table["dataset"], table["method"])) == [
+        ("b", "channel pruning"), ("b", "basis pruning"), ("a", "channel pruning"), ("a", "basis pruning")]
+    assert set(table["seeds"]) == {2} and set(table["change (pts)"]) == {"-10.00 ± 0.00"}
