@@ -86,7 +86,7 @@ def test_same_seed_same_result():
      (("snip", "0.5", 0), {}, "sparsity"),
      (("dense", 0.5, 0), {}, "sparsity must be 0"),
      (("snip", 0.5, -1), {}, "seed"),
-     (("snip", 0.5, 0, "huge"), {}, "profile must be one of smoke, default, paper"),
+     (("snip", 0.5, 0, "huge"), {}, "profile must be one of smoke, default, gpu, paper"),
      (("snip", 0.5, 0, "smoke"), {"epoch": 3}, "allowed:"),
      (("snip", 0.5, 0, "smoke"), {"net": "resnet50"}, "allowed: resnet20, vgg_small"),
      (("snip", 0.5, 0, "smoke"), {"optimizer": "lbfgs"}, "allowed: sgd, adamw"),

@@ -11,7 +11,7 @@ def test_unknown_profile_is_refused_by_one_check_everywhere():
     calls = [lambda: profiles.get("nope"), lambda: profiles.section("nope", "pai"),
              lambda: pai_experiment.profile_settings("nope"), lambda: efficiency.timing_settings("nope")]
     for call in calls:
-        with pytest.raises(ParameterError, match="profile must be one of smoke, default, paper, got 'nope'"):
+        with pytest.raises(ParameterError, match="profile must be one of smoke, default, gpu, paper, got 'nope'"):
             call()
 
 
