@@ -282,10 +282,14 @@ def execute(
         tasks = [(str(nb), str(out / nb.name), per_notebook[nb], str(nb.parent), timeout) for nb in order]
         with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=_spawn()) as pool:
             pending = {}
+            if jobs > 1:
+                print(f"[{profile}] {len(order)} notebook(s), {jobs} at a time, in this order: "
+                      f"{', '.join(nb.stem for nb in order)}", flush=True)
             for nb, task in zip(order, tasks):
                 if failures and fail_fast:
                     break
-                print(f"[{profile}] {nb.stem} ...", flush=True)
+                if jobs <= 1:
+                    print(f"[{profile}] {nb.stem} ...", flush=True)
                 pending[pool.submit(_execute_one, *task)] = nb
                 if jobs <= 1:  # one at a time: in file order, and fail_fast stops before the next
                     _collect(concurrent.futures.wait(pending).done, pending, record, failures, profile)
