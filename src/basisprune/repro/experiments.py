@@ -262,7 +262,8 @@ def _prune_stage(
     ``epochs_per_round`` (recovering and gathering the next scores), evaluate, measure. Every round
     is judged against the fair reference trained for as many epochs (``reference``, or one forked
     from this stage's round 0); ``epoch_offset`` is the training the model had before this stage.
-    The selected round is the most pruned one whose validation drop is within ``max_drop``.
+    The selected round is the most pruned one whose validation drop plus ``select_margin`` standard
+    errors is within ``max_drop``.
     """
     p = ctx.p
     get_holders = (lambda m: basis_layers(m)) if kind == "basis" else (lambda m: channel_scales(m))
@@ -363,10 +364,9 @@ def _prune_stage(
         bar.set_postfix(acc=f"{row['accuracy_test']:.3f}", pruned=f"{row['param_pruning_ratio']:.3f}")
         stop = row["drop_val"] > p["stop_drop"]
 
-    # Selection on validation: the most pruned round whose drop against the fair reference is
-    # within the budget.
-    # The validation drop is noisy (its paired SE is about half the usual one-point budget): a round
-    # counts as within the budget when it stays there with select_margin standard errors to spare.
+    # Selection on validation: the most pruned round whose drop against the fair reference is within
+    # the budget. The drop is noisy (its paired SE is about half the usual one-point budget), so a
+    # round counts only when it stays there with select_margin standard errors to spare.
     ok = [h for h in state["history"] if h["drop_val"] + p["select_margin"] * h["drop_se_val"] <= p["max_drop"]]
     best = max(ok or state["history"][:1], key=lambda h: (h["param_pruning_ratio"], h["round"]))
     sd = model.state_dict()
