@@ -211,7 +211,9 @@ def execute(
     """Execute the notebooks with papermill; returns the timings record (also in ``<out>/timings.json``).
 
     ``jobs`` notebooks run side by side (each kernel its own process; with ``threads=1`` one core
-    each), the longest first; ``wall_seconds`` in the record is the elapsed time of them all.
+    each), :data:`PARALLEL_FIRST` first, then the longest; ``wall_seconds`` in the record is the
+    elapsed time of them all. ``fail_fast`` stops before the next notebook when they run one at a
+    time; side by side, every notebook is already queued.
 
     Experiment checkpoints go to ``<out>/runs`` (``$BASISPRUNE_RUNS`` for the kernels), emptied
     first unless ``resume`` (then finished rounds are reused and the wall times are not those of a
@@ -280,7 +282,7 @@ def execute(
         # lock, then reads its checkpoint.
         order = _parallel_order(selected, _last_seconds(profile, root)) if jobs > 1 else selected
         tasks = [(str(nb), str(out / nb.name), per_notebook[nb], str(nb.parent), timeout) for nb in order]
-        with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=_spawn()) as pool:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=_spawn()) as pool:
             pending = {}
             if jobs > 1:
                 print(f"[{profile}] {len(order)} notebook(s), {jobs} at a time, in this order: "
@@ -307,7 +309,7 @@ def execute(
                 os.environ[k] = v
     total = time.perf_counter() - t_all
     record.update(
-        jobs=max(1, jobs),
+        jobs=jobs,
         wall_seconds=round(total, 2),
         profile=profile,
         parameters=params,
