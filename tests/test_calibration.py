@@ -37,7 +37,7 @@ def test_replay_picks_the_most_pruned_round_within_budget_and_a_margin_is_strict
     although round 1 failed it); margin 1: round 2's drop plus one SE is over the budget, and
     round 1 was over already, so round 0."""
     r = _run("r", [(0.0, 0.0, 0.0, 0.0), (0.2, 0.012, 0.004, 0.02), (0.4, 0.008, 0.005, 0.03)])
-    rep = calibration.replay_selection(calibration.stage_curves([r]), max_drop=0.01, margins=(0.0, 1.0))
+    rep = calibration.replay_selection([r], max_drop=0.01, margins=(0.0, 1.0))
     got = dict(zip(rep["margin"], rep["params_pruned"]))
     assert got == {0.0: 0.4, 1.0: 0.0}
 
@@ -48,7 +48,7 @@ def test_replay_picks_the_most_pruned_round_within_budget_and_a_margin_is_strict
 def test_a_larger_margin_never_selects_a_more_pruned_round(rows):
     """Whatever the rounds, raising the margin can only keep or lower the pruning of the selection."""
     rows = [(0.0, 0.0, 0.0, 0.0)] + rows
-    rep = calibration.replay_selection(calibration.stage_curves([_run("r", rows)]), 0.01, margins=(0.0, 1.0, 2.0))
+    rep = calibration.replay_selection([_run("r", rows)], 0.01, margins=(0.0, 1.0, 2.0))
     pruned = list(rep.sort_values("margin")["params_pruned"])
     assert pruned[0] >= pruned[1] >= pruned[2]
 

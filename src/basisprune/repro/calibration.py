@@ -75,20 +75,22 @@ def stage_curves(runs: list[dict[str, Any]]):
     return pd.DataFrame(rows)
 
 
-def replay_selection(curves, max_drop: float, margins=(0.0, 1.0, 2.0)):
-    """The selection rule replayed on every recorded stage: for each margin ``z``, the most pruned
-    round with ``drop_val + z * SE <= max_drop``, and its test drop. A stage's rounds do not depend
-    on its own selection, so this is exact per stage (a double run's basis stage starts from the
-    channel selection that ran)."""
+def replay_selection(runs: list[dict[str, Any]], max_drop: float, margins=(0.0, 1.0, 2.0)):
+    """The selection rule (:func:`~basisprune.repro.experiments.select_round`) replayed on every
+    recorded stage of ``runs`` for each margin: the round it picks and its test drop. A stage's
+    rounds do not depend on its own selection, so this is exact per stage (a double run's basis
+    stage starts from the channel selection that ran)."""
     import pandas as pd
 
+    from .experiments import select_round
+
     rows = []
-    for (name, stage), g in curves.groupby(["name", "stage"], sort=False):
-        for z in margins:
-            ok = g[g["drop_val"] + z * g["drop_se_val"] <= max_drop]
-            pick = ok.sort_values(["params_pruned", "round"]).iloc[-1] if len(ok) else g.iloc[0]
-            rows.append({"name": name, "stage": stage, "margin": z, "params_pruned": pick["params_pruned"],
-                         "drop_test": pick["drop_test"], "over_budget_on_test": pick["drop_test"] > max_drop})
+    for r in runs:
+        for stage, st in _stages(r).items():
+            for z in margins:
+                pick, _ = select_round(st["history"], max_drop, z)
+                rows.append({"name": r["name"], "stage": stage, "margin": z, "params_pruned": pick["param_pruning_ratio"],
+                             "drop_test": pick["accuracy_drop"], "over_budget_on_test": pick["accuracy_drop"] > max_drop})
     return pd.DataFrame(rows)
 
 

@@ -364,16 +364,24 @@ def _prune_stage(
         bar.set_postfix(acc=f"{row['accuracy_test']:.3f}", pruned=f"{row['param_pruning_ratio']:.3f}")
         stop = row["drop_val"] > p["stop_drop"]
 
-    # Selection on validation: the most pruned round whose drop against the fair reference is within
-    # the budget. The drop is noisy (its paired SE is about half the usual one-point budget), so a
-    # round counts only when it stays there with select_margin standard errors to spare.
-    ok = [h for h in state["history"] if h["drop_val"] + p["select_margin"] * h["drop_se_val"] <= p["max_drop"]]
-    best = max(ok or state["history"][:1], key=lambda h: (h["param_pruning_ratio"], h["round"]))
+    best, within = select_round(state["history"], p["max_drop"], p["select_margin"])
     sd = model.state_dict()
     sd.update(state["snapshots"][best["round"]])
     model.load_state_dict(sd)
     return {"history": state["history"], "final": dict(best), "rule": rule.as_dict(), "seconds": state["seconds"],
-            "reference_seconds": track.seconds, "track": track, "within_budget": bool(ok)}
+            "reference_seconds": track.seconds, "track": track, "within_budget": within}
+
+
+def select_round(history: list[dict[str, Any]], max_drop: float, margin: float) -> tuple[dict[str, Any], bool]:
+    """The selected round of a stage's ``history`` and whether any round kept the budget.
+
+    Selection on validation: the most pruned round whose drop against the fair reference is within
+    ``max_drop``. The drop is noisy (its paired SE is about half the usual one-point budget), so a
+    round counts only when it stays there with ``margin`` standard errors to spare. Without one,
+    round 0.
+    """
+    ok = [h for h in history if h["drop_val"] + margin * h["drop_se_val"] <= max_drop]
+    return max(ok or history[:1], key=lambda h: (h["param_pruning_ratio"], h["round"])), bool(ok)
 
 
 @contextlib.contextmanager
