@@ -28,7 +28,7 @@ def test_two_jobs_run_two_notebooks_at_the_same_time(tmp_path):
               f"import time, pathlib\nt = time.time()\nwhile not pathlib.Path({str(flag)!r}).exists():\n"
               "    assert time.time() - t < 60, 'the other notebook never ran'\n    time.sleep(0.2)")
     _notebook(tmp_path / "notebooks" / "02_write.ipynb", f"import pathlib\npathlib.Path({str(flag)!r}).write_text('x')")
-    rec = execute("smoke", tmp_path / "out", root=tmp_path, jobs=2)
+    rec = execute("smoke", tmp_path / "out", root=tmp_path, jobs=2, shared_runs=False)
     assert {k: v["status"] for k, v in rec["notebooks"].items()} == {"01_wait": "ok", "02_write": "ok"}
     assert rec["jobs"] == 2 and rec["wall_seconds"] > 0
 
@@ -56,14 +56,76 @@ def test_a_stage_lock_keeps_a_second_process_out(tmp_path):
         pass
 
 
-def test_parallel_order_starts_with_the_main_table_then_the_longest():
+def test_parallel_order_starts_with_the_chapters_with_work_of_their_own_then_the_longest():
     """PARALLEL_FIRST first (in its order), then the rest longest first; nothing lost or repeated."""
     from pathlib import Path
 
     from basisprune_book.build import _parallel_order
 
     nbs = [Path(f"{n}.ipynb") for n in ("01_a", "02_b", "03_c", "04_d", "05_e", "06_f", "07_g")]
-    order = [p.stem for p in _parallel_order(nbs, {"03_c": 10.0, "04_d": 30.0, "07_g": 20.0})]
-    assert order[:3] == ["05_e", "02_b", "06_f"]
-    assert order[3:6] == ["04_d", "07_g", "03_c"]
+    order = [p.stem for p in _parallel_order(nbs, {"03_c": 10.0, "04_d": 30.0, "05_e": 20.0})]
+    assert order[:2] == ["06_f", "07_g"]
+    assert order[2:5] == ["04_d", "05_e", "03_c"]
     assert sorted(order) == sorted(p.stem for p in nbs)
+
+
+def test_the_shared_runs_are_the_runs_the_chapters_loop_over():
+    """book_runs holds every (experiment, data set, seed) that chapters 2-5 loop over and chapter
+    6's transfer targets, each once; double pruning follows the channel run whose stage it reuses."""
+    from basisprune.repro import profiles
+    from basisprune.repro.report import book_runs, selection, table_seeds
+
+    for profile in ("smoke", "default"):
+        runs = [r for chain in book_runs(profile) for r in chain]
+        assert len(runs) == len(set(runs))
+        datasets, seeds = selection(profile)
+        want = {(profile, "transfer", d, s) for d in datasets for s in seeds}
+        want |= {(profile, e, d, s) for d, ss in table_seeds(profile).items() for s in ss
+                 for e in ("channel_pruning", "basis_pruning", "double_pruning")}
+        t = profiles.section(profile, "pai")["transfer"]
+        want |= {(t["experiments_profile"], e, datasets[0], s) for e in t["targets"] for s in t["seeds"]}
+        assert set(runs) == want
+        for chain in book_runs(profile):
+            if chain[-1][1] == "double_pruning":
+                assert chain[0][1:] == ("channel_pruning", *chain[-1][2:])
+
+
+def test_shared_chains_run_longest_first_and_unknown_ones_before(tmp_path, monkeypatch):
+    """The builder orders the chains by the committed results' compute + reference seconds (a
+    chain's last run includes the stages before it); a chain with no results goes first."""
+    import json
+
+    from basisprune_book import build
+
+    chains = [(("p", "transfer", "a", 0),), (("p", "channel_pruning", "a", 0), ("p", "double_pruning", "a", 0)),
+              (("p", "basis_pruning", "a", 0),), (("p", "basis_pruning", "a", 1),)]
+    monkeypatch.setattr("basisprune.repro.report.book_runs", lambda profile: list(chains))
+    folder = tmp_path / "data" / "results" / "p"
+    folder.mkdir(parents=True)
+    for name, c, r in (("transfer-a-seed0", 50, 0), ("double_pruning-a-seed0", 100, 60),
+                       ("channel_pruning-a-seed0", 500, 500), ("basis_pruning-a-seed0", 120, 30)):
+        (folder / f"{name}.json").write_text(json.dumps({"timings": {"compute_seconds": c, "reference_seconds": r}}))
+    order = [build._chain_label(c) for c in build._prefetch_chains("p", tmp_path)]
+    assert order == ["basis-a-seed1", "channel+double-a-seed0", "basis-a-seed0", "transfer-a-seed0"]
+
+
+def test_a_chain_runs_in_order_and_reports_its_failure(monkeypatch):
+    """A chain computes its runs in order with each run's own profile, data set and seed; a run that
+    raises ends the chain as failed, naming the error (the notebook reading it fails the same way)."""
+    from basisprune.repro import experiments
+    from basisprune_book.build import _run_chain
+
+    calls = []
+
+    def fake_run(experiment, *, profile, dataset, seed):
+        calls.append((profile, experiment, dataset, seed))
+        if experiment == "double_pruning":
+            raise RuntimeError("diverged")
+
+    monkeypatch.setattr(experiments, "run", fake_run)
+    chain = (("p", "channel_pruning", "a", 1), ("q", "basis_pruning", "b", 2))
+    assert _run_chain(chain)[:2] == ("ok", None)
+    assert calls == list(chain)
+    status, error, _ = _run_chain((("p", "double_pruning", "a", 0), ("p", "basis_pruning", "a", 0)))
+    assert (status, error) == ("failed", "RuntimeError: diverged")
+    assert calls[-1] == ("p", "double_pruning", "a", 0)

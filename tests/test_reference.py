@@ -136,3 +136,29 @@ def test_distillation_changes_the_training(one_thread):
     assert runs[0]["history"][0] == {**runs[1]["history"][0]}  # the warm-up has no teacher yet
     assert runs[0]["history"][1]["accuracy_val"] != runs[1]["history"][1]["accuracy_val"] or \
         runs[0]["history"][1]["reference_val"] != runs[1]["history"][1]["reference_val"]
+
+
+def _tiny_track():
+    from basisprune.repro.train import freeze
+
+    ctx = experiments.Context(experiments.resolve_params("basis_pruning", "smoke", **TINY))
+    model = ctx.fresh_model()
+    head = ctx.head(model)
+    d = experiments.decompose(model, exclude=[head])
+    trainable = freeze(d, lambda n, prm: n.endswith(".scale") or n.startswith(head + "."))
+    opt = torch.optim.Adam(trainable, lr=0.05)
+    return experiments._ReferenceTrack(ctx, d, opt, None, 0, ctx.evaluate(d, correct=True))
+
+
+def test_a_reference_trained_past_an_epoch_reports_that_epoch(one_thread):
+    """The reference is evaluated only where rounds ask; an epoch it already trained past (double
+    pruning's basis stage asks for the channel stage's selected epochs + 1) is evaluated from its
+    snapshot and equals the reference evaluated at that epoch directly."""
+    direct, past = _tiny_track(), _tiny_track()
+    want = direct.at(1)
+    assert past.at(3)["accuracy_val"] == direct.at(3)["accuracy_val"]
+    got = past.at(1)
+    assert past.epochs == 3
+    for k in ("correct_val", "correct_test"):
+        assert torch.equal(got[k], want[k])
+    assert not torch.equal(got["correct_val"], past.at(3)["correct_val"])  # epoch 1 is not epoch 3 here

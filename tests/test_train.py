@@ -25,6 +25,7 @@ from basisprune.repro.train import (
     save_checkpoint,
     seed_everything,
     set_bn_mode,
+    set_memory_format,
     train_epoch,
 )
 
@@ -411,3 +412,33 @@ def test_distillation_loss_refuses_bad_settings(weight, temperature):
 
     with pytest.raises(ValueError, match="distillation"):
         distillation_loss(weight, temperature)
+
+
+def _conv_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
+def test_channels_last_changes_the_layout_not_the_training():
+    """One epoch with the weights laid out channels_last leaves them so, and ends where the
+    contiguous epoch ends up to rounding (same loss, same weights)."""
+    torch.manual_seed(1)
+    data = TensorDataset(torch.randn(48, 3, 9, 9), torch.randint(0, 4, (48,)))
+    out = {}
+    for fmt in ("contiguous", "channels_last"):
+        model = _conv_net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        r = train_epoch(model, DataLoader(data, batch_size=16), opt, device="cpu", bn_mode="train", memory_format=fmt)
+        out[fmt] = (r["loss"], model)
+    w = out["channels_last"][1][0].weight
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    assert out["contiguous"][1][0].weight.is_contiguous()
+    assert out["channels_last"][0] == pytest.approx(out["contiguous"][0], rel=1e-5)
+    for a, b in zip(out["contiguous"][1].parameters(), out["channels_last"][1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_set_memory_format_refuses_an_unknown_layout():
+    with pytest.raises(ValueError, match="memory_format must be one of"):
+        set_memory_format(_conv_net(), "nhwc")

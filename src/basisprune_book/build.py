@@ -207,12 +207,16 @@ def execute(
     resume: bool = False,
     root: str | os.PathLike | None = None,
     jobs: int = 1,
+    shared_runs: bool = True,
 ) -> dict[str, Any]:
     """Execute the notebooks with papermill; returns the timings record (also in ``<out>/timings.json``).
 
     ``jobs`` notebooks run side by side (each kernel its own process; with ``threads=1`` one core
     each), :data:`PARALLEL_FIRST` first, then the longest; ``wall_seconds`` in the record is the
-    elapsed time of them all. ``fail_fast`` stops before the next notebook when they run one at a
+    elapsed time of them all. With ``shared_runs`` (and several jobs, all notebooks, no
+    ``parameters``), the experiment runs the chapters share
+    (:func:`basisprune.repro.report.book_runs`) are computed first, side by side in the same pool,
+    longest first; the notebooks then load their checkpoints (``runs`` in the record: their times). ``fail_fast`` stops before the next notebook when they run one at a
     time; side by side, every notebook is already queued.
 
     Experiment checkpoints go to ``<out>/runs`` (``$BASISPRUNE_RUNS`` for the kernels), emptied
@@ -282,9 +286,16 @@ def execute(
         # lock, then reads its checkpoint.
         order = _parallel_order(selected, _last_seconds(profile, root)) if jobs > 1 else selected
         tasks = [(str(nb), str(out / nb.name), per_notebook[nb], str(nb.parent), timeout) for nb in order]
+        chains = _prefetch_chains(profile, root) if shared_runs and jobs > 1 and not only and not parameters else []
+        record["runs"] = {}
         with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=_spawn()) as pool:
             pending = {}
             if jobs > 1:
+                if chains:
+                    print(f"[{profile}] first {len(chains)} chain(s) of experiment runs the chapters share, "
+                          f"longest first: {', '.join(_chain_label(c) for c in chains)}", flush=True)
+                    for chain in chains:
+                        pending[pool.submit(_run_chain, chain)] = _chain_label(chain)
                 print(f"[{profile}] {len(order)} notebook(s), {jobs} at a time, in this order: "
                       f"{', '.join(nb.stem for nb in order)}", flush=True)
             for nb, task in zip(order, tasks):
@@ -315,7 +326,8 @@ def execute(
         parameters=params,
         threads=int(kernel_threads) if kernel_threads and kernel_threads.isdigit() else None,
         resumed=bool(resume),
-        execute_seconds=round(sum(v["seconds"] for v in record["notebooks"].values()), 2),
+        execute_seconds=round(sum(v["seconds"] for part in ("notebooks", "runs")
+                                  for v in record.get(part, {}).values()), 2),
         executed_utc=_now(),
         hardware=hardware(),
     )
@@ -324,7 +336,7 @@ def execute(
     write_json(timings_path, record)
     print(f"[{profile}] executed {len(selected)} notebook(s) in {total:.1f} s -> {out} ({TIMINGS_FILE})")
     if failures:
-        raise BookError(f"notebook(s) failed with profile {profile!r}: {', '.join(failures)} (see {out})")
+        raise BookError(f"failed with profile {profile!r}: {', '.join(failures)} (see {out})")
     return record
 
 
@@ -343,13 +355,49 @@ def _execute_one(nb: str, dest: str, parameters: dict[str, Any], cwd: str, timeo
 
 def _collect(done, pending: dict, record: dict[str, Any], failures: list[str], profile: str) -> None:
     for fut in done:
-        nb = pending[fut]
+        task = pending[fut]
+        part, name = ("notebooks", task.stem) if isinstance(task, Path) else ("runs", task)
         status, error, seconds = fut.result()
-        record["notebooks"][nb.stem] = {"seconds": round(seconds, 2), "status": status, "executed_utc": _now()}
-        print(f"[{profile}] {nb.stem}: {status} in {seconds:.1f} s", flush=True)
+        record[part][name] = {"seconds": round(seconds, 2), "status": status, "executed_utc": _now()}
+        print(f"[{profile}] {name}: {status} in {seconds:.1f} s", flush=True)
         if error:
-            print(f"[{profile}] {nb.stem}: {error}", file=sys.stderr, flush=True)
-            failures.append(nb.stem)
+            print(f"[{profile}] {name}: {error}", file=sys.stderr, flush=True)
+            failures.append(name)
+
+
+def _run_chain(chain: Sequence[tuple[str, str, str, int]]) -> tuple[str, str | None, float]:
+    """Compute one chain of experiment runs (in a worker process) into ``$BASISPRUNE_RUNS``; the
+    notebooks that read them load their checkpoints. Returns (status, error, seconds)."""
+    from basisprune.repro import experiments
+
+    t0 = time.perf_counter()
+    try:
+        for prof, experiment, dataset, seed in chain:
+            experiments.run(experiment, profile=prof, dataset=dataset, seed=seed)
+    except Exception as e:  # noqa: BLE001 - the notebook reading this run fails with the same error
+        return "failed", f"{type(e).__name__}: {_short(str(e))}", time.perf_counter() - t0
+    return "ok", None, time.perf_counter() - t0
+
+
+def _chain_label(chain: Sequence[tuple[str, str, str, int]]) -> str:
+    prof, _, dataset, seed = chain[-1]
+    return f"{'+'.join(r[1].removesuffix('_pruning') for r in chain)}-{dataset}-seed{seed}"
+
+
+def _prefetch_chains(profile: str, root: Path) -> list[tuple[tuple[str, str, str, int], ...]]:
+    """The chains of :func:`basisprune.repro.report.book_runs`, longest first by the compute and
+    reference seconds of the profile's committed results (a chain's last run includes the stages
+    before it); a chain without committed results goes first."""
+    from basisprune.repro.report import book_runs
+
+    def seconds(chain) -> float:
+        prof, experiment, dataset, seed = chain[-1]
+        t = _read_json(root / "data" / "results" / prof / f"{experiment}-{dataset}-seed{seed}.json").get("timings")
+        if not isinstance(t, dict) or "compute_seconds" not in t:
+            return float("inf")
+        return float(t["compute_seconds"]) + float(t.get("reference_seconds") or 0.0)
+
+    return sorted(book_runs(profile), key=lambda c: -seconds(c))
 
 
 def _spawn():
@@ -359,10 +407,10 @@ def _spawn():
     return multiprocessing.get_context("spawn")
 
 
-#: With several jobs, these start first: the main table (it computes most of the pruning runs the
-#: other chapters read), then the chapters that share no experiment with it, so that no worker
-#: starts by waiting for a stage another worker is computing.
-PARALLEL_FIRST = ("05", "02", "06")
+#: With several jobs, the experiment runs the chapters share are computed first, side by side
+#: (:func:`_prefetch_chains`); then these notebooks, which also compute work of their own (chapter
+#: 6's pruning at initialization, chapter 7's peer and timings), then the rest, longest first.
+PARALLEL_FIRST = ("06", "07")
 
 
 def _parallel_order(selected: Sequence[Path], seconds: dict[str, float]) -> list[Path]:
@@ -423,9 +471,14 @@ def timings_markdown(record: dict[str, Any]) -> str:
         "| step | status | wall time |",
         "|:--|:--|--:|",
     ]
+    for name, v in record.get("runs", {}).items():
+        lines.append(f"| compute the shared runs `{name}` | {v.get('status', '?')} | {_fmt_seconds(v.get('seconds'))} |")
     for name, v in record.get("notebooks", {}).items():
         lines.append(f"| execute `{name}.ipynb` | {v.get('status', '?')} | {_fmt_seconds(v.get('seconds'))} |")
-    lines.append(f"| **execute, all notebooks** | | **{_fmt_seconds(record.get('execute_seconds'))}** |")
+    lines.append(f"| **execute, all notebooks and runs (summed)** | | **{_fmt_seconds(record.get('execute_seconds'))}** |")
+    if record.get("wall_seconds") is not None:
+        lines.append(f"| **execute, wall time ({record.get('jobs', 1)} side by side)** | | "
+                     f"**{_fmt_seconds(record.get('wall_seconds'))}** |")
     lines.append(f"| **build the book (jupyter-book)** | | **{_fmt_seconds(record.get('build_seconds'))}** |")
     lines.append(f"| **execute + build** | | **{_fmt_seconds(record.get('total_seconds'))}** |")
     return "\n".join(lines) + "\n"
@@ -602,7 +655,8 @@ def build(
 
     record.update(
         build_seconds=round(build_seconds, 2),
-        total_seconds=round(record.get("execute_seconds", 0.0) + build_seconds, 2),
+        # Side by side, the execution took its wall time, not the sum of the notebooks' times.
+        total_seconds=round((record.get("wall_seconds") or record.get("execute_seconds", 0.0)) + build_seconds, 2),
         built_utc=_now(),
     )
     write_json(timings_path, record)

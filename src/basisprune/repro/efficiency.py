@@ -342,7 +342,8 @@ def timed_run(experiment: str, profile: str = "default", **params: Any) -> dict[
 
 # ------------------------------------------------------------------------------ the peer
 def _finetune_timed(model: nn.Module, loaders: Mapping[str, Any], epochs: int, lr: float, device: torch.device,
-                    *, target: float | None, stop_at_target: bool, start_seconds: float) -> list[dict[str, Any]]:
+                    *, target: float | None, stop_at_target: bool, start_seconds: float,
+                    memory_format: str | None = None) -> list[dict[str, Any]]:
     """Fine-tune all weights (Adam, BatchNorm in train mode, as :func:`basisprune.repro.peer.finetune`),
     evaluating the test split after every epoch; wall seconds are cumulative from ``start_seconds``."""
     from .train import evaluate, train_epoch
@@ -357,7 +358,8 @@ def _finetune_timed(model: nn.Module, loaders: Mapping[str, Any], epochs: int, l
     for e in range(1, epochs + 1):
         if stop_at_target and target is not None and hist[-1]["accuracy_test"] >= target:
             break
-        tr = train_epoch(model, loaders["train"], opt, device=device, bn_mode="train", desc=f"peer finetune {e}")
+        tr = train_epoch(model, loaders["train"], opt, device=device, bn_mode="train", desc=f"peer finetune {e}",
+                         memory_format=memory_format)
         ev = evaluate(model, loaders["test"], device=device, desc="peer test")
         hist.append({"epoch": e, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
                      "accuracy_test": ev["accuracy"], "train_seconds": tr["seconds"],
@@ -468,7 +470,8 @@ def peer_comparison(
         peer_model, info = prune_to_flops(reference, ctx.example, target_ratio, importance)
         prune_seconds = time.perf_counter() - t0
         hist = _finetune_timed(peer_model, ctx.loaders, n_epochs, p["full_lr"], ctx.device, target=target_acc,
-                               stop_at_target=stop_at_target, start_seconds=prune_seconds)
+                               stop_at_target=stop_at_target, start_seconds=prune_seconds,
+                               memory_format=p["memory_format"])
         peer_model = peer_model.cpu().eval()
         stats = {"params": count_params(peer_model), "flops": count_flops(peer_model, ctx.example.cpu())}
         run = {

@@ -99,7 +99,7 @@ class Context:
         for split in ("val", "test"):
             if split in self.loaders:
                 # Evaluating must not draw from the global RNG (a DataLoader iterator does), so that
-                # the reference, evaluated after every epoch, trains on the pruned run's random stream.
+                # the reference, evaluated between epochs, trains on the pruned run's random stream.
                 with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                     r = evaluate(model, self.loaders[split], device=self.device, desc=split,
                                  amp=self.p["precision"], return_correct=correct)
@@ -123,7 +123,7 @@ def _train(ctx: Context, model: nn.Module, optimizer, epochs: int, *, bn_mode: s
     for e in range(epochs):
         train_epoch(model, ctx.loaders["train"], optimizer, device=ctx.device, bn_mode=bn_mode,
                     regularizer=regularizer, callback=callback, desc=f"{desc} {e + 1}/{epochs}",
-                    amp=ctx.p["precision"], scaler=ctx.scaler, **extra)
+                    amp=ctx.p["precision"], scaler=ctx.scaler, memory_format=ctx.p["memory_format"], **extra)
 
 
 def _snapshot_keys(model: nn.Module, bn_mode: str) -> list[str]:
@@ -159,8 +159,9 @@ class _ReferenceTrack:
 
     It forks from a stage's round 0 (after the warm-up) with the optimizer, RNG and loader-generator
     states of that moment, so it sees the same batches in the same order as the pruned run; only
-    the pruning differs. Accuracies (with per-image hits) are kept after every epoch, so a pruned
-    round trained for ``e`` epochs in all is compared with the reference trained for ``e`` epochs.
+    the pruning differs. Accuracies (with per-image hits) are measured at the epochs the rounds ask
+    for, so a pruned round trained for ``e`` epochs in all is compared with the reference trained
+    for ``e`` epochs.
     ``teacher`` is a frozen copy of the model at the fork, the unpruned model that distillation
     (``distill`` > 0) learns from: the pruned run and the reference both train on that loss.
     """
@@ -179,6 +180,7 @@ class _ReferenceTrack:
         self.optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
         self.epochs = epochs
         self.rows = {epochs: {k: v for k, v in row.items() if k.startswith(("accuracy_", "correct_"))}}
+        self.snapshots: dict[int, dict[str, torch.Tensor]] = {}
         self.streams = stream_state(ctx.loaders, ctx.device)
         self.seconds = 0.0
 
@@ -187,23 +189,38 @@ class _ReferenceTrack:
         if epochs < min(self.rows):
             raise ValueError(f"the reference starts at epoch {min(self.rows)}, asked for {epochs}")
         ctx = self.ctx
-        while self.epochs < epochs:
+        if epochs in self.rows:
+            return self.rows[epochs]
+        if epochs < self.epochs:  # trained past it (double pruning's basis stage): evaluate its snapshot
             tic = time.perf_counter()
-            # Swap in the reference's random streams so the pruned run's own stay untouched.
-            run_streams = stream_state(ctx.loaders, ctx.device)
-            restore_streams(self.streams, ctx.loaders, ctx.device)
+            past = copy.deepcopy(self.model)
+            sd = past.state_dict()
+            sd.update(self.snapshots[epochs])
+            past.load_state_dict(sd)
+            self.rows[epochs] = ctx.evaluate(past, correct=True)
+            self.seconds += time.perf_counter() - tic
+            return self.rows[epochs]
+        tic = time.perf_counter()
+        # Swap in the reference's random streams so the pruned run's own stay untouched.
+        run_streams = stream_state(ctx.loaders, ctx.device)
+        restore_streams(self.streams, ctx.loaders, ctx.device)
+        while self.epochs < epochs:
             _train(ctx, self.model, self.optimizer, 1, bn_mode=ctx.p["bn_mode"], regularizer=self.regularizer,
                    desc=f"reference epoch {self.epochs + 1}", teacher=self.teacher)
             self.epochs += 1
-            self.rows[self.epochs] = ctx.evaluate(self.model, correct=True)
-            self.streams = stream_state(ctx.loaders, ctx.device)
-            restore_streams(run_streams, ctx.loaders, ctx.device)
-            self.seconds += time.perf_counter() - tic
+            # Evaluated only where a round asks; the epochs between are kept as snapshots (the
+            # trainable state, a few hundred kB) in case a later stage asks for one of them.
+            self.snapshots[self.epochs] = _snapshot(self.model, self.keys)
+        self.rows[epochs] = ctx.evaluate(self.model, correct=True)
+        self.streams = stream_state(ctx.loaders, ctx.device)
+        restore_streams(run_streams, ctx.loaders, ctx.device)
+        self.seconds += time.perf_counter() - tic
         return self.rows[epochs]
 
     def state_dict(self) -> dict[str, Any]:
         return {"snapshot": _snapshot(self.model, self.keys), "optimizer": self.optimizer.state_dict(),
-                "epochs": self.epochs, "rows": self.rows, **self.streams, "seconds": self.seconds,
+                "epochs": self.epochs, "rows": self.rows, "snapshots": self.snapshots, **self.streams,
+                "seconds": self.seconds,
                 "teacher": None if self.teacher is None else _snapshot(self.teacher, self.keys)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -217,6 +234,7 @@ class _ReferenceTrack:
             self.teacher.load_state_dict(td)
         self.optimizer.load_state_dict(state["optimizer"])
         self.epochs, self.rows, self.seconds = state["epochs"], state["rows"], state["seconds"]
+        self.snapshots = state["snapshots"]
         self.streams = {"rng": state["rng"], "generators": state["generators"]}
 
 

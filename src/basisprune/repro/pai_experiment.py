@@ -562,7 +562,7 @@ def transfer_many(method: str, sparsities: Mapping[str, float], seed: int, profi
         t0 = time.perf_counter()
         for e in range(epochs):
             train_epoch(model, loaders["train"], opt, device=device, bn_mode=s["bn_mode"],
-                        desc=f"{method} {label} {e + 1}/{epochs}")
+                        desc=f"{method} {label} {e + 1}/{epochs}", memory_format=p["memory_format"])
         train_seconds = time.perf_counter() - t0
         acc = {f"accuracy_{k}": evaluate(model, loaders[k], device=device, desc=k)["accuracy"]
                for k in ("val", "test") if k in loaders}

@@ -236,6 +236,7 @@ def finetune(
     eval_split: str | None = None,
     bn_mode: str = "train",
     evaluate_first: bool = True,
+    memory_format: str | None = None,
 ) -> dict[str, Any]:
     """Train *all* weights of ``model`` (in place) for ``epochs`` epochs and evaluate after each.
 
@@ -248,6 +249,7 @@ def finetune(
         eval_split: loader evaluated after each epoch (default ``"val"`` if present, else ``"test"``).
         bn_mode: BatchNorm mode while training (``"train"`` updates running statistics).
         evaluate_first: also evaluate before training (history entry with ``epoch`` 0).
+        memory_format: layout of the 4-D weights while training (``train_epoch``'s).
 
     Returns:
         ``history`` (one dict per epoch: ``epoch``, ``train_loss``, ``train_accuracy``,
@@ -280,7 +282,8 @@ def finetune(
                         "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"], "seconds": 0.0})
     train_time = 0.0
     for epoch in range(1, epochs + 1):
-        tr = train_epoch(model, loaders["train"], opt, device=device, bn_mode=bn_mode, desc=f"finetune {epoch}")
+        tr = train_epoch(model, loaders["train"], opt, device=device, bn_mode=bn_mode, desc=f"finetune {epoch}",
+                         memory_format=memory_format)
         train_time += tr["seconds"]
         ev = evaluate(model, loaders[split], device=device)
         history.append({"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],

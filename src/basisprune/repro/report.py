@@ -17,6 +17,7 @@ from . import profiles
 
 __all__ = [
     "RESULTS_ENV",
+    "book_runs",
     "ROOT_ENV",
     "ProjectNotFoundError",
     "ceiling_table",
@@ -114,6 +115,37 @@ def table_seeds(profile: str, *, datasets=None, seeds=None, dataset=None, seed=N
         return {d: list(default) for d in ds}
     per = p.get("table_seeds") or {}
     return {d: [int(s) for s in per.get(d, default)] for d in ds}
+
+
+#: A run of :func:`basisprune.repro.experiments.run`: (profile, experiment, dataset, seed).
+Run = tuple[str, str, str, int]
+
+
+def book_runs(profile: str) -> list[tuple[Run, ...]]:
+    """The experiment runs that chapters 2-7 read with the profile's own settings, as chains.
+
+    A chain is computed in one process, in order: double pruning follows the channel pruning run
+    whose stage it reuses. The book builder computes these chains side by side before the
+    notebooks that read them (which then load their checkpoints); it is the same list the
+    notebooks loop over: transfer (chapter 2) over the profile's data sets and seeds, channel,
+    basis and double pruning over the main table's seeds (:func:`table_seeds`, a superset of
+    chapters 3, 4 and 7's), and the basis/double targets of chapter 6's transfer comparison.
+    """
+    datasets, seeds = selection(profile)
+    chains: list[tuple[Run, ...]] = [((profile, "transfer", d, s),) for d in datasets for s in seeds]
+    for d, ss in table_seeds(profile).items():
+        for s in ss:
+            chains += [((profile, "channel_pruning", d, s), (profile, "double_pruning", d, s)),
+                       ((profile, "basis_pruning", d, s),)]
+    t = profiles.section(profile, "pai").get("transfer", {})
+    if t.get("run"):
+        ep = t.get("experiments_profile") or profile
+        d = t.get("dataset") or profiles.get(ep)["datasets"][0]
+        for s in t.get("seeds", []):
+            for target in t.get("targets", ()):
+                if not any((ep, target, d, int(s)) in c for c in chains):
+                    chains.append(((ep, target, d, int(s)),))
+    return chains
 
 
 def history_frame(record: dict[str, Any], **labels: Any):

@@ -37,11 +37,13 @@ from ..io import atomic_write
 
 __all__ = [
     "BN_MODES",
+    "MEMORY_FORMATS",
     "FIT_CHECKPOINT_FORMAT",
     "CheckpointError",
     "DivergenceError",
     "PRECISIONS",
     "amp_dtype",
+    "set_memory_format",
     "distillation_loss",
     "evaluate",
     "fit",
@@ -312,6 +314,22 @@ class _Tally:
                 "accuracy": None if self.correct is None else self.correct.item() / self.n, "n": self.n}
 
 
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
+def set_memory_format(model: nn.Module, memory_format: str) -> nn.Module:
+    """Lay out ``model``'s 4-D weights and buffers as ``"channels_last"`` or ``"contiguous"`` (in place).
+
+    The values, the parameter objects (so an optimizer's references) and the other tensors stay as
+    they are. Convolutions then pick kernels for that layout: on a CPU, channels_last trains
+    MobileNetV2 faster (``benchmarks/memory_format.py`` measures it); the results differ
+    only by floating-point rounding.
+    """
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format must be one of {sorted(MEMORY_FORMATS)}, got {memory_format!r}")
+    return model.to(memory_format=MEMORY_FORMATS[memory_format])
+
+
 def train_epoch(
     model: nn.Module,
     loader: Iterable,
@@ -327,6 +345,7 @@ def train_epoch(
     scaler: torch.amp.GradScaler | None = None,
     after_step: Callable[[], Any] | None = None,
     teacher: nn.Module | None = None,
+    memory_format: str | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` for one pass over ``loader``; returns ``loss``, ``accuracy``, ``n``, ``seconds``.
 
@@ -347,6 +366,8 @@ def train_epoch(
     ``optimizer.step()``, with ``loss`` the (detached) total loss that was backpropagated; under
     float16 the gradients are already unscaled (and may be inf/nan on a step the scaler skips).
     ``after_step()`` runs after every ``optimizer.step()`` (a per-step learning-rate schedule).
+    ``memory_format`` (``"channels_last"`` or ``"contiguous"``; None: leave it) lays out the
+    model's 4-D weights (:func:`set_memory_format`) before the pass.
     A non-finite training loss raises :class:`DivergenceError` at the end of the epoch.
     """
     device = pick_device(device)
@@ -355,6 +376,8 @@ def train_epoch(
     if use_scaler and scaler is None:
         scaler = torch.amp.GradScaler("cuda")
     model.to(device)
+    if memory_format is not None:
+        set_memory_format(model, memory_format)
     set_bn_mode(model, bn_mode)
 
     start = time.perf_counter()
