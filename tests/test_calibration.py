@@ -53,6 +53,16 @@ def test_a_larger_margin_never_selects_a_more_pruned_round(rows):
     assert pruned[0] >= pruned[1] >= pruned[2]
 
 
+def test_a_stop_replay_cuts_the_stage_at_the_first_round_over_the_stop():
+    """Round 2's validation drop (2.5 points) is over a 2-point stop: the stage computes rounds 1 and
+    2 only, and round 3, which came back within the budget, is lost; a 3-point stop keeps it."""
+    r = _run("r", [(0.0, 0.0, 0.0, 0.0), (0.2, 0.0, 0.0, 0.0), (0.4, 0.025, 0.0, 0.03), (0.6, 0.005, 0.0, 0.01)])
+    rep = calibration.replay_stop([r], stop_drops=(0.03, 0.02), max_drop=0.01, margin=0.0).set_index("stop_drop")
+    assert list(rep.loc[0.03, ["rounds", "params_pruned", "selection_changed"]]) == [3, 0.6, False]
+    assert list(rep.loc[0.02, ["rounds", "params_pruned", "selection_changed"]]) == [2, 0.2, True]
+    assert set(rep["recorded_rounds"]) == {3}
+
+
 def test_extension_gains_are_per_seed_differences_from_the_faithful_run():
     """The gain is the extension's value minus the faithful run's on the same seed, averaged."""
     runs = [_run(f"f{s}", [(0.0, 0, 0, 0), (0.3 + s / 10, 0, 0, 0.01)], seed=s) for s in (0, 1)]

@@ -2,8 +2,8 @@
 
 Each calibration run is an ordinary results file (with its provenance) of a pruning experiment on
 the default setting with one schedule or extension changed. These helpers turn a folder of them
-into the chapter's tables: one row per run, the curve of every stage, the selection rules replayed
-on the recorded rounds, and each extension against the faithful method seed by seed.
+into the chapter's tables: one row per run, the curve of every stage, the selection and stop rules
+replayed on the recorded rounds, and each extension against the faithful method seed by seed.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from .results import read_results
 
-__all__ = ["load_runs", "label", "run_summary", "stage_curves", "replay_selection", "extension_gains"]
+__all__ = ["load_runs", "label", "run_summary", "stage_curves", "replay_selection", "replay_stop", "extension_gains"]
 
 #: The schedule parameters a calibration run may change, as they are shown.
 SCHEDULE = ("warmup_epochs", "epochs_per_round", "basis_fraction", "channel_fraction", "lr")
@@ -91,6 +91,30 @@ def replay_selection(runs: list[dict[str, Any]], max_drop: float, margins=(0.0, 
                 pick, _ = select_round(st["history"], max_drop, z)
                 rows.append({"name": r["name"], "stage": stage, "margin": z, "params_pruned": pick["param_pruning_ratio"],
                              "drop_test": pick["accuracy_drop"], "over_budget_on_test": pick["accuracy_drop"] > max_drop})
+    return pd.DataFrame(rows)
+
+
+def replay_stop(runs: list[dict[str, Any]], stop_drops, max_drop: float, margin: float):
+    """Earlier stop rules replayed on every recorded stage of ``runs``: for each ``stop_drop``, the
+    rounds the stage would have computed (:func:`~basisprune.repro.experiments.stops_after`, cut at
+    the first round over it) and the round the selection (``max_drop``, ``margin``) then picks,
+    beside the one it picks on every recorded round. Exact per stage for any ``stop_drop`` at or
+    below the one the runs used: a stage's rounds do not depend on when it stops."""
+    import pandas as pd
+
+    from .experiments import select_round, stops_after
+
+    rows = []
+    for r in runs:
+        for stage, st in _stages(r).items():
+            hist = st["history"]
+            full, _ = select_round(hist, max_drop, margin)
+            for stop in stop_drops:
+                n = next((i + 1 for i, h in enumerate(hist) if stops_after(h, stop)), len(hist))
+                pick, _ = select_round(hist[:n], max_drop, margin)
+                rows.append({"name": r["name"], "stage": stage, "stop_drop": stop, "rounds": n - 1,
+                             "recorded_rounds": len(hist) - 1, "params_pruned": pick["param_pruning_ratio"],
+                             "drop_test": pick["accuracy_drop"], "selection_changed": pick["round"] != full["round"]})
     return pd.DataFrame(rows)
 
 

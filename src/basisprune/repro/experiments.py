@@ -51,7 +51,7 @@ from .train import (
 )
 
 __all__ = ["EXPERIMENTS", "FINGERPRINT_FILE", "STAGE_CHECKPOINTS", "Context", "run", "resolve_params", "default_workdir",
-           "fingerprint"]
+           "fingerprint", "select_round", "stops_after"]
 
 
 #: The checkpoint files of each pruning experiment's stages in its workdir, in the order they are
@@ -365,7 +365,7 @@ def _prune_stage(
         _train(ctx, model, optimizer, 1, bn_mode=p["bn_mode"], regularizer=regularizer,
                callback=gather if taylor else None, desc=f"{kind} warm-up (scoring)", teacher=track and track.teacher)
         finish(0)
-    stop = state["history"][-1]["drop_val"] > p["stop_drop"]
+    stop = stops_after(state["history"][-1], p["stop_drop"])
     bar = tqdm(range(state["round"] + 1, rounds + 1), desc=f"{kind} pruning", leave=False)
     for r in bar:
         if stop:
@@ -380,7 +380,7 @@ def _prune_stage(
                callback=gather if taylor else None, desc=f"{kind} round {r}", teacher=track.teacher)
         row = finish(r)
         bar.set_postfix(acc=f"{row['accuracy_test']:.3f}", pruned=f"{row['param_pruning_ratio']:.3f}")
-        stop = row["drop_val"] > p["stop_drop"]
+        stop = stops_after(row, p["stop_drop"])
 
     best, within = select_round(state["history"], p["max_drop"], p["select_margin"])
     sd = model.state_dict()
@@ -400,6 +400,13 @@ def select_round(history: list[dict[str, Any]], max_drop: float, margin: float) 
     """
     ok = [h for h in history if h["drop_val"] + margin * h["drop_se_val"] <= max_drop]
     return max(ok or history[:1], key=lambda h: (h["param_pruning_ratio"], h["round"])), bool(ok)
+
+
+def stops_after(row: dict[str, Any], stop_drop: float) -> bool:
+    """Whether a stage stops pruning after the round recorded in ``row``: its validation drop
+    against the fair reference is over ``stop_drop``. One rule, which the calibration's replay
+    (:func:`basisprune.repro.calibration.replay_stop`) also calls."""
+    return row["drop_val"] > stop_drop
 
 
 @contextlib.contextmanager
