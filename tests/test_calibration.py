@@ -8,7 +8,7 @@ from basisprune.repro import calibration
 from basisprune.repro.results import write_json
 
 P = dict(warmup_epochs=10, epochs_per_round=2, basis_fraction=0.1, channel_fraction=0.15, lr=1e-3,
-         basis_normalize="none", distill=0.0, seed=0)
+         basis_normalize="none", distill=0.0, image_size=32, stop_drop=0.04, seed=0)
 
 
 def _run(name, rows, **params):
@@ -23,6 +23,11 @@ def test_labels_name_the_schedule_and_the_extension():
     """The faithful run is 'faithful'; the fold-aware ranking and distillation are named."""
     assert calibration.label(P) == ("warm-up 10, 10%/round, 2 ep/round, lr 0.001", "faithful")
     assert calibration.label({**P, "basis_normalize": "saved", "distill": 0.5})[1] == "fold-aware ranking + distillation 0.5"
+
+
+def test_an_input_size_other_than_the_default_is_an_extension_of_the_same_schedule():
+    """64 px is labelled as an extension; the schedule label is the 32 px run's, so that the two pair up."""
+    assert calibration.label({**P, "image_size": 64}) == (calibration.label(P)[0], "64 px")
 
 
 def test_load_runs_reads_every_file_with_its_name(tmp_path):
@@ -61,6 +66,14 @@ def test_a_stop_replay_cuts_the_stage_at_the_first_round_over_the_stop():
     assert list(rep.loc[0.03, ["rounds", "params_pruned", "selection_changed"]]) == [3, 0.6, False]
     assert list(rep.loc[0.02, ["rounds", "params_pruned", "selection_changed"]]) == [2, 0.2, True]
     assert set(rep["recorded_rounds"]) == {3}
+
+
+def test_a_stop_replay_refuses_a_stop_later_than_the_run_used():
+    """A run that stopped at 2 points never computed the rounds a 3-point stop would add."""
+    r = _run("r", [(0.0, 0.0, 0.0, 0.0), (0.2, 0.025, 0.0, 0.03)], stop_drop=0.02)
+    with pytest.raises(ValueError, match="stopped at stop_drop 0.02"):
+        calibration.replay_stop([r], stop_drops=(0.03, 0.02), max_drop=0.01, margin=0.0)
+    assert len(calibration.replay_stop([r], stop_drops=(0.02,), max_drop=0.01, margin=0.0)) == 1
 
 
 def test_extension_gains_are_per_seed_differences_from_the_faithful_run():

@@ -11,12 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .profiles import PARAMETERS
 from .results import read_results
 
 __all__ = ["load_runs", "label", "run_summary", "stage_curves", "replay_selection", "replay_stop", "extension_gains"]
 
 #: The schedule parameters a calibration run may change, as they are shown.
 SCHEDULE = ("warmup_epochs", "epochs_per_round", "basis_fraction", "channel_fraction", "lr")
+_IMAGE_SIZE = PARAMETERS["image_size"][0]
 
 
 def load_runs(directory: str | Path) -> list[dict[str, Any]]:
@@ -26,7 +28,8 @@ def load_runs(directory: str | Path) -> list[dict[str, Any]]:
 
 def label(p: dict[str, Any]) -> tuple[str, str]:
     """(schedule, extension) of a run's parameters, e.g. ``("warm-up 10, 10%/round, 2 ep/round,
-    lr 0.003", "fold-aware ranking")``; the extension is ``"faithful"`` when none is on."""
+    lr 0.003", "fold-aware ranking")``; the extension is ``"faithful"`` when none is on. An input
+    size other than the default profile's is an extension (``"64 px"``)."""
     schedule = (f"warm-up {p['warmup_epochs']}, {100 * p['basis_fraction']:g}%/round, "
                 f"{p['epochs_per_round']} ep/round, lr {p['lr']:g}")
     ext = []
@@ -36,6 +39,8 @@ def label(p: dict[str, Any]) -> tuple[str, str]:
         ext.append(f"normalize {p['basis_normalize']}")
     if p.get("distill", 0.0) > 0:
         ext.append(f"distillation {p['distill']:g}")
+    if p.get("image_size", _IMAGE_SIZE) != _IMAGE_SIZE:
+        ext.append(f"{p['image_size']} px")
     return schedule, " + ".join(ext) or "faithful"
 
 
@@ -99,13 +104,18 @@ def replay_stop(runs: list[dict[str, Any]], stop_drops, max_drop: float, margin:
     rounds the stage would have computed (:func:`~basisprune.repro.experiments.stops_after`, cut at
     the first round over it) and the round the selection (``max_drop``, ``margin``) then picks,
     beside the one it picks on every recorded round. Exact per stage for any ``stop_drop`` at or
-    below the one the runs used: a stage's rounds do not depend on when it stops."""
+    below the one the runs used (a stage's rounds do not depend on when it stops); a larger one
+    raises ValueError, since the rounds it would have added were never computed."""
     import pandas as pd
 
     from .experiments import select_round, stops_after
 
     rows = []
     for r in runs:
+        recorded = r["params"]["stop_drop"]
+        if max(stop_drops) > recorded:
+            raise ValueError(f"run {r['name']!r} stopped at stop_drop {recorded:g}: a replay can only stop "
+                             f"earlier, got stop_drops up to {max(stop_drops):g}")
         for stage, st in _stages(r).items():
             hist = st["history"]
             full, _ = select_round(hist, max_drop, margin)
