@@ -13,7 +13,8 @@ P = dict(warmup_epochs=10, epochs_per_round=2, basis_fraction=0.1, channel_fract
 
 def _run(name, rows, **params):
     hist = [{"round": i, "param_pruning_ratio": pp, "flop_pruning_ratio": pp / 2, "drop_val": dv,
-             "drop_se_val": se, "accuracy_drop": dt, "reference_test": 0.9} for i, (pp, dv, se, dt) in enumerate(rows)]
+             "drop_se_val": se, "accuracy_drop": dt, "reference_test": 0.9,
+             "accuracy_test": 0.9 - dt} for i, (pp, dv, se, dt) in enumerate(rows)]
     final = dict(hist[-1])
     return {"name": name, "experiment": "basis_pruning", "params": {**P, **params}, "history": hist, "final": final,
             "timings": {"compute_seconds": 60.0}, "provenance": {"git": {"commit": "abc"}}}
@@ -74,6 +75,8 @@ def test_a_stop_replay_refuses_a_stop_later_than_the_run_used():
     with pytest.raises(ValueError, match="stopped at stop_drop 0.02"):
         calibration.replay_stop([r], stop_drops=(0.03, 0.02), max_drop=0.01, margin=0.0)
     assert len(calibration.replay_stop([r], stop_drops=(0.02,), max_drop=0.01, margin=0.0)) == 1
+    assert calibration.replay_stop([r], stop_drops=(0.03, 0.02), max_drop=0.01, margin=0.0,
+                                   skip_earlier_stops=True).empty
 
 
 def test_extension_gains_are_per_seed_differences_from_the_faithful_run():

@@ -56,6 +56,7 @@ def run_summary(runs: list[dict[str, Any]]):
                      "seed": p["seed"], "final_stage": r.get("final_stage", r["experiment"].split("_")[0]),
                      "params_pruned": f["param_pruning_ratio"], "flops_pruned": f["flop_pruning_ratio"],
                      "drop_val": f["drop_val"], "drop_test": f["accuracy_drop"], "reference_test": f["reference_test"],
+                     "accuracy_test": f["accuracy_test"],
                      "minutes": r["timings"]["compute_seconds"] / 60, "commit": (r["provenance"]["git"]["commit"] or "")[:8]})
     return pd.DataFrame(rows)
 
@@ -99,13 +100,15 @@ def replay_selection(runs: list[dict[str, Any]], max_drop: float, margins=(0.0, 
     return pd.DataFrame(rows)
 
 
-def replay_stop(runs: list[dict[str, Any]], stop_drops, max_drop: float, margin: float):
+def replay_stop(runs: list[dict[str, Any]], stop_drops, max_drop: float, margin: float,
+                skip_earlier_stops: bool = False):
     """Earlier stop rules replayed on every recorded stage of ``runs``: for each ``stop_drop``, the
     rounds the stage would have computed (:func:`~basisprune.repro.experiments.stops_after`, cut at
     the first round over it) and the round the selection (``max_drop``, ``margin``) then picks,
     beside the one it picks on every recorded round. Exact per stage for any ``stop_drop`` at or
-    below the one the runs used (a stage's rounds do not depend on when it stops); a larger one
-    raises ValueError, since the rounds it would have added were never computed."""
+    below the one the runs used (a stage's rounds do not depend on when it stops). A run that stopped
+    before the largest ``stop_drop`` never computed the rounds it would add: it raises ValueError, or
+    is left out with ``skip_earlier_stops``."""
     import pandas as pd
 
     from .experiments import select_round, stops_after
@@ -114,6 +117,8 @@ def replay_stop(runs: list[dict[str, Any]], stop_drops, max_drop: float, margin:
     for r in runs:
         recorded = r["params"]["stop_drop"]
         if max(stop_drops) > recorded:
+            if skip_earlier_stops:
+                continue
             raise ValueError(f"run {r['name']!r} stopped at stop_drop {recorded:g}: a replay can only stop "
                              f"earlier, got stop_drops up to {max(stop_drops):g}")
         for stage, st in _stages(r).items():
