@@ -277,15 +277,17 @@ SECTIONS = ("pai", "timing")
 # subsets, ``epochs`` = its ``transfer_epochs``, ``lr`` = its ``full_lr``, ``prune_batch_size`` = its
 # ``batch_size``; ``targets`` are matched to TRANSFER_TARGETS records, ``fixed`` are extra labelled
 # sparsities); ``cost`` is prune_cost / cost_table. The default profile's ``pai`` is sized for 2 CPU
-# cores (the whole notebook in about 6 minutes): Fashion-MNIST at 28 px, 2,000 training images, one
-# epoch, vgg_small at width 8 (18.4k prunable weights), SynFlow with 20 rounds instead of 100,
-# pruning batches of 64; the transfer fine-tuning runs two epochs on 1,800 of the training images at
-# Adam lr 1e-3 instead of the experiments profile's five epochs on all of them (3,600 for mnist5k) at
-# its ``full_lr`` 3e-4 (after one epoch at 3e-4 the pruned MobileNetV2 was still at chance accuracy).
+# cores (the whole notebook in about 4 to 5 minutes): Fashion-MNIST at 28 px, 2,000 training
+# images, one epoch, vgg_small at width 8 (18.4k prunable weights), SynFlow with 20 rounds instead
+# of 100, pruning batches of 64, the cost table's median of 3 calls per method (5 cost about 32 s more);
+# the transfer fine-tuning runs two epochs on 1,800 of the training images at Adam lr 1e-3 instead
+# of the experiments profile's five epochs on all of them (3,600 for mnist5k) at its ``full_lr``
+# 3e-4 (after one epoch at 3e-4 the pruned MobileNetV2 was still at chance accuracy).
 # ``timing`` (efficiency.speed_table): seconds of timing per model, batch size and round (at least),
 # runs per round (at least), untimed warm-up calls, rounds (every model timed once per round, so that
 # a change of load on a shared machine hits all models alike), ONNX Runtime calls; and the per-layer
-# timings of the latency fold rule.
+# timings of the latency fold rule. The default profile times 2 rounds (3 took about 42 s more of chapter 7's
+# 127-s speed table on 2 cores; the book's build is held to 30 minutes).
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
         "dataset": "digits",
@@ -359,11 +361,11 @@ PROFILES: dict[str, dict[str, Any]] = {
             },
             "cost": {
                 "model": "resnet20", "width": 16, "batch": 128, "steps": 3, "image_size": 32,
-                "repeats": 5, "warmup": 0, "sparsity": 0.9, "synflow_iterations": 100, "device": "cpu",
+                "repeats": 3, "warmup": 0, "sparsity": 0.9, "synflow_iterations": 100, "device": "cpu",
                 "methods": list(PAI_METHODS),
             },
         },
-        "timing": {"min_run_time": 0.2, "min_runs": 5, "warmup": 3, "rounds": 3, "onnx": True, "onnx_repeats": 30,
+        "timing": {"min_run_time": 0.2, "min_runs": 5, "warmup": 3, "rounds": 2, "onnx": True, "onnx_repeats": 30,
                    "fold_min_run_time": 0.02, "fold_min_runs": 5},
     },
     "gpu": {
