@@ -15,8 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from basisprune.repro import experiments, sweep
+from basisprune.repro import data, experiments, sweep
 from basisprune.repro.cli import main as cli_main
+from basisprune.repro.sweep import local as sweep_local
+from basisprune.repro.sweep import slurm as sweep_slurm
 from basisprune.repro.results import read_results, write_json
 
 # Four cells of a few seconds each: 2 pruning fractions x 2 seeds on the smoke profile.
@@ -34,6 +36,10 @@ def _spec(folder, **changes):
 
 def _mtimes(folder):
     return {p.parent.name: p.stat().st_mtime_ns for p in Path(folder).glob("cells/*/results.json")}
+
+
+def _dir(folder, cell):
+    return sweep.cell_dir(folder, cell)
 
 
 # ------------------------------------------------------------------------------ expansion
@@ -103,7 +109,7 @@ def test_dry_run_runs_and_writes_nothing(tmp_path):
     lines = []
     out = sweep.run(_spec(tmp_path / "sw"), dry_run=True, log=lines.append)
     assert out.ran == [] and set(out.status.values()) == {"missing"} and len(out.cells) == 4
-    assert sum(c.fingerprint in " ".join(lines) for c in out.cells) == 4
+    assert sum(c.name in " ".join(lines) for c in out.cells) == 4
     assert not (tmp_path / "sw").exists()
 
 
@@ -123,6 +129,11 @@ def test_dry_run_runs_and_writes_nothing(tmp_path):
     ({"slurm": {"timeout_min": "2h"}}, r"slurm\.timeout_min: must be a positive integer, got '2h'"),
     ({"local": {"workers": 0}}, r"local\.workers: must be a positive integer, got 0"),
     ({"param": {"lr": [0.1]}}, r"param: unknown key"),
+    ({"params": []}, r"params: empty list of grids; give a mapping"),
+    ({"params": None}, r"params: no value; give a mapping"),
+    ({"params": {"subset_train": 50000}},
+     r"cell basis_pruning .*subset_train=50000 is larger than the digits train split, which has \d+ images"),
+    ({"params": {"subset_test": 400}}, r"subset_test=400 is larger than the digits test split, which has 359 images"),
 ])
 def test_bad_spec_is_one_line_before_any_job(tmp_path, monkeypatch, changes, match):
     """A bad spec raises one line naming what is wrong; no backend starts, no folder is made."""
@@ -130,12 +141,79 @@ def test_bad_spec_is_one_line_before_any_job(tmp_path, monkeypatch, changes, mat
     def no_job(*args, **kwargs):
         raise AssertionError("a job started before the spec was validated")
 
-    monkeypatch.setattr(sweep, "_run_local", no_job)
-    monkeypatch.setattr(sweep, "_run_submitit", no_job)
+    monkeypatch.setattr(sweep, "run_local", no_job)
+    monkeypatch.setattr(sweep, "run_submitit", no_job)
     with pytest.raises(ValueError, match=match) as err:
         sweep.run(_spec(tmp_path / "sw", **changes))
     assert "\n" not in str(err.value)
     assert not (tmp_path / "sw").exists()
+
+
+def _fake_slurm(tmp_path, monkeypatch, sinfo_out):
+    """A PATH with stand-in Slurm commands: sinfo prints ``sinfo_out``; sbatch must not be called."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "sinfo").write_text(f"#!/bin/sh\nprintf '{sinfo_out}'\n")
+    (bin_ / "sbatch").write_text(f"#!/bin/sh\ntouch {tmp_path / 'sbatch-called'}\nexit 1\n")
+    for f in bin_.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.mark.parametrize("slurm, match", [
+    ({"partition": "gpu"}, r"slurm\.partition: unknown partition 'gpu'; this cluster has: cpu, big"),
+    ({"partition": "cpu", "gpus_per_node": 1},
+     r"slurm\.gpus_per_node: 1 asked, but the nodes of partition 'cpu' have no GPU\(s\) \(sinfo GRES: \(null\)\)"),
+    ({"gpus_per_node": 1}, r"partition 'cpu' have no GPU"),  # the default partition (cpu*)
+    ({"partition": "big", "gpus_per_node": 8}, r"8 asked, but the nodes of partition 'big' have 4 GPU"),
+])
+def test_cluster_refusals_come_before_anything_is_written(tmp_path, monkeypatch, slurm, match):
+    """What sinfo says the cluster lacks (a partition, GPUs on a partition) is one line, and no
+    cell.json, pickle or submission script is written, no sbatch called."""
+    _fake_slurm(tmp_path, monkeypatch, "cpu*|(null)\\nbig|gpu:a100:4(S:0-1)\\nbig|gpu:a100:2\\n")
+    with pytest.raises(ValueError, match=match) as err:
+        sweep.run(_spec(tmp_path / "sw", slurm=slurm), backend="slurm")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "sw").exists() and not (tmp_path / "sbatch-called").exists()
+
+
+def test_unwritable_folder_names_the_spec_and_its_folder_key(tmp_path):
+    """A sweep folder that cannot be created is one line naming the spec file and its folder: key."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"experiment: basis_pruning\nprofile: smoke\nfolder: {blocker / 'sw'}\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: folder: cannot write the sweep folder .*"
+                                         r"set the spec's folder: key") as err:
+        sweep.run(path)
+    assert "\n" not in str(err.value)
+
+
+def test_duplicate_yaml_key_is_refused(tmp_path):
+    """A key given twice in a spec file is an error naming both lines, not a silent last-wins."""
+    path = tmp_path / "dup.yaml"
+    path.write_text("experiment: basis_pruning\nprofile: smoke\nparams:\n  basis_fraction: [0.2]\n"
+                    "  basis_fraction: [0.4]\n")
+    with pytest.raises(ValueError, match=r"not valid YAML: .*key 'basis_fraction' is given twice \(lines 4 and 5\)"):
+        sweep.load(path)
+
+
+def test_missing_pyyaml_is_one_line(tmp_path):
+    """Without PyYAML, ``basisprune sweep`` exits 2 with one line saying what to install."""
+    code = ("import sys; sys.modules['yaml'] = None\n"
+            "from basisprune.repro.cli import main\n"
+            f"raise SystemExit(main(['sweep', {str(tmp_path / 'x.yaml')!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "pip install 'basisprune[sweep]'" in proc.stderr, proc.stderr
+
+
+def test_split_sizes_match_the_loaded_splits():
+    """data.split_sizes, which validation uses, agrees with the splits data.load builds."""
+    for name in ("digits", "mnist5k"):
+        for vf in (0.0, 0.1):
+            sizes = data.split_sizes(name, vf)
+            assert sizes == {s: len(data.load(name, s, 8, None, val_fraction=vf)) for s in ("train", "test")}
 
 
 @pytest.mark.parametrize("text", ["experiment: basis_pruning\nparams: {basis_fraction: []}\n",
@@ -163,7 +241,8 @@ def test_local_sweep_runs_every_cell(local_sweep):
     done, folder = local_sweep
     assert sorted(done.ran) == sorted(c.fingerprint for c in done.cells) and len(done.cells) == 4
     for c in done.cells:
-        rec = read_results(folder / "cells" / c.fingerprint / "results.json")
+        assert _dir(folder, c).name == f"basis_pruning-digits-seed{c.seed}-{c.fingerprint[:8]}"
+        rec = read_results(_dir(folder, c) / "results.json")
         assert rec["params"]["seed"] == c.seed
         assert rec["params"]["basis_fraction"] == dict(c.overrides)["basis_fraction"]
         assert rec["experiment"] == c.experiment
@@ -181,11 +260,12 @@ def test_second_call_runs_nothing(local_sweep):
 def test_deleting_a_results_file_reruns_exactly_that_cell(local_sweep):
     """Remove one cell's results: the next call runs that cell only and leaves the others alone."""
     done, folder = local_sweep
-    victim = done.cells[2].fingerprint
+    victim = done.cells[2]
     before = _mtimes(folder)
-    (folder / "cells" / victim / "results.json").unlink()
+    (_dir(folder, victim) / "results.json").unlink()
     again = sweep.run(_spec(folder), backend="local", workers=2)
-    assert again.ran == [victim]
+    assert again.ran == [victim.fingerprint]
+    victim = victim.name
     after = _mtimes(folder)
     assert set(after) == set(before)
     assert {k: v for k, v in after.items() if k != victim} == {k: v for k, v in before.items() if k != victim}
@@ -200,16 +280,16 @@ def test_report_means_over_seeds_and_lists_missing_cells(local_sweep):
     table = pd.read_csv(paths["report.csv"])
     assert len(table) == 2 and list(table["seeds_done"]) == [2, 2] and list(table["seeds"]) == [3, 3]
     for frac in (0.2, 0.4):
-        accs = [read_results(folder / "cells" / c.fingerprint / "results.json")["final"]["accuracy_test"]
+        accs = [read_results(_dir(folder, c) / "results.json")["final"]["accuracy_test"]
                 for c in done.cells if dict(c.overrides)["basis_fraction"] == frac]
         row = table[table["basis_fraction"] == frac].iloc[0]
         assert row["final.accuracy_test mean"] == pytest.approx(sum(accs) / 2)
         assert row["final.accuracy_test std"] == pytest.approx(pd.Series(accs).std())
-    missing = [c.fingerprint for c in sweep.expand(sweep.load(spec)) if c.seed == 2]
+    missing = [c.name for c in sweep.expand(sweep.load(spec)) if c.seed == 2]
     md = paths["report.md"].read_text()
-    assert all(fp in md.split("## Failed and missing cells")[1] for fp in missing)
+    assert all(name in md.split("## Failed and missing cells")[1] for name in missing)
     cells = pd.read_csv(paths["cells.csv"])
-    assert sorted(cells.loc[cells["status"] == "missing", "fingerprint"]) == sorted(missing)
+    assert sorted(cells.loc[cells["status"] == "missing", "cell"]) == sorted(missing)
 
 
 # --------------------------------------------------------------------------------- failures
@@ -234,7 +314,7 @@ def test_failed_cell_is_recorded_and_others_finish(failing_sweep):
     bad = next(c for c in done.cells if dict(c.overrides).get("dataset") == "imagefolder")
     good = next(c for c in done.cells if c is not bad)
     assert done.status == {good.fingerprint: "done", bad.fingerprint: "failed"}
-    cell_dir = Path(spec["folder"]) / "cells" / bad.fingerprint
+    cell_dir = _dir(spec["folder"], bad)
     err = read_results(cell_dir / "error.json")["error"]
     assert "\n" not in err and re.match(r"\w+Error: .*imagefolder", err), err
     assert "Traceback (most recent call last)" in (cell_dir / "traceback.txt").read_text()
@@ -243,10 +323,10 @@ def test_failed_cell_is_recorded_and_others_finish(failing_sweep):
 def test_report_lists_failed_cells_with_their_error(failing_sweep):
     """The report's page lists the failed cell with its error line."""
     done, spec = failing_sweep
-    bad = next(fp for fp, s in done.status.items() if s == "failed")
+    bad = next(c for c in done.cells if done.status[c.fingerprint] == "failed")
     md = sweep.report(spec)["report.md"].read_text().split("## Failed and missing cells")[1]
-    err = read_results(Path(spec["folder"]) / "cells" / bad / "error.json")["error"]
-    assert bad in md and err.split(": ", 1)[1][:60] in md
+    err = read_results(_dir(spec["folder"], bad) / "error.json")["error"]
+    assert bad.name in md and err.split(": ", 1)[1][:60] in md
 
 
 def _die_on_seed_1(cell, folder):
@@ -256,7 +336,7 @@ def _die_on_seed_1(cell, folder):
         os._exit(9)
     if cell.seed == 0:
         time.sleep(2)
-    write_json(Path(folder) / "cells" / cell.fingerprint / "results.json", {"seed": cell.seed})
+    write_json(sweep.cell_dir(folder, cell) / "results.json", {"seed": cell.seed})
     return {"fingerprint": cell.fingerprint, "status": "done", "error": None}
 
 
@@ -267,16 +347,30 @@ def test_dead_worker_fails_only_its_own_cell(tmp_path):
     by_seed = {c.seed: done.status[c.fingerprint] for c in done.cells}
     assert by_seed == {0: "done", 1: "failed", 2: "done", 3: "done"}
     dead = next(c for c in done.cells if c.seed == 1)
-    assert "worker process died" in read_results(tmp_path / "sw" / "cells" / dead.fingerprint / "error.json")["error"]
+    assert "worker process died" in read_results(_dir(tmp_path / "sw", dead) / "error.json")["error"]
 
 
 # ------------------------------------------------------------------------ submitit backends
-def test_cell_task_requeues_itself_with_the_same_cell():
-    """Under submitit a timed-out job resubmits the same task for the same cell (it then resumes)."""
+def test_cell_task_is_checkpointable_and_requeues_the_same_cell():
+    """CellTask is what submitit requeues at a time limit (a Checkpointable, with ``checkpoint``),
+    and its checkpoint resubmits the same task for the same cell (which then resumes)."""
+    import submitit
+
     task = sweep.CellTask(threads=1)
+    assert isinstance(task, submitit.helpers.Checkpointable)
     cell = sweep.expand(sweep.load(SMOKE))[0]
-    again = task.__submitit_checkpoint__(cell, "folder")
+    again = task.checkpoint(cell, "folder")
     assert again.function is task and again.args == (cell, "folder")
+
+
+def test_submission_env_keeps_the_cluster_configuration(monkeypatch):
+    """Around sbatch, a job's SLURM_* variables are hidden but SLURM_CONF stays (sbatch needs it to
+    find the cluster); afterwards everything is as before."""
+    monkeypatch.setenv("SLURM_CONF", "/tmp/some/slurm.conf")
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    with sweep_slurm.submission_env():
+        assert os.environ.get("SLURM_CONF") == "/tmp/some/slurm.conf" and "SLURM_JOB_ID" not in os.environ
+    assert os.environ["SLURM_CONF"] == "/tmp/some/slurm.conf" and os.environ["SLURM_JOB_ID"] == "123"
 
 
 def test_submitit_local_executor_runs_the_smoke_sweep(tmp_path):
@@ -287,43 +381,7 @@ def test_submitit_local_executor_runs_the_smoke_sweep(tmp_path):
     assert sorted(done.ran) == sorted(c.fingerprint for c in done.cells)
     assert set(done.status.values()) == {"done"}
     for c in done.cells:
-        job = read_results(folder / "cells" / c.fingerprint / "job.json")
+        job = read_results(_dir(folder, c) / "job.json")
         assert Path(job["stdout"]).parent.parent == folder.resolve() / "submitit"
         assert Path(job["stderr"]).exists()
         assert (Path(job["stdout"]).parent / f"{job['job_id']}_0_result.pkl").exists()
-
-
-def _slurm_partition():
-    """An up partition with a node that can run jobs (idle, or busy finishing other jobs), else None."""
-    if shutil.which("sinfo") is None:
-        return None
-    proc = subprocess.run(["sinfo", "-h", "-o", "%P %a %t"], capture_output=True, text=True)
-    rows = [line.split() for line in proc.stdout.splitlines()] if proc.returncode == 0 else []
-    ok = ("idle", "mix", "alloc", "comp")
-    return next((p.rstrip("*") for p, avail, state in rows if avail == "up" and state in ok), None)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(_slurm_partition() is None,
-                    reason="no Slurm cluster with an idle node (tests/scripts/slurm_localhost.sh start)")
-def test_slurm_daemon_runs_the_smoke_sweep(tmp_path):
-    """A real Slurm controller and daemon run the smoke sweep as one job array."""
-    folder = tmp_path / "sw"
-    slurm = {"partition": _slurm_partition(), "cpus_per_task": 1, "timeout_min": 10, "mem_gb": 2}
-    done = sweep.run(_spec(folder, slurm=slurm), backend="slurm")
-    assert set(done.status.values()) == {"done"} and len(done.ran) == 4
-    ids = {read_results(folder / "cells" / c.fingerprint / "job.json")["job_id"] for c in done.cells}
-    assert len({i.split("_")[0] for i in ids}) == 1 and len(ids) == 4  # one array, four tasks
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(_slurm_partition() is None,
-                    reason="no Slurm cluster with an idle node (tests/scripts/slurm_localhost.sh start)")
-def test_slurm_refusal_is_one_line(tmp_path):
-    """Options the cluster refuses (GPUs on a node without any) are one error line; no cell runs."""
-    folder = tmp_path / "sw"
-    slurm = {"partition": _slurm_partition(), "gpus_per_node": 64, "timeout_min": 10}
-    with pytest.raises(sweep.SubmissionError, match=r"^slurm refused the job array: .*sbatch: error") as err:
-        sweep.run(_spec(folder, slurm=slurm), backend="slurm")
-    assert "\n" not in str(err.value)
-    assert not list(folder.glob("cells/*/results.json"))

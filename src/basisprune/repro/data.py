@@ -119,6 +119,20 @@ def available() -> list[str]:
     return list(_INFO)
 
 
+# Full train/test sizes of the data sets whose splits are fixed (imagefolder: whatever the folders hold).
+_SPLIT_SIZES = {"fashion_mnist": (60000, 10000), "mnist": (60000, 10000), "cifar10": (50000, 10000),
+                "cifar100": (50000, 10000), "mnist5k": (4000, 1000), "digits": (1438, 359)}
+
+
+def split_sizes(name: str, val_fraction: float = 0.0) -> dict[str, int] | None:
+    """Images in the train (after ``val_fraction`` is carved from it) and test splits, without
+    loading anything; None for an imagefolder, whose size only its folders know."""
+    if _check_name(name) not in _SPLIT_SIZES:
+        return None
+    train, test = _SPLIT_SIZES[name]
+    return {"train": train - int(round(val_fraction * train)), "test": test}
+
+
 def _check_name(name: str) -> str:
     if name not in _INFO:
         raise ValueError(f"unknown data set {name!r}; known data sets: {', '.join(available())}")

@@ -69,7 +69,7 @@ def run_tier(spec: str | Path | dict, out: str | Path, *, workers: int | None = 
     out.mkdir(parents=True, exist_ok=True)
     written, failed = [], []
     for cell in result.cells:
-        src = spec_obj.folder.resolve() / "cells" / cell.fingerprint / "results.json"
+        src = sweep.cell_dir(spec_obj.folder.resolve(), cell) / "results.json"
         if result.status[cell.fingerprint] != "done":
             failed.append(cell.describe())
             continue
