@@ -128,7 +128,16 @@ class Cluster:
         return subprocess.run(cmd, capture_output=True, text=True, env=self.env, check=True).stdout
 
     def stop(self) -> None:
-        """SIGTERM each daemon by PID (slurmd first), SIGKILL what is left after 10 s."""
+        """Cancel every job (their steps would outlive slurmd), then SIGTERM each daemon by PID
+        (slurmd first) and SIGKILL what is left after 10 s."""
+        if len(self.procs) == len(DAEMONS) and all(p.poll() is None for p in self.procs):
+            subprocess.run(["scancel", "--full", "--user=root"], env=self.env, capture_output=True)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                out = subprocess.run(["squeue", "-h"], env=self.env, capture_output=True, text=True)
+                if out.returncode != 0 or not out.stdout.strip():
+                    break
+                time.sleep(0.5)
         for p in reversed(self.procs):
             if p.poll() is None:
                 os.kill(p.pid, signal.SIGTERM)

@@ -4,7 +4,7 @@ import itertools
 import json
 import os
 import re
-import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -292,6 +292,37 @@ def test_report_means_over_seeds_and_lists_missing_cells(local_sweep):
     assert sorted(cells.loc[cells["status"] == "missing", "cell"]) == sorted(missing)
 
 
+def test_cli_report_subcommand_and_summary_table(local_sweep, tmp_path, capsys):
+    """``sweep report SPEC`` (and its old spelling ``sweep-report``) prints the table; a sweep run
+    from the command line ends with the same table."""
+    _, folder = local_sweep
+    spec = tmp_path / "smoke.yaml"
+    spec.write_text(json.dumps(_spec(folder)))  # JSON is YAML
+    for argv in (["sweep", "report", str(spec)], ["sweep-report", str(spec)], ["sweep", str(spec)]):
+        assert cli_main(argv) == 0
+        out = capsys.readouterr().out
+        assert "| experiment " in out and "final.accuracy_test" in out and "0.2 " in out and "0.4 " in out, out
+
+
+def test_clean_drops_checkpoints_of_finished_cells_only(local_sweep, tmp_path, capsys):
+    """``sweep clean`` removes the runs/ folders of done cells and keeps their results; a cell not
+    done keeps its checkpoints (a rerun resumes from them)."""
+    done, folder = local_sweep
+    unfinished = _dir(folder, done.cells[0])
+    (unfinished / "results.json").rename(unfinished / "results.json.bak")
+    try:
+        assert all((_dir(folder, c) / "runs").is_dir() for c in done.cells)
+        spec = tmp_path / "smoke.yaml"
+        spec.write_text(json.dumps(_spec(folder)))
+        assert cli_main(["sweep", "clean", str(spec)]) == 0
+        assert re.match(r"dropped the checkpoints of 3 finished cell\(s\): \d+\.\d MB", capsys.readouterr().out)
+        assert (unfinished / "runs").is_dir()
+        assert not any((_dir(folder, c) / "runs").exists() for c in done.cells[1:])
+        assert all((_dir(folder, c) / "results.json").exists() for c in done.cells[1:])
+    finally:
+        (unfinished / "results.json.bak").rename(unfinished / "results.json")
+
+
 # --------------------------------------------------------------------------------- failures
 @pytest.fixture(scope="module")
 def failing_sweep(tmp_path_factory):
@@ -385,3 +416,73 @@ def test_submitit_local_executor_runs_the_smoke_sweep(tmp_path):
         assert Path(job["stdout"]).parent.parent == folder.resolve() / "submitit"
         assert Path(job["stderr"]).exists()
         assert (Path(job["stdout"]).parent / f"{job['job_id']}_0_result.pkl").exists()
+
+
+# ----------------------------------------------------------------------- kills and Ctrl-C
+_TESTS = Path(__file__).parent
+_SLEEPY = {"name": "sleepy", "experiment": "basis_pruning", "profile": "smoke", "seeds": [0, 1, 2, 3]}
+
+
+def _alive(pid):
+    """True while ``pid`` runs (a zombie waiting for a reaper counts as gone)."""
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def _wait_for(pred, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.1)
+
+
+def _start(tmp_path, argv_code):
+    code = (f"import sys; sys.path.insert(0, {str(_TESTS)!r})\n"
+            "import sweep_tasks\nfrom basisprune.repro import sweep, cli\n"
+            "sweep.CellTask = sweep_tasks.Sleeper\n" + argv_code)
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=dict(os.environ, TQDM_DISABLE="1"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to see which processes live")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
+def test_killed_local_sweep_leaves_no_worker_behind(tmp_path, sig):
+    """SIGKILL or SIGTERM to a local sweep's main process: its pool workers exit too (before, they
+    finished the queue and then idled forever)."""
+    folder = tmp_path / "sw"
+    proc = _start(tmp_path, f"sweep.run({dict(_SLEEPY, folder=str(folder))!r}, workers=2)\n")
+    pids = folder / "pids"
+    _wait_for(lambda: pids.is_dir() and len(list(pids.iterdir())) >= 3)  # seed 0 done, two sleeping
+    workers = {int(p.read_text()) for p in pids.iterdir()}
+    assert len(workers) == 2 and all(_alive(w) for w in workers)
+    os.kill(proc.pid, sig)
+    proc.wait(30)
+    _wait_for(lambda: not any(_alive(w) for w in workers), timeout=15)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to see which processes live")
+def test_ctrl_c_is_one_line_cancels_the_queue_and_a_rerun_resumes(tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) on ``basisprune sweep``: exit status 130,
+    one line on stderr, the workers gone, the queued cell never started; the rerun runs exactly
+    the cells that had not finished."""
+    spec = tmp_path / "sleepy.yaml"
+    spec.write_text(f"name: sleepy\nexperiment: basis_pruning\nprofile: smoke\nseeds: [0, 1, 2, 3]\n"
+                    f"folder: {tmp_path / 'sw'}\nlocal: {{workers: 2}}\n")
+    proc = _start(tmp_path, f"raise SystemExit(cli.main(['sweep', {str(spec)!r}]))\n")
+    pids = tmp_path / "sw" / "pids"
+    _wait_for(lambda: pids.is_dir() and {p.name for p in pids.iterdir()} >= {"0", "1", "2"})
+    workers = {int(p.read_text()) for p in pids.iterdir()}
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert err.count("\n") == 1 and err.startswith("basisprune: interrupted: 1 of 4 cell(s) finished"), err
+    _wait_for(lambda: not any(_alive(w) for w in workers), timeout=15)
+    assert not (pids / "3").exists()  # queued, cancelled
+    (tmp_path / "sw" / "fast").write_text("")
+    again = _start(tmp_path, f"r = sweep.run({str(spec)!r}, log=lambda s: None)\n"
+                             "print(sorted(c.seed for c in r.cells if c.fingerprint in r.ran))\n")
+    out, err = again.communicate(timeout=60)
+    assert again.returncode == 0, err
+    assert out.strip() == "[1, 2, 3]"

@@ -47,8 +47,6 @@ _OPTIONS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "qos": _STR, "constraint": _STR, "setup": _STR_LIST, "additional_parameters": _STR_MAP,
     },
 }
-# Slurm's own default job time (submitit: 5 minutes) is too short for any real cell.
-_DEFAULT_TIMEOUT_MIN = 60
 
 _DEVICE = re.compile(r"^(auto|cpu|mps(:0)?|cuda(:\d+)?)$", re.IGNORECASE)
 
@@ -63,8 +61,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
-                    key_node.start_mark)
+                    None, None, f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})")
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
