@@ -113,6 +113,17 @@ def test_dry_run_runs_and_writes_nothing(tmp_path):
     assert not (tmp_path / "sw").exists()
 
 
+def test_folders_named_by_bare_fingerprint_are_adopted(tmp_path):
+    """A sweep folder from before readable names (cells/<fingerprint>/) keeps its finished cells:
+    they are renamed, and nothing runs again."""
+    spec = _spec(tmp_path / "sw")
+    for c in sweep.expand(sweep.load(spec)):
+        write_json(tmp_path / "sw" / "cells" / c.fingerprint / "results.json", {"seed": c.seed})
+    again = sweep.run(spec, log=lambda line: None)
+    assert again.ran == [] and set(again.status.values()) == {"done"}
+    assert sorted(p.name for p in (tmp_path / "sw" / "cells").iterdir()) == sorted(c.name for c in again.cells)
+
+
 # ------------------------------------------------------------------------------- bad specs
 @pytest.mark.parametrize("changes, match", [
     ({"params": {"epochs": [1, 2]}}, r"params\.epochs: unknown parameter 'epochs'; allowed: "),

@@ -78,6 +78,9 @@ def check_cluster(spec: SweepSpec) -> None:
             name = default = name[:-1]
         parts.setdefault(name, []).append(gres)
     part = o.get("partition", default)
+    if part is None:
+        raise ValueError(f"{spec.source}: slurm.partition: this cluster has no default partition; give one of: "
+                         f"{', '.join(parts) or 'none'}")
     if part not in parts:
         raise ValueError(f"{spec.source}: slurm.partition: unknown partition {part!r}; this cluster has: "
                          f"{', '.join(parts) or 'none'}")
