@@ -24,3 +24,9 @@ class Sleeper:
             time.sleep(60)
         write_json(sweep.cell_dir(folder, cell) / "results.json", {"seed": cell.seed})
         return {"fingerprint": cell.fingerprint, "status": "done", "error": None, "seconds": 0.0}
+
+
+def env_probe(cell, folder):
+    """Writes the worker's TQDM_DISABLE into the cell's results file."""
+    write_json(sweep.cell_dir(folder, cell) / "results.json", {"TQDM_DISABLE": os.environ.get("TQDM_DISABLE")})
+    return {"fingerprint": cell.fingerprint, "status": "done", "error": None, "seconds": 0.0}

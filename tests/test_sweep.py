@@ -457,6 +457,19 @@ def _start(tmp_path, argv_code):
                             start_new_session=True, env=dict(os.environ, TQDM_DISABLE="1"))
 
 
+def test_pool_workers_draw_no_progress_bars(tmp_path, monkeypatch):
+    """Workers run with TQDM_DISABLE=1 (their bars would interleave on the terminal); the sweep's
+    own process keeps its environment."""
+    monkeypatch.syspath_prepend(str(_TESTS))
+    import sweep_tasks
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    done = sweep.run(dict(_SLEEPY, seeds=[0], folder=str(tmp_path / "sw")), workers=1, task=sweep_tasks.env_probe,
+                     log=lambda line: None)
+    assert read_results(_dir(tmp_path / "sw", done.cells[0]) / "results.json") == {"TQDM_DISABLE": "1"}
+    assert "TQDM_DISABLE" not in os.environ
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to see which processes live")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_killed_local_sweep_leaves_no_worker_behind(tmp_path, sig):
