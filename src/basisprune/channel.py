@@ -27,12 +27,14 @@ Three kinds of layer need more than one scale per channel:
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .decompose import set_submodule
 from .errors import BasisPruneError
@@ -179,7 +181,10 @@ def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.Depend
     for p in model.parameters():
         p.requires_grad_(True)  # the tracer follows autograd nodes; frozen weights leave none
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+        with _ReshapeRecorder() as rec:
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+        dg.basisprune_reshapes = rec.shapes  # grad_fn -> (input shape, output shape), see _check_reshape
+        return dg
     except (ZeroDivisionError, IndexError, KeyError, AssertionError) as e:  # Torch-Pruning's index mapping
         raise ChannelGraphError(
             f"channel scaling cannot trace the channel dependencies of {type(model).__name__}: Torch-Pruning "
@@ -190,6 +195,40 @@ def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.Depend
         for p, f in flags.items():
             p.requires_grad_(f)
         model.train(was_training)
+
+
+_RESHAPES = {torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.flatten, torch.Tensor.flatten,
+             torch.Tensor.unflatten, torch.unflatten}
+
+
+class _ReshapeRecorder(TorchFunctionMode):
+    """Records the shapes of every reshape during a trace, by the output's autograd node."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: dict = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in _RESHAPES and isinstance(out, torch.Tensor) and out.grad_fn is not None:
+            self.shapes[out.grad_fn] = (tuple(args[0].shape), tuple(out.shape))
+        return out
+
+
+def _check_reshape(dg: tp.DependencyGraph, node, name: str) -> str | None:
+    """Why a reshape breaks channel identity (it splits or merges the channel dimension with
+    another one than the spatial ones, e.g. a channel shuffle), or None for a flatten / unflatten."""
+    shapes = getattr(dg, "basisprune_reshapes", {}).get(getattr(node, "grad_fn", None))
+    if shapes is None:
+        return None
+    src, dst = shapes
+    if len(src) < 2 or len(dst) < 2 or src[0] != dst[0] or src[1] == dst[1]:
+        return None if src[:2] == dst[:2] else f"its channels pass through a reshape {src} -> {dst} at {name}"
+    rest = lambda shape: math.prod(shape[1:])  # noqa: E731
+    if dst[1] == rest(src) or src[1] == rest(dst):
+        return None  # flatten of (C, H, W) into C*H*W features, or its inverse
+    return (f"its channels pass through a reshape {src} -> {dst} at {name} that splits the channel dimension "
+            f"(a channel shuffle?): removing channels would mix up the kept ones")
 
 
 def _tie_units(channels: int, grouped: list[tuple[int, list[int], list[int]]]) -> list[int]:
@@ -246,6 +285,9 @@ def find_groups(
     Groups that cannot be scaled and removed exactly come back with ``unsupported`` set to the reason.
     """
     names = {m: n for n, m in model.named_modules()}
+    unknown = sorted(set(ignored) - set(names.values()))
+    if unknown:
+        raise ValueError(f"ignored names layers the model does not have: {unknown}")
     dg = dependency_graph(model, example_input)
     ignored_mods = [model.get_submodule(n) for n in ignored]
     groups = []
@@ -263,6 +305,8 @@ def find_groups(
             name = names.get(mod, target.name) if isinstance(mod, nn.Module) else target.name
             pos, src = [int(i) for i in it.idxs], [int(r) for r in it.root_idxs]
             reason, period = _check_member(mod, name, target.type, handler == "prune_out_channels", pos)
+            if target.type == tp.ops.OPTYPE.RESHAPE:
+                reason = reason or _check_reshape(dg, target, name)
             why = why or reason
             if period:
                 grouped.append((period, pos, src))
