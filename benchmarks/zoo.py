@@ -171,12 +171,12 @@ def run_model(name: str, max_params: float = float("inf"), seed: int = 0) -> dic
     if why:
         return {**rec, "status": "skipped", "reason": why}
     t = time.perf_counter()
-    torch.manual_seed(seed)
-    model = torchvision.models.get_model(name, weights=None, num_classes=NUM_CLASSES).eval()
-    rec["params"] = sum(p.numel() for p in model.parameters())
+    rec["params"] = meta_params(name)
     why = skip_reason(name, rec["params"], max_params)
     if why:
         return {**rec, "status": "skipped", "reason": why}
+    torch.manual_seed(seed)
+    model = torchvision.models.get_model(name, weights=None, num_classes=NUM_CLASSES).eval()
     size = SIZES.get(name, SIZE)
     rec["input"] = [1, 3, size, size]
     x = torch.randn(*rec["input"], generator=torch.Generator().manual_seed(seed))
@@ -213,7 +213,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"masks; every stage is checked against the masked model (relative error at most {RTOL}).",
         "",
         f"**{counts['passed']} passed, {counts['refused']} refused, {counts['failed']} failed, "
-        f"{counts['skipped']} skipped** of {len(result['models'])} classification models.",
+        f"{counts['skipped']} skipped** of {len(result['models']) + len(result.get('not_reached', []))} "
+        f"classification models" + (f"; the run stopped before {', '.join(result['not_reached'])}."
+                                   if result.get("not_reached") else "."),
         "",
         "| model | params (M) | " + " | ".join(STAGES) + " | why (refused, failed or skipped) |",
         "|:--|--:|" + ":-:|" * len(STAGES) + ":--|",
@@ -241,25 +243,45 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-params", type=float, default=MAX_PARAMS, help=f"skip bigger models (default {MAX_PARAMS:g})")
     ap.add_argument("--jobs", type=int, default=1, help="models checked side by side, one thread each")
     ap.add_argument("--out", default=str(ROOT / "data/benchmarks/zoo.json"))
-    ap.add_argument("--md", default=str(ROOT / "book/zoo-table.md"), help="markdown table ('' for none)")
+    ap.add_argument("--md", default=str(ROOT / "book/_zoo.md"), help="markdown table ('' for none)")
     args = ap.parse_args(argv)
     names = args.only or torchvision.models.list_models(module=torchvision.models)
+    names = sorted(names, key=meta_params)  # smallest first: an interrupted run still covers most models
     t0 = time.perf_counter()
-    rows = []
+    rows: list[dict[str, Any]] = []
+    prov = provenance()
+
+    def write(done: bool) -> dict[str, Any]:
+        # Written after every model, so a run cut short keeps what it checked ("complete": false).
+        order = {n: i for i, n in enumerate(names)}
+        result = {"provenance": prov, "jobs": args.jobs, "complete": done,
+                  "wall_seconds": round(time.perf_counter() - t0, 1),
+                  "settings": {"num_classes": NUM_CLASSES, "size": SIZE, "sizes": SIZES, "rtol": RTOL, "keep": KEEP,
+                               "max_params": args.max_params},
+                  "models": sorted(rows, key=lambda r: order[r["model"]]),
+                  "not_reached": [n for n in names if n not in {r["model"] for r in rows}]}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        if args.md:
+            Path(args.md).write_text(markdown(result))
+        return result
+
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-        for rec in pool.imap(functools.partial(run_model, max_params=args.max_params), names):
+        for rec in pool.imap_unordered(functools.partial(run_model, max_params=args.max_params), names):
             rows.append(rec)
-        line = "; ".join(f"{k}={v['status']}" for k, v in rec.get("stages", {}).items()) or rec.get("reason", "")
-        print(f"{rec['model']}: {rec['status']} ({rec.get('seconds', 0)} s) {line}", flush=True)
-    result = {"provenance": provenance(), "jobs": args.jobs, "wall_seconds": round(time.perf_counter() - t0, 1),
-              "settings": {"num_classes": NUM_CLASSES, "size": SIZE, "sizes": SIZES, "rtol": RTOL, "keep": KEEP,
-                           "max_params": args.max_params}, "models": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    if args.md:
-        Path(args.md).write_text(markdown(result))
+            line = "; ".join(f"{k}={v['status']}" for k, v in rec.get("stages", {}).items()) or rec.get("reason", "")
+            print(f"{rec['model']}: {rec['status']} ({rec.get('seconds', 0)} s) {line}", flush=True)
+            write(False)
+    result = write(True)
     print(f"wall time {result['wall_seconds']} s", flush=True)
     return 1 if any(r["status"] == "failed" for r in rows) else 0
+
+
+def meta_params(name: str) -> int:
+    """Parameters of a model, counted without allocating or initialising its weights."""
+    with torch.device("meta"):
+        model = torchvision.models.get_model(name, weights=None, num_classes=NUM_CLASSES)
+    return sum(p.numel() for p in model.parameters())
 
 
 if __name__ == "__main__":
