@@ -278,9 +278,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def meta_params(name: str) -> int:
-    """Parameters of a model, counted without allocating or initialising its weights."""
-    with torch.device("meta"):
-        model = torchvision.models.get_model(name, weights=None, num_classes=NUM_CLASSES)
+    """Parameters of a model, counted without allocating (or else without initialising) its weights."""
+    try:
+        with torch.device("meta"):
+            model = torchvision.models.get_model(name, weights=None, num_classes=NUM_CLASSES)
+    except NotImplementedError:  # RegNet computes its widths with tensors, which meta tensors cannot give
+        inits = {k: v for k, v in vars(nn.init).items() if k.endswith("_") and callable(v)}
+        try:
+            for k in inits:
+                setattr(nn.init, k, lambda t, *a, **kw: t)
+            model = torchvision.models.get_model(name, weights=None, num_classes=NUM_CLASSES)
+        finally:
+            for k, v in inits.items():
+                setattr(nn.init, k, v)
     return sum(p.numel() for p in model.parameters())
 
 
