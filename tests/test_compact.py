@@ -9,7 +9,7 @@ from torch import nn
 
 import basisprune as bp
 from conftest import random_basis_masks
-from basisprune.compact import pair_cost
+from basisprune.compact import CompactionError, pair_cost
 
 
 def tiny_net():
@@ -124,3 +124,38 @@ def test_compact_refuses_channels_without_example_input():
     s = bp.add_channel_scales(model, torch.randn(1, 3, 12, 12), ignored=["9"])
     with pytest.raises(ValueError, match="example_input"):
         bp.compact(s)
+
+
+class ReverseChannels(nn.Module):
+    """Reverses the channel order: Torch-Pruning maps it as an element-wise op (the identity)."""
+
+    def forward(self, x):
+        return x.flip(1)
+
+
+def test_compact_raises_instead_of_returning_a_model_that_differs():
+    """When the graph misleads compaction, compact() raises one line; it returns no wrong model."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), ReverseChannels(), nn.Conv2d(8, 4, 3)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    s = bp.add_channel_scales(m, x, ignored=["3"])
+    bp.channel_scales(s)["0"].mask[:3] = 0
+    with pytest.raises(CompactionError, match="differs from the masked model on example_input") as info:
+        bp.compact(s, x)
+    assert "\n" not in str(info.value)
+
+
+def test_channels_last_linear_layers_decompose_and_compact_exactly():
+    """ConvNeXt's pointwise Linear layers on (B, H, W, C) tensors: the basis form equals the block,
+    and the compact model equals the masked one."""
+    from test_channel import CNBlock
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 2, stride=2), CNBlock(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                      nn.Linear(8, 5)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    d = bp.decompose(m, include_linear=True, exclude=["4"]).eval()
+    assert {"1.pw1", "1.pw2"} <= set(bp.basis_layers(d))
+    torch.testing.assert_close(d(x), m(x), rtol=1e-4, atol=1e-5)
+    random_basis_masks(d, 0.5, 0)
+    torch.testing.assert_close(bp.compact(d, x)(x), d(x), rtol=1e-4, atol=1e-5)

@@ -8,51 +8,88 @@ Torch-Pruning *dependency group* (the set of layers that must lose a channel tog
 at the input of every conv / linear layer that consumes the group's channels. A channel whose scale
 is masked to 0 then reaches no consumer, so removing the whole group channel with Torch-Pruning
 gives exactly the masked model's outputs. (Our construction; the paper only treats chains.)
+
+Three kinds of layer need more than one scale per channel:
+
+* A grouped conv (``1 < groups < channels``) can only lose the same positions in every group
+  (Torch-Pruning slices one in-group weight pattern). Channels that a grouped conv ties together
+  share one scale and one mask entry (one *unit*), so every mask a pruning rule writes can be
+  compacted. Without grouped convs a unit is a channel.
+* A pointwise ``nn.Linear`` on channels-last tensors (ConvNeXt) is scaled along its last
+  dimension, the one it reads.
+* A group whose channels pass through a layer that mixes channels (a LayerNorm over the channel
+  dimension, a GroupNorm, attention) cannot be removed exactly: removing channels changes what the
+  kept ones compute. Such groups get no scale; :func:`unsupported_channel_groups` says which and
+  why, and ``add_channel_scales(..., on_unsupported="raise")`` refuses them in one line. A model
+  whose graph Torch-Pruning cannot trace (a channel shuffle) is refused in one line.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from typing import Sequence
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from .decompose import set_submodule
+from .groups import ChannelGraphError, dependency_graph, find_groups, unsupported_channel_groups
 
 __all__ = [
+    "ChannelGraphError",
     "ChannelScale",
     "ScaledInput",
     "add_channel_scales",
     "channel_scales",
     "l1_penalty",
     "remove_channel_scales",
+    "unsupported_channel_groups",
 ]
 
 
 class ChannelScale(nn.Module):
-    """Trainable per-channel scale of one dependency group (``scale``) and its 0/1 ``mask``."""
+    """Trainable scale of one dependency group (``scale``) and its 0/1 ``mask``, one entry per unit.
 
-    def __init__(self, channels: int, root: str):
+    A unit is a channel, or the channels a grouped conv ties together; ``unit_of[c]`` is the unit
+    of channel ``c`` (``arange(channels)`` when nothing is tied).
+    """
+
+    def __init__(self, channels: int, root: str, unit_of: Sequence[int] | None = None):
         super().__init__()
         self.root = root  # qualified name of the layer whose output channels this group owns
-        self.scale = nn.Parameter(torch.ones(channels))
-        self.register_buffer("mask", torch.ones(channels))
+        units = torch.arange(channels) if unit_of is None else torch.as_tensor(list(unit_of), dtype=torch.long)
+        if units.numel() != channels:
+            raise ValueError(f"unit_of has {units.numel()} entries for {channels} channels")
+        n = int(units.max().item()) + 1
+        self.scale = nn.Parameter(torch.ones(n))
+        self.register_buffer("mask", torch.ones(n))
+        # Not saved in state dicts: add_channel_scales recomputes it from the graph.
+        self.register_buffer("unit_of", units, persistent=False)
 
     @property
     def kept(self) -> int:
+        """Live units."""
         return int(self.mask.sum().item())
 
     @property
-    def num_channels(self) -> int:
+    def num_units(self) -> int:
         return self.scale.numel()
 
+    @property
+    def num_channels(self) -> int:
+        return self.unit_of.numel()
+
     def effective_scale(self) -> torch.Tensor:
-        return self.scale * self.mask
+        """Per-channel scale times mask (length ``num_channels``)."""
+        return (self.scale * self.mask)[self.unit_of]
+
+    def channel_mask(self) -> torch.Tensor:
+        """Per-channel 0/1 mask (length ``num_channels``)."""
+        return self.mask[self.unit_of]
 
     def extra_repr(self) -> str:
-        return f"root={self.root}, kept={self.kept}/{self.num_channels}"
+        tied = f", units={self.num_units}" if self.num_units != self.num_channels else ""
+        return f"root={self.root}, kept={self.kept}/{self.num_units}{tied}, channels={self.num_channels}"
 
 
 class ScaledInput(nn.Module):
@@ -83,65 +120,10 @@ class ScaledInput(nn.Module):
         return mult
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.multiplier()
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return self.inner(x * m.view(shape).to(x.dtype))
-
-
-@dataclass
-class _Group:
-    root: str
-    channels: int
-    consumers: list[tuple[str, list[int], list[int]]]  # (module name, positions, root channels)
-
-
-def _is_depthwise(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
-
-
-def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    """Torch-Pruning dependency graph traced in eval mode (tracing must not touch BN statistics)."""
-    was_training = model.training
-    flags = {p: p.requires_grad for p in model.parameters()}
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(True)  # the tracer follows autograd nodes; frozen weights leave none
-    try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
-    finally:
-        for p, f in flags.items():
-            p.requires_grad_(f)
-        model.train(was_training)
-
-
-def find_groups(
-    model: nn.Module, example_input: torch.Tensor, ignored: list[str] | tuple[str, ...] = ()
-) -> list[_Group]:
-    """The channel dependency groups rooted at Conv2d layers, with their consumer layers."""
-    names = {m: n for n, m in model.named_modules()}
-    dg = dependency_graph(model, example_input)
-    ignored_mods = [model.get_submodule(n) for n in ignored]
-    groups = []
-    for group in dg.get_all_groups(ignored_layers=ignored_mods, root_module_types=[nn.Conv2d]):
-        items = group.items
-        root_mod = items[0].dep.target.module
-        root_idxs = list(items[0].idxs)
-        consumers = []
-        for it in items:
-            mod = it.dep.target.module
-            if it.dep.handler.__name__ != "prune_in_channels" or _is_depthwise(mod):
-                continue
-            if not isinstance(mod, (nn.Conv2d, nn.Linear)):
-                raise ValueError(
-                    f"channel scaling supports Conv2d and Linear consumers; {names.get(mod)} is a "
-                    f"{type(mod).__name__}"
-                )
-            pos = list(it.idxs)
-            per = len(pos) // len(root_idxs)  # > 1 after a flatten: each channel feeds `per` inputs
-            consumers.append((names[mod], pos, [j // per for j in range(len(pos))]))
-        if consumers and names.get(root_mod) is not None:
-            groups.append(_Group(names[root_mod], len(root_idxs), consumers))
-    return groups
+        m = self.multiplier().to(x.dtype)
+        if isinstance(self.inner, nn.Linear):
+            return self.inner(x * m)  # a linear layer reads the last dimension (channels-last too)
+        return self.inner(x * m.view((1, -1) + (1,) * (x.dim() - 2)))
 
 
 def add_channel_scales(
@@ -150,6 +132,7 @@ def add_channel_scales(
     *,
     ignored: list[str] | tuple[str, ...] = (),
     roots: list[str] | None = None,
+    on_unsupported: str = "skip",
     inplace: bool = False,
 ) -> nn.Module:
     """Attach a trainable ``ChannelScale`` to each channel group of ``model``.
@@ -158,11 +141,20 @@ def add_channel_scales(
         model: a plain model (no channel scales yet).
         example_input: a batch the model accepts, used to trace the dependency graph.
         ignored: layers whose *output* channels must not be pruned (the classifier).
-        roots: restrict to groups rooted at these layers (default: every conv-rooted group).
+        roots: restrict to groups rooted at these layers (default: every conv- or linear-rooted group).
+        on_unsupported: ``"skip"`` leaves groups that cannot be removed exactly (their channels pass
+            through a layer that mixes channels; :func:`unsupported_channel_groups` lists them)
+            unscaled; ``"raise"`` refuses the model, naming the first such group.
         inplace: modify ``model`` itself instead of a copy.
+
+    Raises:
+        ChannelGraphError: Torch-Pruning cannot trace the model, an unsupported group with
+            ``on_unsupported="raise"`` (or named in ``roots``), or no group can be scaled.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if on_unsupported not in ("skip", "raise"):
+        raise ValueError(f"on_unsupported must be 'skip' or 'raise', got {on_unsupported!r}")
     if channel_scales(model):
         raise ValueError("the model already has channel scales; call remove_channel_scales first")
     groups = find_groups(model, example_input, ignored)
@@ -174,13 +166,22 @@ def add_channel_scales(
                 f"{[g.root for g in groups]}"
             )
         groups = [g for g in groups if g.root in set(roots)]
+    bad = [g for g in groups if g.unsupported]
+    if bad and (on_unsupported == "raise" or roots is not None):
+        raise ChannelGraphError(f"channel group rooted at {bad[0].root} is not supported: {bad[0].unsupported}"
+                                + (f" (and {len(bad) - 1} more group(s))" if len(bad) > 1 else ""))
+    groups = [g for g in groups if not g.unsupported]
     if not groups:
-        raise ValueError("the model has no prunable channel group (a Conv2d whose output feeds a Conv2d or Linear)")
+        why = f"; e.g. the group rooted at {bad[0].root}: {bad[0].unsupported}" if bad else ""
+        raise ChannelGraphError(
+            f"{type(model).__name__} has no channel group that channel scaling can remove exactly (a Conv2d or "
+            f"Linear whose output feeds a Conv2d or Linear){why}"
+        )
     out = model if inplace else copy.deepcopy(model)
     ref = next(out.parameters())
     wrappers: dict[str, ScaledInput] = {}
     for g in groups:
-        scale = ChannelScale(g.channels, g.root).to(device=ref.device, dtype=ref.dtype)
+        scale = ChannelScale(g.channels, g.root, g.unit_of).to(device=ref.device, dtype=ref.dtype)
         for name, pos, src in g.consumers:
             if name not in wrappers:
                 inner = out.get_submodule(name)
@@ -224,9 +225,9 @@ def fold_scale_into(inner: nn.Module, mult: torch.Tensor) -> None:
 def remove_channel_scales(model: nn.Module, *, fold: bool = True) -> dict[str, torch.Tensor]:
     """Unwrap every ``ScaledInput`` in place; with ``fold`` the scales go into the consumer weights.
 
-    Returns the masks by group root, so a caller can remove the masked channels afterwards.
+    Returns the per-channel masks by group root, so a caller can remove the masked channels afterwards.
     """
-    masks = {root: s.mask.detach().clone() for root, s in channel_scales(model).items()}
+    masks = {root: s.channel_mask().detach().clone() for root, s in channel_scales(model).items()}
     for name, m in list(model.named_modules()):
         if isinstance(m, ScaledInput):
             if fold:

@@ -6,6 +6,9 @@
   ``W' = U_k S_k diag(s_k) V_k^T``, so no layer ever grows.
 * Channel groups lose their masked channels through Torch-Pruning's dependency graph, after the
   scales have been folded into the consumer weights.
+
+Given an ``example_input``, :func:`compact` runs the compact model on it and raises
+:class:`CompactionError` unless it reproduces the masked model there: it never returns a broken model.
 """
 
 from __future__ import annotations
@@ -18,9 +21,15 @@ from torch import nn
 
 from .channel import channel_scales, dependency_graph, remove_channel_scales
 from .decompose import BasisConv2d, BasisLayer, basis_layers, set_submodule
+from .errors import BasisPruneError
 from .io import atomic_write
 
-__all__ = ["compact", "compact_basis_layer", "kept_indices", "pair_cost", "save_model", "load_model"]
+__all__ = ["CompactionError", "compact", "compact_basis_layer", "kept_indices", "pair_cost", "save_model",
+           "load_model"]
+
+
+class CompactionError(BasisPruneError, RuntimeError):
+    """The compact model could not be built, cannot run, or differs from the masked model."""
 
 FoldRule = Callable[[str, BasisLayer, int], bool]
 
@@ -105,8 +114,53 @@ def _compact_channels(model: nn.Module, example_input: torch.Tensor) -> None:
     for root, idxs in pruned.items():
         mod = model.get_submodule(root)
         handler = dg.get_pruner_of_module(mod).prune_out_channels
-        group = dg.get_pruning_group(mod, handler, idxs=idxs)
-        group.prune()
+        try:
+            dg.get_pruning_group(mod, handler, idxs=idxs).prune()
+        except (RuntimeError, IndexError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise CompactionError(f"Torch-Pruning could not remove the masked channels of the group rooted at "
+                                  f"{root} ({type(e).__name__}: {first})") from e
+
+
+def _outputs(y) -> list[torch.Tensor]:
+    if isinstance(y, torch.Tensor):
+        return [y]
+    if isinstance(y, (tuple, list)):
+        return [t for v in y for t in _outputs(v)]
+    if isinstance(y, dict):
+        return [t for v in y.values() for t in _outputs(v)]
+    return []
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    was = model.training
+    model.eval()  # no batch-norm statistics change, and both models compute the same function
+    try:
+        with torch.no_grad():
+            return _outputs(model(x))
+    finally:
+        model.train(was)
+
+
+def verify_compact(compacted: nn.Module, expected: list[torch.Tensor], x: torch.Tensor, rtol: float) -> None:
+    """Raise :class:`CompactionError` unless ``compacted(x)`` matches ``expected`` (the masked model's
+    outputs in eval mode): ``max |a - b| <= rtol * max(1, max |b|)`` for every output."""
+    name = type(compacted).__name__
+    try:
+        got = _forward(compacted, x)
+    except Exception as e:  # a broken compact model is the bug this check exists for
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CompactionError(f"the compact {name} cannot run on example_input ({type(e).__name__}: {first}); "
+                              "nothing was returned") from e
+    if len(got) != len(expected) or any(a.shape != b.shape for a, b in zip(got, expected)):
+        raise CompactionError(f"the compact {name} returns outputs of shapes {[tuple(a.shape) for a in got]}, the "
+                              f"masked model {[tuple(b.shape) for b in expected]}; nothing was returned")
+    for a, b in zip(got, expected):
+        err = (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+        bound = rtol * max(1.0, b.double().abs().max().item() if b.numel() else 0.0)
+        if not err <= bound:
+            raise CompactionError(f"the compact {name} differs from the masked model on example_input by {err:.3g} "
+                                  f"(allowed {bound:.3g}); nothing was returned")
 
 
 def compact(
@@ -114,18 +168,23 @@ def compact(
     example_input: torch.Tensor | None = None,
     *,
     fold_rule: FoldRule = fold_by_params,
+    rtol: float = 1e-3,
 ) -> nn.Module:
     """A physically smaller copy of ``model`` that computes what the masked model computes.
 
     Args:
         model: a model with basis layers and/or channel scales (masks set by pruning).
-        example_input: a batch for tracing; required when the model has channel scales.
+        example_input: a batch for tracing; required when the model has channel scales. When given,
+            the compact model is run on it and checked against ``model`` (both in eval mode).
         fold_rule: ``(name, layer, kept_per_group) -> bool``; True folds a basis layer back into a
             single conv. The default folds whenever the pair would not be smaller.
+        rtol: allowed output difference in that check, relative to ``max(1, max |output|)``.
 
     Raises:
         ValueError: channel scales present but no ``example_input``; or neither basis layers nor
             channel scales (nothing to compact: decompose the model or add channel scales first).
+        CompactionError: the compact model cannot be built, cannot run on ``example_input`` or does
+            not reproduce the masked model there (never a silently broken model).
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"expected a torch.nn.Module, got {type(model).__name__}")
@@ -134,6 +193,7 @@ def compact(
             f"model ({type(model).__name__}) has no basis layers and no channel scales, so there is nothing "
             "to compact; decompose() it or add_channel_scales() to it and prune first"
         )
+    expected = None if example_input is None else _forward(model, example_input)
     out = copy.deepcopy(model)
     if channel_scales(out):
         if example_input is None:
@@ -149,6 +209,8 @@ def compact(
         set_submodule(out, name, compact_basis_layer(layer, fold_rule(name, layer, k)))
     for p in out.parameters():
         p.requires_grad_(False)
+    if expected is not None:
+        verify_compact(out, expected, example_input, rtol)
     return out
 
 
