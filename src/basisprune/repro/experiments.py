@@ -281,6 +281,13 @@ class _Stage:
         self.pruner = Pruner(model, kind, rule, TaylorImportance() if self.taylor else ScaleMagnitude(),
                              costs=_stage_costs(ctx, model, kind, rule))
         self.keys = _snapshot_keys(model, p["bn_mode"])
+        # With shrink_bases, pruned bases leave the model after each round. Its state is then saved and
+        # snapshotted in the full model's coordinates (``index``: each unit's place there), so that
+        # selection and resume see one model; ``full`` keeps the frozen weights of the dropped bases.
+        self.shrinks = kind == "basis" and p["shrink_bases"]
+        self.total = {n: h.mask.numel() for n, h in self.pruner.holders.items()}
+        self.index = {n: torch.arange(t) for n, t in self.total.items()}
+        self.full = copy.deepcopy(model) if self.shrinks else None
         # seconds: compute time of the stage so far, kept across resumes (a reload costs nothing).
         self.round, self.history, self.snapshots, self.seconds = -1, [], [], 0.0
 
@@ -296,7 +303,7 @@ class _Stage:
         ctx, hs = self.ctx, self.pruner.holders
         epochs = self.epoch_offset + self.warmup_epochs + r * ctx.p["epochs_per_round"]
         row = {"round": r, "epochs": epochs, **ctx.evaluate(self.model, correct=True), **self.measure_fn(self.model),
-               "kept": {n: h.kept for n, h in hs.items()}, "total": {n: h.mask.numel() for n, h in hs.items()}}
+               "kept": {n: h.kept for n, h in hs.items()}, "total": dict(self.total)}
         if self.track is None:
             self.track = _ReferenceTrack(ctx, self.model, self.optimizer, self.regularizer, epochs, row)
         ref = self.track.at(epochs)
@@ -313,14 +320,45 @@ class _Stage:
         row = self.evaluate(r)
         self.round = r
         self.history.append(row)
-        self.snapshots.append(_snapshot(self.model, self.keys))
+        self.snapshots.append(self.full_coordinates(_snapshot(self.model, self.keys)))
         self.seconds += time.perf_counter() - since - (self.track.seconds - ref_before)
         self.save()
         return row
 
+    def prune(self) -> None:
+        """One round of the pruner; with ``shrink_bases``, the pruned bases then leave the model."""
+        self.pruner.step()
+        if self.shrinks:
+            self.index = {n: self.index[n][kept.cpu()] for n, kept in self.pruner.shrink(self.optimizer).items()}
+
+    def _full(self, name: str, units: torch.Tensor) -> torch.Tensor:
+        """Per-unit values of basis layer ``name`` in the full model's coordinates (dropped units 0)."""
+        full = units.new_zeros(self.total[name])
+        full[self.index[name].to(full.device)] = units
+        return full
+
+    def full_coordinates(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``state`` (entries named like the model's) with the basis layers' scales and masks in the full
+        model's coordinates; the identity unless the stage shrinks."""
+        if not self.shrinks:
+            return state
+        return {**state, **{f"{n}.{k}": self._full(n, state[f"{n}.{k}"]) for n in self.index for k in ("scale", "mask")}}
+
+    def _saved_state(self) -> tuple[dict, dict]:
+        """The model's and the optimizer's state, in full coordinates (Adam's moments of a scale alike)."""
+        if not self.shrinks:
+            return self.model.state_dict(), self.optimizer.state_dict()
+        opt = copy.deepcopy(self.optimizer.state_dict())
+        slot = {id(q): i for i, q in enumerate(self.optimizer.param_groups[0]["params"])}
+        for n, h in self.pruner.holders.items():
+            st = opt["state"].get(slot[id(h.scale)], {})
+            st.update({k: self._full(n, v) for k, v in st.items() if torch.is_tensor(v) and v.shape == h.scale.shape})
+        return self.full_coordinates(_snapshot(self.model, self.keys)), opt
+
     def save(self) -> None:
         if self.checkpoint is not None:
-            save_checkpoint(self.checkpoint, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            model_state, optimizer_state = self._saved_state()
+            save_checkpoint(self.checkpoint, model=model_state, optimizer=optimizer_state,
                             pruner=self.pruner.state_dict(), **stream_state(self.ctx.loaders, self.ctx.device),
                             reference=None if self.track is None else self.track.state_dict(), round=self.round,
                             history=self.history, snapshots=self.snapshots, seconds=self.seconds)
@@ -330,7 +368,9 @@ class _Stage:
         if self.checkpoint is None or not self.checkpoint.exists():
             return
         saved = load_checkpoint(self.checkpoint, weights_only=False)
-        self.model.load_state_dict(saved["model"])
+        sd = self.model.state_dict()
+        sd.update(saved["model"])  # everything, or (shrink_bases) what trains: the rest is as built
+        self.model.load_state_dict(sd)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.pruner.load_state_dict(saved["pruner"])
         restore_streams(saved, self.ctx.loaders, self.ctx.device)
@@ -339,12 +379,17 @@ class _Stage:
             if self.track is None:  # forked in this stage: rebuild it on a copy of this stage's model
                 self.track = _ReferenceTrack(self.ctx, self.model, self.optimizer, self.regularizer, 0, {})
             self.track.load_state_dict(saved["reference"])
+        if self.shrinks:  # drop the bases pruned so far, as the interrupted run had
+            self.index = {n: kept.cpu() for n, kept in self.pruner.shrink(self.optimizer).items()}
 
-    def restore(self, r: int) -> None:
-        """Put round ``r``'s trainable state and masks back into the model."""
-        sd = self.model.state_dict()
+    def restore(self, r: int) -> nn.Module:
+        """Round ``r``'s model: its trainable state and masks put back (into the full model when the
+        stage shrank it)."""
+        model = self.full if self.shrinks else self.model
+        sd = model.state_dict()
         sd.update(self.snapshots[r])
-        self.model.load_state_dict(sd)
+        model.load_state_dict(sd)
+        return model
 
 
 def _stage_costs(ctx: Context, model: nn.Module, kind: str, rule: PruningRule) -> Any:
@@ -388,15 +433,14 @@ def _prune_stage(ctx: Context, model: nn.Module, *, kind: str, rule: PruningRule
         if stop:
             break
         tic = time.perf_counter()
-        st.pruner.step()
+        st.prune()
         st.train(p["epochs_per_round"], f"round {r}")
         row = st.finish(r, tic)
         bar.set_postfix(acc=f"{row['accuracy_test']:.3f}", pruned=f"{row['param_pruning_ratio']:.3f}")
         stop = stops_after(row, p["stop_drop"])
 
     best, within = select_round(st.history, p["max_drop"], p["select_margin"])
-    st.restore(best["round"])
-    return {"history": st.history, "final": dict(best), "rule": rule.as_dict(), "seconds": st.seconds,
+    return {"model": st.restore(best["round"]), "history": st.history, "final": dict(best), "rule": rule.as_dict(), "seconds": st.seconds,
             "reference_seconds": st.track.seconds, "track": st.track, "within_budget": within}
 
 
@@ -474,7 +518,7 @@ def _channel_stage(ctx: Context, model: nn.Module, size: dict, ckpt: Path | None
         out = _prune_stage(ctx, s, kind="channel", rule=rule, rounds=p["channel_rounds"], warmup_epochs=warm,
                            regularizer=lambda m: p["channel_l1"] * l1_penalty(m), checkpoint=ckpt,
                            measure_fn=_measure_fn(ctx, size))
-    return s, out
+    return out["model"], out
 
 
 def _basis_stage(ctx: Context, model: nn.Module, size: dict, ckpt: Path | None,
@@ -487,7 +531,7 @@ def _basis_stage(ctx: Context, model: nn.Module, size: dict, ckpt: Path | None,
     with stage_lock(ckpt):
         out = _prune_stage(ctx, d, kind="basis", rule=rule, rounds=p["basis_rounds"], warmup_epochs=warm,
                            regularizer=None, checkpoint=ckpt, measure_fn=_measure_fn(ctx, size), **track)
-    return d, out
+    return out["model"], out
 
 
 def _pruning_record(out: dict, size: dict) -> dict[str, Any]:
