@@ -121,3 +121,39 @@ def test_cache_key_covers_every_module_of_the_package(tmp_path, monkeypatch):
     added = experiments._code_hash()
     (pkg / "repro" / "new.py").rename(pkg / "repro" / "renamed.py")
     assert len({first, edited, added, experiments._code_hash()}) == 4
+
+
+def test_shrinking_bases_between_rounds_keeps_the_masked_runs_history(tmp_path):
+    """shrink_bases (pruned bases dropped after each round) prunes the same bases and gives the
+    masked run's accuracies and sizes, round for round, to rounding."""
+    runs = [experiments.run("basis_pruning", profile="smoke", workdir=False, max_drop=1.0, shrink_bases=s, **TINY)
+            for s in (False, True)]
+    (masked, shrunk) = [r["history"] for r in runs]
+    assert len(masked) == len(shrunk) == TINY["basis_rounds"] + 1
+    for a, b in zip(masked, shrunk):
+        assert a["kept"] == b["kept"] and a["total"] == b["total"] and a["params"] == b["params"]
+        for k in ("accuracy_val", "accuracy_test", "reference_test", "param_pruning_ratio"):
+            assert b[k] == pytest.approx(a[k], rel=1e-6), k
+    assert runs[0]["final"]["round"] == runs[1]["final"]["round"]
+
+
+def test_shrunk_run_interrupted_after_a_round_resumes_to_the_same_result(tmp_path, monkeypatch):
+    """A shrink_bases run stopped after its round-1 checkpoint ends, when started again, exactly like
+    an uninterrupted one (the checkpoint holds the full model's coordinates)."""
+    params = dict(TINY, shrink_bases=True, max_drop=1.0)
+    ref = experiments.run("basis_pruning", profile="smoke", workdir=tmp_path / "ref", **params)
+    finish = experiments._Stage.finish
+
+    def stop_after_round_1(self, r, since):
+        row = finish(self, r, since)
+        if r == 1:
+            raise KeyboardInterrupt
+        return row
+
+    monkeypatch.setattr(experiments._Stage, "finish", stop_after_round_1)
+    with pytest.raises(KeyboardInterrupt):
+        experiments.run("basis_pruning", profile="smoke", workdir=tmp_path / "cut", **params)
+    monkeypatch.setattr(experiments._Stage, "finish", finish)
+    resumed = experiments.run("basis_pruning", profile="smoke", workdir=tmp_path / "cut", **params)
+    strip = lambda r: strip_volatile({k: v for k, v in r.items() if k not in ("timings", "compact_model")})
+    assert strip(resumed) == strip(ref)

@@ -22,14 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = [
-    "BasisConv2d",
-    "BasisLinear",
-    "BasisLayer",
-    "decompose",
-    "basis_layers",
-    "is_eligible_conv",
-]
+__all__ = ["BasisConv2d", "BasisLinear", "BasisLayer", "decompose", "basis_layers", "is_eligible_conv"]
 
 
 def _check_module(model: object) -> nn.Module:

@@ -15,15 +15,8 @@ import traceback
 from typing import Any, NoReturn
 
 __all__ = [
-    "EXIT_ERROR",
-    "PREFIX",
-    "REPORTED",
-    "ArgumentParser",
-    "BasisPruneError",
-    "ParameterError",
-    "WorkdirMismatchError",
-    "one_line",
-    "report",
+    "EXIT_ERROR", "PREFIX", "REPORTED", "ArgumentParser", "BasisPruneError", "ParameterError",
+    "WorkdirMismatchError", "one_line", "report",
 ]
 
 #: Exit status of a command line that stops on an error it reports in one line.

@@ -3,12 +3,11 @@
 A *unit holder* is any module with a ``scale`` parameter and a 0/1 ``mask`` buffer of the same
 shape: :class:`~basisprune.decompose.BasisLayer` (one unit per basis) and
 :class:`~basisprune.channel.ChannelScale` (one unit per channel group channel). An importance
-object turns holders into one score per unit; higher means keep.
+object turns holders into one score per unit; higher means keep: it has ``reset()``,
+``accumulate(holders)`` (after each backward pass) and ``scores(holders)``.
 """
 
 from __future__ import annotations
-
-from typing import Protocol
 
 import torch
 from torch import nn
@@ -16,7 +15,7 @@ from torch import nn
 from .channel import channel_scales
 from .decompose import basis_layers
 
-__all__ = ["Importance", "TaylorImportance", "ScaleMagnitude", "holders"]
+__all__ = ["TaylorImportance", "ScaleMagnitude", "holders"]
 
 
 def holders(model: nn.Module, kind: str) -> dict[str, nn.Module]:
@@ -31,16 +30,6 @@ def holders(model: nn.Module, kind: str) -> dict[str, nn.Module]:
         what = "basisprune.decompose(model)" if kind == "basis" else "basisprune.add_channel_scales(model, x)"
         raise ValueError(f"the model has no {kind} units; call {what} first")
     return found
-
-
-class Importance(Protocol):
-    """What the pruning loop needs: accumulate after each backward pass, then score."""
-
-    def reset(self) -> None: ...
-
-    def accumulate(self, holders: dict[str, nn.Module]) -> None: ...
-
-    def scores(self, holders: dict[str, nn.Module]) -> dict[str, torch.Tensor]: ...
 
 
 class TaylorImportance:

@@ -1,10 +1,5 @@
 """Atomic file writing, for the library's own files (:func:`basisprune.save_model`,
-:func:`basisprune.export`) and the harness's results.
-
-``write(f)`` fills a temporary file ``.NAME.XXXXXXXX.tmp`` in the destination directory, which is
-flushed, fsynced and then moved over the destination with :func:`os.replace`: a failure at any point
-leaves the previous file untouched and no temporary file behind.
-"""
+:func:`basisprune.export`) and the harness's results (temporaries are ``.NAME.XXXXXXXX.tmp``)."""
 
 from __future__ import annotations
 

@@ -69,17 +69,8 @@ from torch.func import functional_call
 from torch.nn.utils import prune as torch_prune
 
 __all__ = [
-    "METHODS",
-    "PaiOptions",
-    "prunable_weights",
-    "scores",
-    "masks_from_scores",
-    "check_sparsity",
-    "LayerCollapseError",
-    "prune",
-    "apply_masks",
-    "remove_masks",
-    "structured_to_channel_keep",
+    "METHODS", "PaiOptions", "prunable_weights", "scores", "masks_from_scores", "check_sparsity",
+    "LayerCollapseError", "prune", "apply_masks", "remove_masks", "structured_to_channel_keep",
     "compact_structured",
 ]
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-__all__ = ["PruningRule", "select", "apply_masks", "live_units"]
+__all__ = ["PruningRule", "select", "apply_masks"]
 
 _SCOPES = ("global", "layer")
 _NORMALIZE = ("none", "mean", "max", "l2", "cost", "saved")
@@ -152,7 +152,3 @@ def apply_masks(holders: dict[str, nn.Module], masks: dict[str, torch.Tensor], *
     for n, h in holders.items():
         h.mask.copy_(masks[n])
 
-
-def live_units(holders: dict[str, nn.Module]) -> tuple[int, int]:
-    """(kept units, all units) over the holders."""
-    return sum(h.kept for h in holders.values()), sum(h.mask.numel() for h in holders.values())

@@ -54,6 +54,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "basis_normalize": ("none", "score normalisation: none, mean, max, l2, cost (weights per basis), "
                                 "saved (share of weights and FLOPs a basis actually saves, fold-aware; ours)"),
     "layer_floor": (0.5, "share of a layer's live units (bases or channels) that every pruning round keeps"),
+    "shrink_bases": (False, "drop pruned bases after each basis pruning round (bp.Pruner.shrink), so later rounds "
+                            "train a smaller model; results differ from the masked model's by rounding (ours)"),
     "channel_rounds": (12, "channel pruning rounds"),
     "channel_fraction": (0.15, "share of live channels pruned per round"),
     "channel_threshold": (None, "prune channels with |scale| below this instead of a fraction"),
@@ -212,6 +214,7 @@ SPECS: dict[str, Spec] = {
     "basis_scope": Spec("str", choices=("global", "layer")),
     "basis_normalize": Spec("str", choices=("none", "mean", "max", "l2", "cost", "saved")),
     "layer_floor": Spec("float", low=0.0, high=1.0, high_open=True),
+    "shrink_bases": Spec("bool"),
     "channel_rounds": _EPOCHS,
     "channel_fraction": _FRACTION,
     "channel_threshold": Spec("float", low=0.0, optional=True),
