@@ -430,3 +430,49 @@ def test_channel_padding_through_a_residual_that_one_conv_reads_and_writes():
     f = bp.inference_form(m, x, channel_multiple=8)
     assert (f.conv.in_channels, f.conv.out_channels, f.head.in_channels) == (8, 8, 8)
     assert_same(f(x), m(x), 1e-12)
+
+
+def test_latency_merge_keeps_the_unpruned_layer_on_a_tie():
+    """With merge="latency", a chain whose split times within the noise margin of the chain merged
+    into one layer (here 1% faster) is merged: a basis pair that does not pay is folded back."""
+
+    def timer(module, x):
+        return 1.0 if getattr(module, "_parts", 1) > 1 else 0.99 / 2  # split: 2 x 0.495 vs 1.0 merged
+
+    orig = inference.merge_layers
+
+    def tagged(layers):
+        out = orig(layers)
+        out._parts = len(layers)
+        return out
+
+    d = pruned(3, 0.9)
+    x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(inference, "merge_layers", tagged)
+        f = bp.inference_form(d, x, merge="latency", batch_sizes=(1, 4), timer=timer, rounds=3)
+    chains = [c for c in f.inference_report["chains"] if len(c["layers"]) == 2]
+    assert chains
+    assert all(len(c["segments"]) == 1 and c["split_to_one_layer"] < 1 for c in chains)
+    assert_same(f(x), d(x), 1e-9)
+
+
+def test_auto_memory_format_ignores_one_slow_probe():
+    """One channels-last timing hit by load (10x slower, batch 1, first round) does not decide the
+    memory format when channels-last is twice as fast in every other measurement."""
+    seen = []
+
+    def timer(module, x):
+        cl = "channels_last" in module.code
+        if cl and x.shape[0] == 1 and not seen:
+            seen.append(1)
+            return 10.0
+        return 0.5 if cl else 1.0
+
+    d = pruned(1, 0.5)
+    x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
+    f = bp.inference_form(d, x, memory_format="auto", timer=timer, batch_sizes=(1, 2), rounds=5)
+    rep = f.inference_report
+    assert seen and rep["memory_format"] == "channels_last"
+    assert rep["memory_format_ms"]["channels_last_to_contiguous"] == pytest.approx(0.5)
+    assert rep["timed_on"]["threads"] >= 1

@@ -7,8 +7,12 @@
   that ONNX Runtime reproduces torch's outputs and times ``InferenceSession.run``.
 * :func:`hardware` describes the machine the timings come from.
 * :func:`latency_fold_rule` builds a ``fold_rule`` for :func:`basisprune.compact` that folds a basis
-  layer back into one conv whenever its kept pair (basis conv + 1x1 conv) is not faster than the
-  single folded conv on the layer's real input shape, so no compacted layer is slower in practice.
+  layer back into one conv whenever its kept pair (basis conv + 1x1 conv) is not clearly faster than
+  the single folded conv on the layer's real input shape, so no compacted layer is slower in practice.
+* :func:`interleaved_times` and :func:`clearly_faster` are how every timed choice is made: the
+  candidates are timed in interleaved rounds (a burst of load hits all of them), and an alternative
+  replaces the default (the unpruned layer, contiguous memory) only when the median over rounds of
+  its paired time ratio is below ``1 - margin`` and its upper quartile below 1.
 
 Every function returns plain dicts / lists of dicts (``pandas.DataFrame(records)`` works).
 Timings depend on the machine, its load and the thread count; none of them is asserted in tests.
@@ -38,12 +42,15 @@ __all__ = [
     "MODES",
     "benchmark_timer",
     "cpu_model",
+    "clearly_faster",
     "export_onnx",
     "hardware",
+    "interleaved_times",
     "latency",
     "latency_fold_rule",
     "layer_input_shapes",
     "onnx_latency",
+    "timed_on",
 ]
 
 MODES = ("eager", "compile", "cudagraph")
@@ -248,6 +255,58 @@ def benchmark_timer(min_run_time: float = 0.02, threads: int | None = None, min_
         return float(statistics.median(times))
 
     return timer
+
+
+def timed_on(threads: int | None = None, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The short hardware record a timed choice carries: device name, threads, torch version."""
+    dev = torch.device(device)
+    return {"device": str(dev), "device_name": _device_name(dev), "threads": int(threads or torch.get_num_threads()),
+            "torch": torch.__version__, "hostname": platform.node() or None}
+
+
+# ------------------------------------------------------------------------- robust choices
+def interleaved_times(candidates: Sequence[tuple[nn.Module, Sequence[torch.Tensor]]], timer: LayerTimer,
+                      rounds: int = 5) -> list[list[list[float]]]:
+    """Seconds ``[candidate][round][input]`` of ``timer(module, x)`` for every candidate
+    ``(module, inputs)``, in ``rounds`` interleaved rounds: each round times every candidate once
+    per input, in an order rotated (and reversed every other round) from round to round, so that
+    load on a shared machine falls on all candidates alike and the rounds can be paired."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    n = len(candidates)
+    out = [[[0.0] * len(xs) for _ in range(rounds)] for _, xs in candidates]
+    for r in range(rounds):
+        order = [(r + k) % n for k in range(n)]
+        for c in (order[::-1] if r % 2 else order):
+            module, xs = candidates[c]
+            for b, x in enumerate(xs):
+                out[c][r][b] = float(timer(module, x))
+    return out
+
+
+def clearly_faster(alt: Sequence[Sequence[float]], base: Sequence[Sequence[float]], *, margin: float = 0.02,
+                   each: bool = False) -> dict[str, Any]:
+    """Whether ``alt`` is clearly faster than ``base`` (both ``[round][input]`` seconds from one
+    :func:`interleaved_times` call).
+
+    Each round's score is ``alt / base`` averaged over the inputs (each input weighs the same);
+    ``alt`` is clearly faster when the median score is below ``1 - margin`` and the upper quartile
+    below 1 (with ``each``: at every input on its own). Anything else, a tie or noise, keeps
+    ``base``. Returns ``faster`` and the scores' ``ratio_median``, ``ratio_p25``, ``ratio_p75``.
+    """
+    if len(alt) != len(base) or not alt:
+        raise ValueError("alt and base need the same non-zero number of rounds")
+
+    def verdict(scores: list[float]) -> tuple[bool, float, float, float]:
+        xs = sorted(scores)
+        med, p25, p75 = statistics.median(xs), _quantile(xs, 0.25), _quantile(xs, 0.75)
+        return med < 1 - margin and p75 < 1, med, p25, p75
+
+    ratios = [[a / max(b, 1e-12) for a, b in zip(ra, rb)] for ra, rb in zip(alt, base)]
+    faster, med, p25, p75 = verdict([statistics.fmean(r) for r in ratios])
+    if each:
+        faster = faster and all(verdict([r[b] for r in ratios])[0] for b in range(len(ratios[0])))
+    return {"faster": bool(faster), "ratio_median": med, "ratio_p25": p25, "ratio_p75": p75}
 
 
 # ------------------------------------------------------------------------------------ latency
@@ -546,6 +605,8 @@ class LatencyFoldRule:
         base_rule: Callable[[str, BasisLayer, int], bool],
         device: torch.device,
         seed: int,
+        rounds: int = 5,
+        margin: float = 0.02,
     ):
         self.shapes = shapes
         self.batch_sizes = batch_sizes
@@ -554,6 +615,9 @@ class LatencyFoldRule:
         self.base_rule = base_rule
         self.device = device
         self.seed = seed
+        self.rounds = rounds
+        self.margin = margin
+        self.timed_on = timed_on(None, device)
         self._cache: dict[tuple[str, int], dict[str, Any]] = {}
 
     @property
@@ -578,15 +642,14 @@ class LatencyFoldRule:
             pair = compact_basis_layer(layer, fold=False).to(self.device)
             single = compact_basis_layer(layer, fold=True).to(self.device)
             gen = torch.Generator().manual_seed(self.seed)
-            for b in self.batch_sizes:
-                x = torch.randn((b, *self.shapes[name]), generator=gen).to(self.device)
-                rec["pair_ms"].append(1e3 * float(self.timer(pair, x)))
-                rec["folded_ms"].append(1e3 * float(self.timer(single, x)))
-            if self.criterion == "sum":
-                slower = sum(rec["pair_ms"]) >= sum(rec["folded_ms"])
-            else:  # "each": the pair must be faster at every batch size
-                slower = any(p >= f for p, f in zip(rec["pair_ms"], rec["folded_ms"]))
-            rec.update(fold=bool(slower), reason="latency" if slower else "pair faster")
+            xs = [torch.randn((b, *self.shapes[name]), generator=gen).to(self.device) for b in self.batch_sizes]
+            t_pair, t_single = interleaved_times([(pair, xs), (single, xs)], self.timer, self.rounds)
+            rec["pair_ms"] = [1e3 * statistics.median(r[b] for r in t_pair) for b in range(len(xs))]
+            rec["folded_ms"] = [1e3 * statistics.median(r[b] for r in t_single) for b in range(len(xs))]
+            verdict = clearly_faster(t_pair, t_single, margin=self.margin, each=self.criterion == "each")
+            rec.update(fold=not verdict["faster"], reason="pair faster" if verdict["faster"] else "latency",
+                       pair_to_folded=verdict["ratio_median"], pair_to_folded_p25=verdict["ratio_p25"],
+                       pair_to_folded_p75=verdict["ratio_p75"], rounds=self.rounds)
         self._cache[key] = rec
         return rec
 
@@ -607,6 +670,8 @@ def latency_fold_rule(
     base_rule: Callable[[str, BasisLayer, int], bool] = fold_by_params,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    rounds: int = 5,
+    margin: float = 0.02,
 ) -> LatencyFoldRule:
     """A fold rule that keeps a basis pair only where it is measurably faster than one conv.
 
@@ -617,15 +682,16 @@ def latency_fold_rule(
 
     * ``base_rule`` says so (default :func:`basisprune.compact.fold_by_params`: the pair would
       not have fewer weights; these layers are not timed), or
-    * the pair is not faster: with ``criterion="each"`` (default) when the pair's median is not
-      below the folded conv's at *some* batch size (the pair survives only if faster at every
-      measured batch size); with ``criterion="sum"`` when the sum over batch sizes of the pair's
-      medians is not below the folded conv's (dominated by the largest batch).
+    * the pair is not clearly faster (:func:`clearly_faster` over ``rounds`` interleaved rounds of
+      both: median paired ratio below ``1 - margin``, upper quartile below 1): with
+      ``criterion="each"`` (default) at every measured batch size; with ``criterion="sum"`` on the
+      ratio averaged over batch sizes. A pair that cannot be told apart from its folded conv is
+      folded: where pruning a layer does not pay, the layer stays as it was.
 
     So, up to timing noise, ``compact(model, fold_rule=rule)`` has no layer slower than the
     original conv at the measured batch sizes, and no layer with more weights.
 
-    Cost: ``2 * len(batch_sizes)`` timings of about ``min_run_time`` seconds (at least
+    Cost: ``2 * rounds * len(batch_sizes)`` timings of about ``min_run_time`` seconds (at least
     ``min_runs`` runs of one call) per layer the parameter rule keeps, plus one warm-up pass each. The timings are done eagerly here, on the masks present now;
     a layer whose kept count differs at ``compact`` time is timed again then.
 
@@ -635,9 +701,11 @@ def latency_fold_rule(
             ``min_run_time`` seconds), e.g. fake timings in tests.
         threads: torch threads for the default timer.
         device: where the layers are timed.
+        rounds, margin: the interleaved rounds and the margin of :func:`clearly_faster`.
 
     Returns:
-        A :class:`LatencyFoldRule`; its ``records`` list every decision with its timings.
+        A :class:`LatencyFoldRule`; its ``records`` list every decision with its timings (medians
+        over rounds) and paired ratios, and its ``timed_on`` the hardware that made them.
     """
     if criterion not in ("each", "sum"):
         raise ValueError(f"criterion must be 'each' or 'sum', got {criterion!r}")
@@ -647,9 +715,10 @@ def latency_fold_rule(
     dev = torch.device(device)
     shapes = layer_input_shapes(model, example_input.to(_model_device(model) or "cpu"))
     rule = LatencyFoldRule(shapes, sizes, criterion, timer or benchmark_timer(min_run_time, threads, min_runs),
-                           base_rule, dev, seed)
+                           base_rule, dev, seed, rounds, margin)
 
     with _num_threads(threads):
+        rule.timed_on = timed_on(threads, dev)
         for name, layer in basis_layers(model).items():
             _, k = kept_indices(layer)
             rule.decide(name, layer, k)

@@ -35,6 +35,7 @@ import collections
 import copy
 import operator
 import os
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -268,8 +269,16 @@ def _partition(n: int, cost: Callable[[int, int], float]) -> list[tuple[int, int
     return segments[::-1]
 
 
+_CHOICES: dict[tuple, tuple[list[tuple[int, int]], dict[str, Any]]] = {}
+"""Measured merge choices of this process, keyed by the chain's layers (their reprs and dtypes),
+input shapes, memory format, batch sizes, rounds, margin and the hardware record: a form rebuilt
+(or another model with the same layer) reuses the choice instead of timing again."""
+
+
 def _merge_chains(gm: fx.GraphModule, merge: str, timer: bench.LayerTimer | None,
-                  batch_sizes: Sequence[int], seed: int, channels_last: bool = False) -> list[dict[str, Any]]:
+                  batch_sizes: Sequence[int], seed: int, channels_last: bool = False, *,
+                  rounds: int = 5, margin: float = 0.02, cache: bool = False,
+                  timed_on: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     modules = dict(gm.named_modules())
     records = []
     gen = torch.Generator().manual_seed(seed)
@@ -279,7 +288,7 @@ def _merge_chains(gm: fx.GraphModule, merge: str, timer: bench.LayerTimer | None
                [tuple(n.meta["tensor_meta"].shape[1:]) for n in chain]) for chain in chains]
     for chain, (in_shapes, out_shapes) in zip(chains, shapes):
         layers = [modules[n.target] for n in chain]
-        memo: dict[tuple[int, int], Any] = {}
+        n = len(layers)
 
         def merged(i: int, j: int) -> nn.Module:
             return layers[i] if i == j else merge_layers(layers[i:j + 1])
@@ -287,36 +296,25 @@ def _merge_chains(gm: fx.GraphModule, merge: str, timer: bench.LayerTimer | None
         def macs(i: int, j: int) -> int:
             return _macs(merged(i, j), in_shapes[i], out_shapes[j])
 
+        timing: dict[str, Any] = {}
         if merge == "flops":
-            def cost(i: int, j: int) -> float:
-                return memo.setdefault((i, j), float(macs(i, j)))
+            flops = {(i, j): float(macs(i, j)) for i in range(n) for j in range(i, n)}
+            segments = _partition(n, lambda i, j: flops[(i, j)])
         else:
-            w = layers[0].weight
-            xs = [torch.randn((b, *in_shapes[0]), generator=gen, dtype=w.dtype).to(w.device) for b in batch_sizes]
-
-            def seconds(i: int, j: int) -> list[float]:
-                if (i, j) not in memo:
-                    x_in = [_prefix_output(layers[:i], x) for x in xs]
-                    module = merged(i, j)
-                    if channels_last and x_in[0].dim() == 4:  # timed in the format the form will run in
-                        module = copy.deepcopy(module).to(memory_format=torch.channels_last)
-                        x_in = [x.contiguous(memory_format=torch.channels_last) for x in x_in]
-                    memo[(i, j)] = [float(timer(module, x)) for x in x_in]
-                return memo[(i, j)]
-
-            unmerged = [sum(seconds(k, k)[b] for k in range(len(layers))) for b in range(len(batch_sizes))]
-
-            def cost(i: int, j: int) -> float:  # each batch size weighs the same
-                return sum(t / max(u, 1e-12) for t, u in zip(seconds(i, j), unmerged))
-        segments = _partition(len(chain), cost)
-        rec = {"layers": [n.target for n in chain], "segments": [[chain[k].target for k in range(i, j + 1)]
+            key = (tuple((repr(m), str(m.weight.dtype)) for m in layers), tuple(in_shapes), channels_last,
+                   tuple(batch_sizes), rounds, margin, tuple(sorted((timed_on or {}).items())))
+            if cache and key in _CHOICES:
+                segments, timing = _CHOICES[key]
+                timing = {**timing, "cached": True}
+            else:
+                segments, timing = _timed_partition(layers, in_shapes[0], timer, batch_sizes, gen, channels_last,
+                                                    rounds, margin)
+                if cache:
+                    _CHOICES[key] = (segments, timing)
+        rec = {"layers": [c.target for c in chain], "segments": [[chain[k].target for k in range(i, j + 1)]
                                                                  for i, j in segments],
-               "macs_unmerged": sum(macs(k, k) for k in range(len(chain))),
-               "macs_merged": sum(macs(i, j) for i, j in segments)}
-        if merge == "latency":
-            rec["batch_sizes"] = list(batch_sizes)
-            rec["ms_unmerged"] = [1e3 * sum(memo[(k, k)][b] for k in range(len(chain))) for b in range(len(batch_sizes))]
-            rec["ms_merged"] = [1e3 * sum(memo[s][b] for s in segments) for b in range(len(batch_sizes))]
+               "macs_unmerged": sum(macs(k, k) for k in range(n)),
+               "macs_merged": sum(macs(i, j) for i, j in segments), **timing}
         records.append(rec)
         for i, j in segments:
             if i == j:
@@ -326,6 +324,51 @@ def _merge_chains(gm: fx.GraphModule, merge: str, timer: bench.LayerTimer | None
             for node in reversed(chain[i + 1:j + 1]):
                 gm.graph.erase_node(node)
     return records
+
+
+def _timed_partition(layers: Sequence[nn.Module], in_shape: Sequence[int], timer: bench.LayerTimer,
+                     batch_sizes: Sequence[int], gen: torch.Generator, channels_last: bool, rounds: int,
+                     margin: float) -> tuple[list[tuple[int, int]], dict[str, Any]]:
+    """The split of one chain by measured time, and its timings.
+
+    Every segment is timed on its real input shape in interleaved rounds
+    (:func:`basisprune.bench.interleaved_times`); the split with the smallest median cost (each
+    batch size relative to the unmerged chain) is taken only if it is clearly faster
+    (:func:`basisprune.bench.clearly_faster`) than the whole chain merged into one layer, the
+    default: for a basis pair that is the unpruned layer, so a pair that does not pay is folded."""
+    n = len(layers)
+    w = layers[0].weight
+    xs = [torch.randn((b, *in_shape), generator=gen, dtype=w.dtype).to(w.device) for b in batch_sizes]
+    spans = [(i, j) for i in range(n) for j in range(i, n)]
+    candidates = []
+    for i, j in spans:
+        module = layers[i] if i == j else merge_layers(layers[i:j + 1])
+        x_in = [_prefix_output(layers[:i], x) for x in xs]
+        if channels_last and x_in[0].dim() == 4:  # timed in the format the form will run in
+            module = copy.deepcopy(module).to(memory_format=torch.channels_last)
+            x_in = [x.contiguous(memory_format=torch.channels_last) for x in x_in]
+        candidates.append((module, x_in))
+    times = dict(zip(spans, bench.interleaved_times(candidates, timer, rounds)))  # [round][batch]
+
+    def total(segs: Sequence[tuple[int, int]]) -> list[list[float]]:
+        return [[sum(times[s][r][b] for s in segs) for b in range(len(xs))] for r in range(rounds)]
+
+    def median(segs: Sequence[tuple[int, int]]) -> list[float]:
+        t = total(segs)
+        return [statistics.median(t[r][b] for r in range(rounds)) for b in range(len(xs))]
+
+    unmerged = median([(k, k) for k in range(n)])
+    med = {s: median([s]) for s in spans}
+    best = _partition(n, lambda i, j: sum(t / max(u, 1e-12) for t, u in zip(med[(i, j)], unmerged)))
+    whole = [(0, n - 1)]
+    verdict = bench.clearly_faster(total(best), total(whole), margin=margin) if best != whole else None
+    segments = best if verdict is not None and verdict["faster"] else whole
+    timing = {"batch_sizes": list(batch_sizes), "rounds": rounds,
+              "ms_unmerged": [1e3 * t for t in unmerged], "ms_merged": [1e3 * t for t in median(segments)],
+              "ms_one_layer": [1e3 * t for t in median(whole)],
+              "split_to_one_layer": None if verdict is None else verdict["ratio_median"],
+              "split_to_one_layer_p75": None if verdict is None else verdict["ratio_p75"]}
+    return segments, timing
 
 
 def _prefix_output(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
@@ -474,15 +517,20 @@ def _finish(gm: fx.GraphModule, channel_multiple: int, example: torch.Tensor) ->
 
 
 def _pick_format(gm: fx.GraphModule, timer: bench.LayerTimer, sizes: Sequence[int], example: torch.Tensor,
-                 seed: int) -> tuple[str, dict[str, Any]]:
-    """``"channels_last"`` when the whole model is faster so (summed over batch sizes, each
-    relative to contiguous), else ``"contiguous"``; and the timings."""
+                 seed: int, rounds: int = 5, margin: float = 0.02) -> tuple[str, dict[str, Any]]:
+    """``"channels_last"`` when the whole model is clearly faster so (interleaved rounds, paired
+    ratio averaged over batch sizes: :func:`basisprune.bench.clearly_faster`), else
+    ``"contiguous"``; and the timings (medians over rounds) with the paired ratio."""
     cl = _channels_last(gm)
     gen = torch.Generator().manual_seed(seed)
     xs = [torch.randn((b, *example.shape[1:]), generator=gen, dtype=example.dtype).to(example.device) for b in sizes]
-    ms = {"contiguous": [1e3 * timer(gm, x) for x in xs], "channels_last": [1e3 * timer(cl, x) for x in xs]}
-    faster = sum(c / max(d, 1e-12) for c, d in zip(ms["channels_last"], ms["contiguous"])) < len(sizes)
-    return ("channels_last" if faster else "contiguous"), {"batch_sizes": list(sizes), **ms}
+    t_contig, t_cl = bench.interleaved_times([(gm, xs), (cl, xs)], timer, rounds)
+    verdict = bench.clearly_faster(t_cl, t_contig, margin=margin)
+    ms = {name: [1e3 * statistics.median(r[b] for r in t) for b in range(len(xs))]
+          for name, t in (("contiguous", t_contig), ("channels_last", t_cl))}
+    return ("channels_last" if verdict["faster"] else "contiguous"), {
+        "batch_sizes": list(sizes), "rounds": rounds, **ms, "channels_last_to_contiguous": verdict["ratio_median"],
+        "channels_last_to_contiguous_p25": verdict["ratio_p25"], "channels_last_to_contiguous_p75": verdict["ratio_p75"]}
 
 
 def _channels_last(gm: fx.GraphModule) -> fx.GraphModule:
@@ -508,6 +556,8 @@ def inference_form(
     threads: int | None = None,
     min_run_time: float = 0.02,
     min_runs: int = 5,
+    rounds: int = 5,
+    margin: float = 0.02,
     timer: bench.LayerTimer | None = None,
     check: bool = True,
     rtol: float = 1e-4,
@@ -522,11 +572,13 @@ def inference_form(
         example: a batch the model accepts, on the model's device (traces shapes; its batch
             size does not matter).
         merge: how chains of linear layers are split into merged segments: ``"flops"`` (fewest
-            multiply-accumulates; ties merge), ``"latency"`` (shortest measured time, each batch
-            size weighing the same: each segment is timed on its real input shape), ``"none"``.
+            multiply-accumulates; ties merge), ``"latency"`` (each segment timed on its real input
+            shape; the fastest split, each batch size weighing the same, is kept only where it is
+            clearly faster than the chain merged into one layer, else the chain is merged: a basis
+            pair that does not pay becomes the unpruned layer again), ``"none"``.
         memory_format: ``"contiguous"``, ``"channels_last"`` (input converted on entry, 4-D
             weights stored channels-last) or ``"auto"``: channels-last where the whole model is
-            measured faster (summed over ``batch_sizes``, each relative to contiguous).
+            clearly faster so (each batch size relative to contiguous), else contiguous.
         channel_multiple: round every channel width that convs write and convs / linear layers
             read (through element-wise activations, adaptive pooling, depthwise convs, additions)
             up to a multiple of this, with zero filters and zero input columns (exact). ONNX
@@ -534,6 +586,11 @@ def inference_form(
             several times slower there. 1 pads nothing.
         batch_sizes, threads, min_run_time, min_runs: the timings of ``"latency"`` and ``"auto"``
             (:func:`basisprune.bench.benchmark_timer`).
+        rounds, margin: every timed choice times its candidates in ``rounds`` interleaved rounds
+            and takes the alternative to the default only when the median paired ratio is below
+            ``1 - margin`` and its upper quartile below 1 (:func:`basisprune.bench.clearly_faster`).
+            Choices made with the default timer are remembered for the process (``"cached"`` in
+            their record) with the hardware that made them.
         timer: ``timer(module, x) -> seconds`` replacing the default timer (e.g. in tests).
         check: compare the outputs on ``example`` with ``model``'s; raise
             :class:`InferenceCheckError` when the largest difference exceeds
@@ -545,7 +602,8 @@ def inference_form(
         dict lists what was done: ``dropped`` (identities), ``bn_folded``, ``chains`` (each chain's
         layers, the merged ``segments``, multiply-accumulates per sample before and after, and the
         timings under ``"latency"``), ``merge``, ``padded`` (producer, consumer, channels,
-        padded_to), ``memory_format`` and ``memory_format_ms``.
+        padded_to), ``memory_format``, ``memory_format_ms`` (medians and the paired ratio) and
+        ``timed_on`` (device name, threads, torch version of the timings).
 
     Raises:
         ValueError: bad arguments, or a model ``torch.fx`` cannot trace.
@@ -560,6 +618,11 @@ def inference_form(
     sizes = bench._check_batch_sizes(batch_sizes)
     if memory_format == "channels_last" and example.dim() != 4:
         raise ValueError(f"memory_format='channels_last' needs a 4-D example (N, C, H, W), got shape {tuple(example.shape)}")
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    if not 0 <= margin < 1:
+        raise ValueError(f"margin must be in [0, 1), got {margin!r}")
+    cache = timer is None  # only real timings are worth remembering
     timer = timer or bench.benchmark_timer(min_run_time, threads, min_runs)
     was_training = model.training
     model.eval()
@@ -577,6 +640,8 @@ def inference_form(
     gm.eval()
     report: dict[str, Any] = {"merge": merge}
     with bench._num_threads(threads):
+        if merge == "latency" or memory_format == "auto":
+            report["timed_on"] = bench.timed_on(threads, example.device)
         report["dropped"] = _drop_identities(gm)
         report["bn_folded"] = _fold_batchnorms(gm)
         gm.graph.lint()
@@ -587,11 +652,12 @@ def inference_form(
             fmt = "contiguous"
             if example.dim() == 4:
                 probe, _ = _finish(copy.deepcopy(gm), channel_multiple, example)
-                fmt, report["memory_format_ms"] = _pick_format(probe, timer, sizes, example, seed)
+                fmt, report["memory_format_ms"] = _pick_format(probe, timer, sizes, example, seed, rounds, margin)
         chains: list[dict[str, Any]] = []
         if merge != "none":
             ShapeProp(gm).propagate(example[:1])
-            chains = _merge_chains(gm, merge, timer, sizes, seed, channels_last=fmt == "channels_last")
+            chains = _merge_chains(gm, merge, timer, sizes, seed, channels_last=fmt == "channels_last",
+                                   rounds=rounds, margin=margin, cache=cache, timed_on=report.get("timed_on"))
         report["chains"] = chains
         gm, report["padded"] = _finish(gm, channel_multiple, example)
         report["memory_format"] = fmt
