@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import basisprune as bp
-from basisprune import inference
+from basisprune import deploy, inference
 from conftest import random_basis_masks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -389,7 +389,7 @@ def test_export_mismatch_raises_and_writes_nothing(tmp_path, monkeypatch):
     """When ONNX Runtime disagrees, export raises and leaves an existing file untouched."""
     path = tmp_path / "m.onnx"
     path.write_bytes(b"previous")
-    monkeypatch.setattr(inference, "_max_diff", lambda got, want, rtol, atol: (False, 1.0))
+    monkeypatch.setattr(deploy, "_max_diff", lambda got, want, rtol, atol: (False, 1.0))
     with pytest.raises(inference.ExportCheckError, match="not written"):
         bp.export(tiny_net().eval(), path, torch.randn(2, 3, 10, 10), exporter="legacy")
     assert path.read_bytes() == b"previous"
@@ -402,6 +402,100 @@ def test_export_refuses_bad_arguments(tmp_path):
         bp.export("net", tmp_path / "m.onnx", torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match="example"):
         bp.export(tiny_net(), tmp_path / "m.onnx", None)
+
+
+@pytest.fixture
+def no_export(monkeypatch):
+    """Export must refuse before any work: reaching the ONNX exporter fails the test."""
+    def boom(*args, **kwargs):
+        raise AssertionError("the exporter ran before the refusal")
+    monkeypatch.setattr(deploy.bench, "export_onnx", boom)
+
+
+def one_line_error(excinfo) -> str:
+    msg = str(excinfo.value)
+    assert "\n" not in msg and "\x1b" not in msg, msg
+    return msg
+
+
+def test_export_refuses_bad_paths_in_one_line_before_any_work(tmp_path, no_export):
+    """A folder, a file standing where a folder should be and a missing folder in the filesystem
+    root are refused in one line naming the path, and nothing is created."""
+    x = torch.randn(2, 3, 10, 10)
+    (tmp_path / "file").write_text("x")
+    for bad, words in [(tmp_path, "is a folder"), (tmp_path / "file" / "m.onnx", "is a file"),
+                       ("/basisprune-no-such-folder-27/m.onnx", "filesystem root")]:
+        with pytest.raises(ValueError, match=words) as e:
+            bp.export(tiny_net().eval(), bad, x)
+        one_line_error(e)
+    assert sorted(os.listdir(tmp_path)) == ["file"] and not os.path.exists("/basisprune-no-such-folder-27")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes anywhere")
+def test_export_refuses_an_unwritable_folder_before_any_work(tmp_path, no_export):
+    """A folder without write permission is refused with a one-line PermissionError."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError, match="cannot write") as e:
+            bp.export(tiny_net().eval(), locked / "sub" / "m.onnx", torch.randn(2, 3, 10, 10))
+        one_line_error(e)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_export_refuses_a_wrong_example_and_a_masked_model_in_one_line(tmp_path, no_export):
+    """An example the model cannot run on, and a model that still has pruning masks, are refused in
+    one line (no colour codes) that says what to do; nothing is written."""
+    with pytest.raises(ValueError, match="example: the model cannot run") as e:
+        bp.export(tiny_net().eval(), tmp_path / "m.onnx", torch.randn(2, 5, 10, 10))
+    one_line_error(e)
+    with pytest.raises(ValueError, match="inference_form") as e:
+        bp.export(pruned(0, 0.5, torch.float32), tmp_path / "m.onnx", torch.randn(2, 3, 10, 10))
+    one_line_error(e)
+    assert os.listdir(tmp_path) == []
+
+
+def test_export_creates_missing_folders_and_builds_the_form(tmp_path):
+    """A compact model is exported as its inference form (batch norms folded) into a folder that
+    did not exist, and ONNX Runtime agreed at two batch sizes."""
+    import onnx
+
+    x = torch.randn(2, 3, 10, 10)
+    c = bp.compact(pruned(0, 0.5, torch.float32), x)
+    path = tmp_path / "a" / "b" / "m.onnx"
+    info = bp.export(c, path, x, exporter="legacy")
+    assert info["form"] and path.exists() and info["batch_sizes"] == [2, 3]
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "BatchNormalization" not in ops
+
+
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = tiny_net()
+
+    def forward(self, x):
+        y = self.body(x)
+        return y, y.softmax(1)
+
+
+def test_export_checks_every_output_of_a_tuple_model(tmp_path):
+    """A model returning a tuple of tensors is exported with one batch-dynamic ONNX output per
+    tensor, each checked against PyTorch."""
+    import onnxruntime as ort
+
+    m = randomise_batchnorms(TwoHeads(), 0).eval()
+    x = torch.randn(2, 3, 10, 10)
+    info = bp.export(m, tmp_path / "m.onnx", x, exporter="legacy")
+    assert info["outputs"] == 2
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    y = torch.randn(4, 3, 10, 10)
+    got = sess.run(None, {sess.get_inputs()[0].name: y.numpy()})
+    with torch.no_grad():
+        for g, w in zip(got, m(y)):
+            assert_same(torch.from_numpy(g), w, 1e-5)
 
 
 @pytest.mark.slow

@@ -431,15 +431,17 @@ def _cuda_graph(model: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], t
 # ------------------------------------------------------------------------------------- ONNX
 def export_onnx(
     model: nn.Module, input_shape: Sequence[int], path: str | os.PathLike, *, exporter: str = "auto",
-    opset_version: int | None = None,
+    opset_version: int | None = None, num_outputs: int = 1,
 ) -> str:
     """Export ``model`` (eval mode, CPU) to ``path`` with a dynamic batch axis; returns the exporter
     that worked: ``"dynamo"`` (``torch.export``-based, needs onnxscript) or ``"legacy"``
-    (TorchScript-based). ``exporter="auto"`` tries dynamo first, then legacy."""
+    (TorchScript-based). ``exporter="auto"`` tries dynamo first, then legacy. A model returning a
+    tuple of ``num_outputs`` tensors gets outputs ``output``, ``output1``, ... all batch-dynamic."""
     if exporter not in ("auto", "dynamo", "legacy"):
         raise ValueError(f"exporter must be 'auto', 'dynamo' or 'legacy', got {exporter!r}")
     shape = _check_shape(input_shape)
     x = torch.randn(2, *shape)  # batch 2: a batch of 1 would let the tracer specialise on it
+    names = ["output"] + [f"output{i}" for i in range(1, num_outputs)]
     tried = ["dynamo", "legacy"] if exporter == "auto" else [exporter]
     errors = []
     with _eval_mode(model):
@@ -448,15 +450,15 @@ def export_onnx(
                 with _warnings_silenced(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
                     if kind == "dynamo":
                         torch.onnx.export(
-                            model, (x,), str(path), input_names=["input"], output_names=["output"],
+                            model, (x,), str(path), input_names=["input"], output_names=names,
                             dynamo=True, external_data=False, opset_version=opset_version,
                             dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
                         )
                     else:
                         torch.onnx.export(
-                            model, (x,), str(path), input_names=["input"], output_names=["output"],
+                            model, (x,), str(path), input_names=["input"], output_names=names,
                             dynamo=False, opset_version=opset_version or 17,
-                            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                            dynamic_axes={n: {0: "batch"} for n in ["input", *names]},
                         )
                 return kind
             except Exception as e:  # noqa: BLE001 - fall back to the other exporter

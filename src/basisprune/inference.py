@@ -1,4 +1,4 @@
-"""The inference form of a pruned model, and its ONNX export checked in ONNX Runtime.
+"""The inference form of a pruned model: what runs fast, computing what the pruned model computes.
 
 A compact model (:func:`basisprune.compact`) computes what the masked model computes with fewer
 weights, but not with fewer kernels: every kept basis pair is two convolutions, every batch norm a
@@ -26,7 +26,7 @@ separate operation. :func:`inference_form` rewrites the model's ``torch.fx`` gra
    decided before the merges of step 4, which are then timed in that format).
 
 The result computes the input model's function to float rounding; merged weights are computed in
-float64. :func:`export` writes an ONNX file only after ONNX Runtime has reproduced PyTorch's outputs.
+float64. :func:`basisprune.export` (:mod:`basisprune.deploy`) writes it to ONNX.
 """
 
 from __future__ import annotations
@@ -34,10 +34,7 @@ from __future__ import annotations
 import collections
 import copy
 import operator
-import os
 import statistics
-import tempfile
-from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -51,14 +48,13 @@ from . import bench
 from .channel import channel_scales
 from .compact import compact
 from .decompose import basis_layers, set_submodule
-from .io import atomic_write
 
 __all__ = [
     "ExportCheckError",
     "InferenceCheckError",
     "MERGE_MODES",
-    "export",
     "inference_form",
+    "outputs",
 ]
 
 MERGE_MODES = ("flops", "latency", "none")
@@ -82,12 +78,33 @@ def _check_inputs(model: object, example: object) -> None:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example, torch.Tensor) or example.dim() < 1 or example.shape[0] < 1:
-        raise ValueError(f"example must be a batch tensor (batch dimension first), got {example!r:.80}")
+        what = f"a tensor of shape {tuple(example.shape)}" if isinstance(example, torch.Tensor) else type(example).__name__
+        raise ValueError(f"example must be a batch tensor (batch dimension first, at least one sample), got {what}")
 
 
-def _max_diff(got: torch.Tensor, want: torch.Tensor, rtol: float, atol: float) -> tuple[bool, float]:
-    """(close, max |got - want|): close when the largest difference is at most
-    ``atol + rtol * max |want|`` (a tolerance relative to the output's scale, not per element)."""
+def outputs(y: object) -> list[torch.Tensor]:
+    """A model's output as a list of tensors: a tensor, or a tuple / list of tensors; anything else
+    (dicts, nested or non-tensor outputs) raises a one-line ValueError."""
+    if isinstance(y, torch.Tensor):
+        return [y]
+    if isinstance(y, (tuple, list)) and y and all(isinstance(t, torch.Tensor) for t in y):
+        return list(y)
+    raise ValueError(
+        f"model: its output is a {type(y).__name__}; inference forms and ONNX export take models returning "
+        "a tensor or a tuple of tensors (wrap the model to return those)"
+    )
+
+
+def _max_diff(got: torch.Tensor | Sequence[torch.Tensor], want: object, rtol: float, atol: float) -> tuple[bool, float]:
+    """(close, max |got - want|) over the outputs: close when each output's largest difference is
+    at most ``atol + rtol * max |want|`` (a tolerance relative to the output's scale)."""
+    gots, wants = outputs(got) if not isinstance(got, list) else got, outputs(want)
+    if len(gots) != len(wants):
+        return False, float("inf")
+    if len(wants) > 1:
+        pairs = [_max_diff(g, w, rtol, atol) for g, w in zip(gots, wants)]
+        return all(ok for ok, _ in pairs), max(d for _, d in pairs)
+    got, want = gots[0], wants[0]
     if got.shape != want.shape:
         return False, float("inf")
     if not want.numel():
@@ -675,67 +692,3 @@ def inference_form(
             )
         report["max_abs_diff"] = diff
     return gm
-
-
-def export(
-    model: nn.Module,
-    path: str | os.PathLike,
-    example: torch.Tensor,
-    *,
-    exporter: str = "auto",
-    opset_version: int | None = None,
-    rtol: float = 1e-4,
-    atol: float = 1e-5,
-    threads: int | None = None,
-) -> dict[str, Any]:
-    """Export ``model`` to ONNX at ``path``, after checking ONNX Runtime reproduces PyTorch.
-
-    The model is exported on the CPU in eval mode with a dynamic batch axis
-    (:func:`basisprune.bench.export_onnx`; ``exporter="auto"`` tries the ``torch.export``-based
-    exporter, then the TorchScript one). ONNX Runtime (``CPUExecutionProvider``) runs the exported
-    graph on ``example`` and on a batch of another size; both outputs must match PyTorch's within
-    ``atol + rtol * max |output|``. Only then is the file written, atomically
-    (:func:`basisprune.io.atomic_write`), so a failed check leaves no file and an existing
-    file untouched. Export :func:`inference_form` of a model to ship its folded form.
-
-    Returns:
-        ``path``, ``exporter`` (the one that worked), ``batch_sizes`` checked, ``max_abs_diff``
-        (the largest over them) and ``bytes``.
-
-    Raises:
-        ValueError: bad arguments.
-        ExportCheckError: ONNX Runtime's outputs differ from PyTorch's.
-    """
-    import onnxruntime as ort
-
-    _check_inputs(model, example)
-    cpu = bench._model_device(model)
-    m = model if cpu is None or cpu.type == "cpu" else copy.deepcopy(model).cpu()
-    x = example.detach().cpu()
-    sizes = [x.shape[0], x.shape[0] + 1]
-    gen = torch.Generator().manual_seed(0)
-    batches = [x, torch.randn((sizes[1], *x.shape[1:]), generator=gen, dtype=x.dtype)]
-    with tempfile.TemporaryDirectory(prefix="basisprune-export-") as tmp:
-        onnx_path = Path(tmp) / "model.onnx"
-        kind = bench.export_onnx(m, tuple(x.shape[1:]), onnx_path, exporter=exporter, opset_version=opset_version)
-        data = onnx_path.read_bytes()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    worst = 0.0
-    with bench._eval_mode(m), torch.no_grad():
-        for b in batches:
-            want = m(b)
-            got = torch.from_numpy(sess.run(None, {name: b.numpy()})[0])
-            ok, diff = _max_diff(got, want, rtol, atol)
-            if not ok:
-                raise ExportCheckError(
-                    f"ONNX Runtime's output differs from PyTorch's at batch {b.shape[0]}: max |diff| {diff:.3g}, "
-                    f"shapes {tuple(got.shape)} vs {tuple(want.shape)} (allowed {atol} + {rtol} * max |output|); "
-                    f"{path} was not written"
-                )
-            worst = max(worst, diff)
-    atomic_write(path, lambda f: f.write(data))
-    return {"path": str(path), "exporter": kind, "batch_sizes": sizes, "max_abs_diff": worst, "bytes": len(data)}
