@@ -13,6 +13,7 @@ import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn import functional as F
 
 import basisprune as bp
 from basisprune import deploy, inference
@@ -570,3 +571,49 @@ def test_auto_memory_format_ignores_one_slow_probe():
     assert seen and rep["memory_format"] == "channels_last"
     assert rep["memory_format_ms"]["channels_last_to_contiguous"] == pytest.approx(0.5)
     assert rep["timed_on"]["threads"] >= 1
+
+
+class SamePadConv(nn.Conv2d):
+    """TensorFlow-"SAME" padding computed from the input's shape: control flow torch.fx cannot trace."""
+
+    def forward(self, x):
+        ih, iw = x.size()[-2:]
+        pad_h = max((-(-ih // self.stride[0]) - 1) * self.stride[0] + self.kernel_size[0] - ih, 0)
+        pad_w = max((-(-iw // self.stride[1]) - 1) * self.stride[1] + self.kernel_size[1] - iw, 0)
+        if pad_h > 0 or pad_w > 0:
+            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return super().forward(x)
+
+
+def test_inference_form_traces_around_submodules_with_control_flow():
+    """A model whose convs decide their padding from the input's shape (as EfficientNet-Lite's do)
+    gets a form: those convs stay whole (listed in leaf_types), the batch norms after them are
+    folded, and the form computes the model's function."""
+    torch.manual_seed(0)
+    m = randomise_batchnorms(nn.Sequential(
+        SamePadConv(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU6(),
+        SamePadConv(8, 8, 3, groups=8), nn.BatchNorm2d(8), nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)), 0).double().eval()
+    x = torch.randn(2, 3, 11, 11, dtype=torch.float64)
+    f = bp.inference_form(m, x)
+    rep = f.inference_report
+    assert rep["leaf_types"] == [f"{__name__}.SamePadConv"] and len(rep["bn_folded"]) == 2
+    assert count(f, nn.BatchNorm2d) == 0
+    assert_same(f(x), m(x), 1e-12)
+
+
+def test_control_flow_in_the_model_itself_is_one_line():
+    """Control flow in the top module's own forward (no submodule to keep whole) is a one-line
+    ValueError naming the model."""
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else x
+
+    with pytest.raises(ValueError, match="cannot trace Branchy") as e:
+        bp.inference_form(Branchy(), torch.randn(2, 4))
+    assert "\n" not in str(e.value)

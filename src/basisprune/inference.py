@@ -129,14 +129,55 @@ def _single_use(gm: fx.GraphModule, calls: collections.Counter, node: fx.Node) -
     return node.op == "call_module" and calls[node.target] == 1 and len(node.users) == 1
 
 
+class _LeafTracer(fx.Tracer):
+    """torch.fx's tracer, also keeping instances of ``leaf_types`` as single calls."""
+
+    def __init__(self, leaf_types: Sequence[type]):
+        super().__init__()
+        self.leaf_types = tuple(leaf_types)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, self.leaf_types) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _failing_module(exc: BaseException, model: nn.Module) -> nn.Module | None:
+    """The innermost submodule of ``model`` (not ``model`` itself) whose ``forward`` was running
+    when tracing failed, from the traceback's frames."""
+    inside = {id(m) for m in model.modules() if m is not model}
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        this = frame.f_locals.get("self")
+        if isinstance(this, nn.Module) and id(this) in inside:
+            return this
+    return None
+
+
 def _trace(model: nn.Module) -> fx.GraphModule:
-    try:
-        return fx.symbolic_trace(model)
-    except Exception as e:  # noqa: BLE001 - any tracing failure means the same thing to the user
-        raise ValueError(
-            f"model: torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {str(e)[:200]}); "
-            "inference_form needs a model whose forward has no data-dependent control flow"
-        ) from e
+    """``model``'s fx graph. Where a submodule's forward cannot be traced (control flow on the
+    shapes of traced values, as in EfficientNet-Lite's "SAME"-padding convs), the submodule's
+    class is kept as one opaque call (a leaf) and tracing starts again, so the rest of the model
+    is still rewritten. The leaf classes are listed in the graph module's ``leaf_types``."""
+    leaves: list[type] = []
+    while True:
+        tracer = _LeafTracer(leaves)
+        try:
+            graph = tracer.trace(model)
+        except Exception as e:  # noqa: BLE001 - any tracing failure means the same thing to the user
+            culprit = _failing_module(e, model)
+            if culprit is not None and type(culprit) not in leaves:
+                leaves.append(type(culprit))
+                continue
+            raise ValueError(
+                f"model: torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                "inference_form needs a model whose forward has no data-dependent control flow outside its submodules"
+            ) from e
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+        gm.leaf_types = [f"{t.__module__}.{t.__qualname__}" for t in leaves]
+        return gm
 
 
 # ----------------------------------------------------------------------------------- passes
@@ -619,7 +660,8 @@ def inference_form(
         dict lists what was done: ``dropped`` (identities), ``bn_folded``, ``chains`` (each chain's
         layers, the merged ``segments``, multiply-accumulates per sample before and after, and the
         timings under ``"latency"``), ``merge``, ``padded`` (producer, consumer, channels,
-        padded_to), ``memory_format``, ``memory_format_ms`` (medians and the paired ratio) and
+        padded_to), ``leaf_types`` (submodule classes kept whole because their forward cannot be
+        traced), ``memory_format``, ``memory_format_ms`` (medians and the paired ratio) and
         ``timed_on`` (device name, threads, torch version of the timings).
 
     Raises:
@@ -655,7 +697,7 @@ def inference_form(
     base.eval()
     gm = _trace(base)
     gm.eval()
-    report: dict[str, Any] = {"merge": merge}
+    report: dict[str, Any] = {"merge": merge, "leaf_types": gm.leaf_types}
     with bench._num_threads(threads):
         if merge == "latency" or memory_format == "auto":
             report["timed_on"] = bench.timed_on(threads, example.device)
