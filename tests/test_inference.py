@@ -617,3 +617,16 @@ def test_control_flow_in_the_model_itself_is_one_line():
     with pytest.raises(ValueError, match="cannot trace Branchy") as e:
         bp.inference_form(Branchy(), torch.randn(2, 4))
     assert "\n" not in str(e.value)
+
+
+def test_forms_timed_in_onnx_runtime_compute_the_model():
+    """runtime="onnxruntime" times the choices in ONNX Runtime (recorded in timed_on), keeps the
+    contiguous format and still computes the pruned model's function."""
+    d = pruned(5, 0.5, torch.float32)
+    x = torch.randn(2, 3, 10, 10)
+    f = bp.inference_form(d, x, merge="latency", memory_format="auto", runtime="onnxruntime", batch_sizes=(1,),
+                          rounds=1, min_run_time=0.001, min_runs=1)
+    rep = f.inference_report
+    assert rep["timed_on"]["runtime"] == "onnxruntime" and rep["memory_format"] == "contiguous"
+    assert rep["chains"] and all("ms_one_layer" in c for c in rep["chains"])
+    assert_same(f(x), d(x), 1e-5)

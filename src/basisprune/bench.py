@@ -50,6 +50,7 @@ __all__ = [
     "latency_fold_rule",
     "layer_input_shapes",
     "onnx_latency",
+    "onnxruntime_timer",
     "timed_on",
 ]
 
@@ -307,6 +308,47 @@ def clearly_faster(alt: Sequence[Sequence[float]], base: Sequence[Sequence[float
     if each:
         faster = faster and all(verdict([r[b] for r in ratios])[0] for b in range(len(ratios[0])))
     return {"faster": bool(faster), "ratio_median": med, "ratio_p25": p25, "ratio_p75": p75}
+
+
+def onnxruntime_timer(threads: int | None = None, min_run_time: float = 0.02, min_runs: int = 5) -> LayerTimer:
+    """A :data:`LayerTimer` timing a module in ONNX Runtime (``CPUExecutionProvider``): the module
+    is exported once (TorchScript exporter, dynamic batch; the session is kept while the module
+    lives), then ``session.run`` is called until ``min_run_time`` seconds and ``min_runs`` calls
+    have passed; returns the median seconds per call. For choices made for ONNX Runtime."""
+    import weakref
+
+    import onnxruntime as ort
+
+    sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def session(module: nn.Module, x: torch.Tensor):
+        if module not in sessions:
+            with tempfile.TemporaryDirectory(prefix="basisprune-timer-") as tmp:
+                path = Path(tmp) / "m.onnx"
+                dev = _model_device(module)
+                if dev is not None and dev.type != "cpu":
+                    raise ValueError(f"onnxruntime_timer times CPU modules; this one is on {dev}")
+                export_onnx(module, tuple(x.shape[1:]), path, exporter="legacy")
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+                opts.inter_op_num_threads, opts.log_severity_level = 1, 3
+                sessions[module] = ort.InferenceSession(path.read_bytes(), sess_options=opts,
+                                                        providers=["CPUExecutionProvider"])
+        return sessions[module]
+
+    def timer(module: nn.Module, x: torch.Tensor) -> float:
+        sess = session(module, x)
+        feed = {sess.get_inputs()[0].name: x.detach().cpu().contiguous().numpy()}
+        sess.run(None, feed)  # warm-up
+        times: list[float] = []
+        start = time.perf_counter()
+        while len(times) < min_runs or time.perf_counter() - start < min_run_time:
+            t0 = time.perf_counter()
+            sess.run(None, feed)
+            times.append(time.perf_counter() - t0)
+        return float(statistics.median(times))
+
+    return timer
 
 
 # ------------------------------------------------------------------------------------ latency

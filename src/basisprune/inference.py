@@ -59,6 +59,7 @@ __all__ = [
 
 MERGE_MODES = ("flops", "latency", "none")
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+RUNTIMES = ("torch", "onnxruntime")
 
 _IDENTITIES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
                nn.FeatureAlphaDropout)
@@ -616,6 +617,7 @@ def inference_form(
     min_runs: int = 5,
     rounds: int = 5,
     margin: float = 0.02,
+    runtime: str = "torch",
     timer: bench.LayerTimer | None = None,
     check: bool = True,
     rtol: float = 1e-4,
@@ -649,6 +651,10 @@ def inference_form(
             ``1 - margin`` and its upper quartile below 1 (:func:`basisprune.bench.clearly_faster`).
             Choices made with the default timer are remembered for the process (``"cached"`` in
             their record) with the hardware that made them.
+        runtime: where the form will run, so where its choices are timed: ``"torch"`` (eager
+            PyTorch on the example's device) or ``"onnxruntime"`` (every candidate exported and
+            timed in ONNX Runtime, :func:`basisprune.bench.onnxruntime_timer`; the memory format
+            is then contiguous, ONNX Runtime picking its own layouts).
         timer: ``timer(module, x) -> seconds`` replacing the default timer (e.g. in tests).
         check: compare the outputs on ``example`` with ``model``'s; raise
             :class:`InferenceCheckError` when the largest difference exceeds
@@ -681,8 +687,12 @@ def inference_form(
         raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
     if not 0 <= margin < 1:
         raise ValueError(f"margin must be in [0, 1), got {margin!r}")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     cache = timer is None  # only real timings are worth remembering
-    timer = timer or bench.benchmark_timer(min_run_time, threads, min_runs)
+    if timer is None:
+        timer = (bench.onnxruntime_timer(threads, min_run_time, min_runs) if runtime == "onnxruntime"
+                 else bench.benchmark_timer(min_run_time, threads, min_runs))
     was_training = model.training
     model.eval()
     try:
@@ -700,7 +710,7 @@ def inference_form(
     report: dict[str, Any] = {"merge": merge, "leaf_types": gm.leaf_types}
     with bench._num_threads(threads):
         if merge == "latency" or memory_format == "auto":
-            report["timed_on"] = bench.timed_on(threads, example.device)
+            report["timed_on"] = {**bench.timed_on(threads, example.device), "runtime": runtime}
         report["dropped"] = _drop_identities(gm)
         report["bn_folded"] = _fold_batchnorms(gm)
         gm.graph.lint()
@@ -709,7 +719,7 @@ def inference_form(
         if memory_format == "auto":
             # decided first, on the padded form without merges, so merges are timed in that format
             fmt = "contiguous"
-            if example.dim() == 4:
+            if example.dim() == 4 and runtime == "torch":
                 probe, _ = _finish(copy.deepcopy(gm), channel_multiple, example)
                 fmt, report["memory_format_ms"] = _pick_format(probe, timer, sizes, example, seed, rounds, margin)
         chains: list[dict[str, Any]] = []
