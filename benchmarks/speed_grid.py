@@ -84,8 +84,9 @@ def onnx_ms(sess, x: torch.Tensor, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def build_forms(ref: nn.Module, head: str, size: int, args) -> tuple[dict[str, nn.Module], dict[str, Any]]:
-    """The forms at one input size and their FLOPs / reports."""
+def build_forms(ref: nn.Module, head: str, size: int, args) -> tuple[dict[str, dict[str, nn.Module]], dict[str, Any]]:
+    """The forms at one input size, per backend (choices timed in eager PyTorch for the eager
+    column, in ONNX Runtime for the ONNX Runtime column), and their FLOPs / reports."""
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
     sources: dict[str, nn.Module] = {"unpruned": ref}
     for frac in args.depths:
@@ -99,32 +100,34 @@ def build_forms(ref: nn.Module, head: str, size: int, args) -> tuple[dict[str, n
         tp, tp_info = efficiency.prune_to_flops(ref, x[:1], ratio)
         sources["Torch-Pruning"] = tp.eval()
         info["Torch-Pruning"] = {"target_flop_ratio": ratio, **{k: v for k, v in tp_info.items() if k != "model"}}
-    forms = {}
+    forms: dict[str, dict[str, nn.Module]] = {"eager": {}, "onnxruntime": {}}
     for label, m in sources.items():
-        t0 = time.perf_counter()
-        form = bp.inference_form(m, x, merge="latency", memory_format="auto", batch_sizes=args.form_batch_sizes,
-                                 threads=args.threads, min_run_time=0.01, min_runs=2, rounds=args.form_rounds)
-        rep = form.inference_report
-        forms[label] = form
-        info.setdefault(label, {}).update({
-            "flops": bp.count_flops(m, x[:1]), "params": bp.count_params(m), "build_s": time.perf_counter() - t0,
-            "memory_format": rep["memory_format"], "memory_format_ms": rep["memory_format_ms"],
-            "chains": len(rep["chains"]), "chains_split": sum(len(c["segments"]) > 1 for c in rep["chains"]),
-            "padded": len(rep["padded"]), "timed_on": rep.get("timed_on")})
+        for backend, runtime in (("eager", "torch"), ("onnxruntime", "onnxruntime")):
+            t0 = time.perf_counter()
+            form = bp.inference_form(m, x, merge="latency", memory_format="auto", batch_sizes=args.form_batch_sizes,
+                                     threads=args.threads, min_run_time=0.01, min_runs=2, rounds=args.form_rounds,
+                                     runtime=runtime)
+            rep = form.inference_report
+            forms[backend][label] = form
+            info.setdefault(label, {"flops": bp.count_flops(m, x[:1]), "params": bp.count_params(m)})[backend] = {
+                "build_s": time.perf_counter() - t0, "memory_format": rep["memory_format"],
+                "memory_format_ms": rep["memory_format_ms"], "chains": len(rep["chains"]),
+                "chains_split": sum(len(c["segments"]) > 1 for c in rep["chains"]),
+                "padded": len(rep["padded"]), "timed_on": rep.get("timed_on")}
     return forms, info
 
 
-def time_grid(forms: dict[str, nn.Module], size: int, args, tmp: Path) -> list[dict[str, Any]]:
+def time_grid(forms: dict[str, dict[str, nn.Module]], size: int, args, tmp: Path) -> list[dict[str, Any]]:
     """Per-round milliseconds of every form, backend and batch size (forms rotated each round)."""
-    sessions = {label: onnx_session(f, size, args.threads, tmp, label) for label, f in forms.items()}
-    labels = list(forms)
+    sessions = {label: onnx_session(f, size, args.threads, tmp, label) for label, f in forms["onnxruntime"].items()}
+    labels = list(forms["eager"])
     gen = torch.Generator().manual_seed(0)
     xs = {b: torch.randn(b, 3, size, size, generator=gen) for b in args.batch_sizes}
     ms: dict[tuple[str, str, int], list[float]] = {}
     for r in range(args.rounds):
         order = labels[r % len(labels):] + labels[:r % len(labels)]
         for label in order:
-            recs = bench.latency(forms[label], (3, size, size), args.batch_sizes, threads=args.threads,
+            recs = bench.latency(forms["eager"][label], (3, size, size), args.batch_sizes, threads=args.threads,
                                  min_run_time=args.min_run_time, min_runs=3, warmup=1, seed=r)
             for rec in recs:
                 ms.setdefault((label, "eager", rec["batch_size"]), []).append(rec["median_ms"])
@@ -138,7 +141,7 @@ def time_grid(forms: dict[str, nn.Module], size: int, args, tmp: Path) -> list[d
                "median_ms": statistics.median(times), "speedup_median": statistics.median(speedups),
                "speedup_min": speedups[0], "speedup_max": speedups[-1],
                "speedup_p75": bench._quantile(speedups, 0.75)}
-        if "Torch-Pruning" in forms:
+        if "Torch-Pruning" in labels:
             tp = ms[("Torch-Pruning", backend, b)]
             vs = sorted(p / t for p, t in zip(tp, times))
             row.update(vs_tp_median=statistics.median(vs), vs_tp_min=vs[0], vs_tp_max=vs[-1],
