@@ -128,7 +128,7 @@ def time_grid(forms: dict[str, dict[str, nn.Module]], size: int, args, tmp: Path
         order = labels[r % len(labels):] + labels[:r % len(labels)]
         for label in order:
             recs = bench.latency(forms["eager"][label], (3, size, size), args.batch_sizes, threads=args.threads,
-                                 min_run_time=args.min_run_time, min_runs=3, warmup=1, seed=r)
+                                 min_run_time=args.min_run_time, min_runs=2, warmup=1, seed=r)
             for rec in recs:
                 ms.setdefault((label, "eager", rec["batch_size"]), []).append(rec["median_ms"])
             for b, x in xs.items():
@@ -190,11 +190,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--depths", type=float, nargs="+", default=[0.3, 0.8], help="fractions of bases pruned")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=3, help="timing rounds (forms rotated each round)")
-    ap.add_argument("--min-run-time", type=float, default=0.05, help="eager seconds per form and batch size per round")
-    ap.add_argument("--onnx-repeats", type=int, default=3, help="timed session.run calls per batch size per round")
-    ap.add_argument("--form-batch-sizes", type=int, nargs="+", default=[1, 8], help="batch sizes the forms' choices are timed at")
-    ap.add_argument("--form-rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2, help="timing rounds (forms rotated each round)")
+    ap.add_argument("--min-run-time", type=float, default=0.02, help="eager seconds per form and batch size per round")
+    ap.add_argument("--onnx-repeats", type=int, default=2, help="timed session.run calls per batch size per round")
+    ap.add_argument("--form-batch-sizes", type=int, nargs="+", default=[8], help="batch sizes the forms' choices are timed at")
+    ap.add_argument("--form-rounds", type=int, default=2)
     ap.add_argument("--no-peer", action="store_true", help="skip Torch-Pruning")
     ap.add_argument("--out", type=Path, default=Path("data/benchmarks/speed_grid-cpu.json"))
     args = ap.parse_args(argv)
@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for size in args.sizes:
             t1 = time.perf_counter()
             forms, info[size] = build_forms(ref, head, size, args)
+            print(f"{size} px: forms built in {time.perf_counter() - t1:.0f} s", flush=True)
             rows += time_grid(forms, size, args, Path(tmp))
             seconds[f"size_{size}"] = time.perf_counter() - t1
             print(f"{size} px done in {seconds[f'size_{size}']:.0f} s", flush=True)

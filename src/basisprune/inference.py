@@ -133,7 +133,7 @@ def _single_use(gm: fx.GraphModule, calls: collections.Counter, node: fx.Node) -
 class _LeafTracer(fx.Tracer):
     """torch.fx's tracer, also keeping instances of ``leaf_types`` as single calls."""
 
-    def __init__(self, leaf_types: Sequence[type]):
+    def __init__(self, leaf_types: Sequence[type] = ()):  # no-argument form: GraphModule's unpickling
         super().__init__()
         self.leaf_types = tuple(leaf_types)
 
