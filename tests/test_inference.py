@@ -172,16 +172,9 @@ def test_flops_merge_never_adds_flops_and_merges_cheap_chains():
     assert_same(f(x), m(x), 1e-12)
 
 
-@pytest.mark.parametrize("merged_faster", [True, False])
-def test_latency_merge_follows_the_timer(merged_faster):
-    """With merge="latency", every chain becomes one conv when merged layers time faster, and
-    none is merged when they time slower (a fake timer: 1 per layer, a merged layer half or
-    one and a half times the layers it replaces)."""
-
-    def timer(module, x):
-        parts = getattr(module, "_parts", 1)
-        return 1.0 if parts == 1 else parts * (0.5 if merged_faster else 1.5)
-
+def form_with_timer(timer, **kwargs):
+    """(model, input, merge="latency" form) with merged layers tagged ``_parts`` (the number of
+    layers they replace) so that a fake timer can tell them apart."""
     orig = inference.merge_layers
 
     def tagged(layers):
@@ -193,7 +186,21 @@ def test_latency_merge_follows_the_timer(merged_faster):
     x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(inference, "merge_layers", tagged)
-        f = bp.inference_form(d, x, merge="latency", batch_sizes=(1, 4), timer=timer)
+        f = bp.inference_form(d, x, merge="latency", batch_sizes=(1, 4), timer=timer, **kwargs)
+    return d, x, f
+
+
+@pytest.mark.parametrize("merged_faster", [True, False])
+def test_latency_merge_follows_the_timer(merged_faster):
+    """With merge="latency", every chain becomes one conv when merged layers time faster, and
+    none is merged when they time slower (a fake timer: 1 per layer, a merged layer half or
+    one and a half times the layers it replaces)."""
+
+    def timer(module, x):
+        parts = getattr(module, "_parts", 1)
+        return 1.0 if parts == 1 else parts * (0.5 if merged_faster else 1.5)
+
+    d, x, f = form_with_timer(timer)
     chains = f.inference_report["chains"]
     assert chains
     for c in chains:
@@ -534,18 +541,7 @@ def test_latency_merge_keeps_the_unpruned_layer_on_a_tie():
     def timer(module, x):
         return 1.0 if getattr(module, "_parts", 1) > 1 else 0.99 / 2  # split: 2 x 0.495 vs 1.0 merged
 
-    orig = inference.merge_layers
-
-    def tagged(layers):
-        out = orig(layers)
-        out._parts = len(layers)
-        return out
-
-    d = pruned(3, 0.9)
-    x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(inference, "merge_layers", tagged)
-        f = bp.inference_form(d, x, merge="latency", batch_sizes=(1, 4), timer=timer, rounds=3)
+    d, x, f = form_with_timer(timer, rounds=3)
     chains = [c for c in f.inference_report["chains"] if len(c["layers"]) == 2]
     assert chains
     assert all(len(c["segments"]) == 1 and c["split_to_one_layer"] < 1 for c in chains)
