@@ -197,7 +197,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--form-rounds", type=int, default=2)
     ap.add_argument("--no-peer", action="store_true", help="skip Torch-Pruning")
     ap.add_argument("--out", type=Path, default=Path("data/benchmarks/speed_grid-cpu.json"))
+    ap.add_argument("--show", type=Path, help="print the table and targets of a results file (no timing)")
     args = ap.parse_args(argv)
+    if args.show:
+        from basisprune.repro.results import read_results
+
+        record = read_results(args.show)
+        show(record)
+        return record
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     load_before = os.getloadavg()
@@ -223,12 +230,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 "are the comparable numbers"}
     seconds["total"] = time.perf_counter() - t0
     write_results(args.out, record, settings, 0, seconds)
-    print(f"mobilenet_v2, {args.threads} thread(s), {hw['cpu_model']}, torch {torch.__version__}, "
-          f"load average {load_before[0]:.2f} -> {os.getloadavg()[0]:.2f}, {seconds['total']:.0f} s")
-    print(table(rows))
-    for name, t in verdict.items():
-        print(f"{name}: {'holds' if t['holds'] else 'MISSED'} {t.get('misses') or t.get('rows') or ''}")
+    show({**record, "timings": seconds})
     return record
+
+
+def show(record: dict[str, Any]) -> None:
+    """Print a results file's setting line, table and targets."""
+    hw, load = record["hardware"], record["load_average"]
+    print(f"mobilenet_v2, {record['settings']['threads']} thread(s), {hw['cpu_model']} ({hw['cpu_count']} cores), "
+          f"torch {hw['torch']}, onnxruntime {hw['onnxruntime']}, load average {load['before'][0]:.1f} -> "
+          f"{load['after'][0]:.1f}, {record['settings']['rounds']} rounds, {record['timings']['total']:.0f} s")
+    print(table(record["rows"]))
+    for name, t in record["targets"].items():
+        print(f"{name}: {'holds' if t['holds'] else 'missed'} {t.get('misses') or t.get('rows') or ''}")
 
 
 if __name__ == "__main__":
