@@ -169,3 +169,44 @@ def test_cuda_graph_replay_gives_the_eager_output():
         run = bench._cuda_graph(m, x)
         y = torch.randn(2, *SHAPE, device="cuda")
         torch.testing.assert_close(run(y).clone(), m(y))
+
+
+def test_clearly_faster_needs_a_margin_and_most_rounds():
+    """An alternative replaces the default only when its median paired ratio is below 1 - margin
+    and its upper quartile below 1: ties and one lucky round keep the default, a clear win does not."""
+    base = [[1.0, 1.0]] * 5
+    assert not bench.clearly_faster([[0.99, 1.0]] * 5, base)["faster"]  # within the margin
+    lucky = [[0.5, 0.5]] + [[1.01, 1.0]] * 4
+    assert not bench.clearly_faster(lucky, base)["faster"]
+    noisy_win = [[0.6, 0.6]] * 4 + [[3.0, 3.0]]  # one round hit by load on a shared machine
+    assert bench.clearly_faster(noisy_win, base)["faster"]
+    mixed = [[0.5, 1.0]] * 5  # faster at one input only
+    assert bench.clearly_faster(mixed, base)["faster"] and not bench.clearly_faster(mixed, base, each=True)["faster"]
+
+
+def test_interleaved_times_rotates_the_order_and_pairs_rounds():
+    """Every candidate is timed once per input and round, and no candidate is always timed first."""
+    calls = []
+
+    def timer(module, x):
+        calls.append(module)
+        return float(len(calls))
+
+    a, b, c = nn.Identity(), nn.ReLU(), nn.Tanh()
+    xs = [torch.zeros(1), torch.zeros(2)]
+    t = bench.interleaved_times([(a, xs), (b, xs), (c, xs)], timer, rounds=4)
+    assert [len(tc) for tc in t] == [4, 4, 4] and all(len(r) == 2 for tc in t for r in tc)
+    assert len(calls) == 3 * 4 * 2
+    firsts = {id(calls[r * 6]) for r in range(4)}
+    assert len(firsts) > 1
+
+
+def test_latency_fold_rule_folds_pairs_that_tie_with_the_folded_conv():
+    """A pair timed within 1% of its folded conv (a tie) is folded: where pruning a layer does not
+    pay, the layer stays as it was."""
+    d = pruned_basis_net(keep=0.2)
+    tie = lambda module, x: 0.995 if isinstance(module, nn.Sequential) else 1.0  # noqa: E731
+    rule = bench.latency_fold_rule(d, torch.randn(2, *SHAPE), batch_sizes=(1, 4), timer=tie, rounds=3)
+    timed = [r for r in rule.records if r["reason"] != "params"]
+    assert timed and all(r["fold"] and r["reason"] == "latency" for r in timed)
+    assert rule.timed_on["device"] == "cpu" and rule.timed_on["threads"] >= 1

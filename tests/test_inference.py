@@ -13,9 +13,10 @@ import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn import functional as F
 
 import basisprune as bp
-from basisprune import inference
+from basisprune import deploy, inference
 from conftest import random_basis_masks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -171,16 +172,9 @@ def test_flops_merge_never_adds_flops_and_merges_cheap_chains():
     assert_same(f(x), m(x), 1e-12)
 
 
-@pytest.mark.parametrize("merged_faster", [True, False])
-def test_latency_merge_follows_the_timer(merged_faster):
-    """With merge="latency", every chain becomes one conv when merged layers time faster, and
-    none is merged when they time slower (a fake timer: 1 per layer, a merged layer half or
-    one and a half times the layers it replaces)."""
-
-    def timer(module, x):
-        parts = getattr(module, "_parts", 1)
-        return 1.0 if parts == 1 else parts * (0.5 if merged_faster else 1.5)
-
+def form_with_timer(timer, **kwargs):
+    """(model, input, merge="latency" form) with merged layers tagged ``_parts`` (the number of
+    layers they replace) so that a fake timer can tell them apart."""
     orig = inference.merge_layers
 
     def tagged(layers):
@@ -192,7 +186,21 @@ def test_latency_merge_follows_the_timer(merged_faster):
     x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(inference, "merge_layers", tagged)
-        f = bp.inference_form(d, x, merge="latency", batch_sizes=(1, 4), timer=timer)
+        f = bp.inference_form(d, x, merge="latency", batch_sizes=(1, 4), timer=timer, **kwargs)
+    return d, x, f
+
+
+@pytest.mark.parametrize("merged_faster", [True, False])
+def test_latency_merge_follows_the_timer(merged_faster):
+    """With merge="latency", every chain becomes one conv when merged layers time faster, and
+    none is merged when they time slower (a fake timer: 1 per layer, a merged layer half or
+    one and a half times the layers it replaces)."""
+
+    def timer(module, x):
+        parts = getattr(module, "_parts", 1)
+        return 1.0 if parts == 1 else parts * (0.5 if merged_faster else 1.5)
+
+    d, x, f = form_with_timer(timer)
     chains = f.inference_report["chains"]
     assert chains
     for c in chains:
@@ -389,7 +397,7 @@ def test_export_mismatch_raises_and_writes_nothing(tmp_path, monkeypatch):
     """When ONNX Runtime disagrees, export raises and leaves an existing file untouched."""
     path = tmp_path / "m.onnx"
     path.write_bytes(b"previous")
-    monkeypatch.setattr(inference, "_max_diff", lambda got, want, rtol, atol: (False, 1.0))
+    monkeypatch.setattr(deploy, "_max_diff", lambda got, want, rtol, atol: (False, 1.0))
     with pytest.raises(inference.ExportCheckError, match="not written"):
         bp.export(tiny_net().eval(), path, torch.randn(2, 3, 10, 10), exporter="legacy")
     assert path.read_bytes() == b"previous"
@@ -402,6 +410,100 @@ def test_export_refuses_bad_arguments(tmp_path):
         bp.export("net", tmp_path / "m.onnx", torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match="example"):
         bp.export(tiny_net(), tmp_path / "m.onnx", None)
+
+
+@pytest.fixture
+def no_export(monkeypatch):
+    """Export must refuse before any work: reaching the ONNX exporter fails the test."""
+    def boom(*args, **kwargs):
+        raise AssertionError("the exporter ran before the refusal")
+    monkeypatch.setattr(deploy.bench, "export_onnx", boom)
+
+
+def one_line_error(excinfo) -> str:
+    msg = str(excinfo.value)
+    assert "\n" not in msg and "\x1b" not in msg, msg
+    return msg
+
+
+def test_export_refuses_bad_paths_in_one_line_before_any_work(tmp_path, no_export):
+    """A folder, a file standing where a folder should be and a missing folder in the filesystem
+    root are refused in one line naming the path, and nothing is created."""
+    x = torch.randn(2, 3, 10, 10)
+    (tmp_path / "file").write_text("x")
+    for bad, words in [(tmp_path, "is a folder"), (tmp_path / "file" / "m.onnx", "is a file"),
+                       ("/basisprune-no-such-folder-27/m.onnx", "filesystem root")]:
+        with pytest.raises(ValueError, match=words) as e:
+            bp.export(tiny_net().eval(), bad, x)
+        one_line_error(e)
+    assert sorted(os.listdir(tmp_path)) == ["file"] and not os.path.exists("/basisprune-no-such-folder-27")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes anywhere")
+def test_export_refuses_an_unwritable_folder_before_any_work(tmp_path, no_export):
+    """A folder without write permission is refused with a one-line PermissionError."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError, match="cannot write") as e:
+            bp.export(tiny_net().eval(), locked / "sub" / "m.onnx", torch.randn(2, 3, 10, 10))
+        one_line_error(e)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_export_refuses_a_wrong_example_and_a_masked_model_in_one_line(tmp_path, no_export):
+    """An example the model cannot run on, and a model that still has pruning masks, are refused in
+    one line (no colour codes) that says what to do; nothing is written."""
+    with pytest.raises(ValueError, match="example: the model cannot run") as e:
+        bp.export(tiny_net().eval(), tmp_path / "m.onnx", torch.randn(2, 5, 10, 10))
+    one_line_error(e)
+    with pytest.raises(ValueError, match="inference_form") as e:
+        bp.export(pruned(0, 0.5, torch.float32), tmp_path / "m.onnx", torch.randn(2, 3, 10, 10))
+    one_line_error(e)
+    assert os.listdir(tmp_path) == []
+
+
+def test_export_creates_missing_folders_and_builds_the_form(tmp_path):
+    """A compact model is exported as its inference form (batch norms folded) into a folder that
+    did not exist, and ONNX Runtime agreed at two batch sizes."""
+    import onnx
+
+    x = torch.randn(2, 3, 10, 10)
+    c = bp.compact(pruned(0, 0.5, torch.float32), x)
+    path = tmp_path / "a" / "b" / "m.onnx"
+    info = bp.export(c, path, x, exporter="legacy")
+    assert info["form"] and path.exists() and info["batch_sizes"] == [2, 3]
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "BatchNormalization" not in ops
+
+
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = tiny_net()
+
+    def forward(self, x):
+        y = self.body(x)
+        return y, y.softmax(1)
+
+
+def test_export_checks_every_output_of_a_tuple_model(tmp_path):
+    """A model returning a tuple of tensors is exported with one batch-dynamic ONNX output per
+    tensor, each checked against PyTorch."""
+    import onnxruntime as ort
+
+    m = randomise_batchnorms(TwoHeads(), 0).eval()
+    x = torch.randn(2, 3, 10, 10)
+    info = bp.export(m, tmp_path / "m.onnx", x, exporter="legacy")
+    assert info["outputs"] == 2
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    y = torch.randn(4, 3, 10, 10)
+    got = sess.run(None, {sess.get_inputs()[0].name: y.numpy()})
+    with torch.no_grad():
+        for g, w in zip(got, m(y)):
+            assert_same(torch.from_numpy(g), w, 1e-5)
 
 
 @pytest.mark.slow
@@ -430,3 +532,97 @@ def test_channel_padding_through_a_residual_that_one_conv_reads_and_writes():
     f = bp.inference_form(m, x, channel_multiple=8)
     assert (f.conv.in_channels, f.conv.out_channels, f.head.in_channels) == (8, 8, 8)
     assert_same(f(x), m(x), 1e-12)
+
+
+def test_latency_merge_keeps_the_unpruned_layer_on_a_tie():
+    """With merge="latency", a chain whose split times within the noise margin of the chain merged
+    into one layer (here 1% faster) is merged: a basis pair that does not pay is folded back."""
+
+    def timer(module, x):
+        return 1.0 if getattr(module, "_parts", 1) > 1 else 0.99 / 2  # split: 2 x 0.495 vs 1.0 merged
+
+    d, x, f = form_with_timer(timer, rounds=3)
+    chains = [c for c in f.inference_report["chains"] if len(c["layers"]) == 2]
+    assert chains
+    assert all(len(c["segments"]) == 1 and c["split_to_one_layer"] < 1 for c in chains)
+    assert_same(f(x), d(x), 1e-9)
+
+
+def test_auto_memory_format_ignores_one_slow_probe():
+    """One channels-last timing hit by load (10x slower, batch 1, first round) does not decide the
+    memory format when channels-last is twice as fast in every other measurement."""
+    seen = []
+
+    def timer(module, x):
+        cl = "channels_last" in module.code
+        if cl and x.shape[0] == 1 and not seen:
+            seen.append(1)
+            return 10.0
+        return 0.5 if cl else 1.0
+
+    d = pruned(1, 0.5)
+    x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
+    f = bp.inference_form(d, x, memory_format="auto", timer=timer, batch_sizes=(1, 2), rounds=5)
+    rep = f.inference_report
+    assert seen and rep["memory_format"] == "channels_last"
+    assert rep["memory_format_ms"]["channels_last_to_contiguous"] == pytest.approx(0.5)
+    assert rep["timed_on"]["threads"] >= 1
+
+
+class SamePadConv(nn.Conv2d):
+    """TensorFlow-"SAME" padding computed from the input's shape: control flow torch.fx cannot trace."""
+
+    def forward(self, x):
+        ih, iw = x.size()[-2:]
+        pad_h = max((-(-ih // self.stride[0]) - 1) * self.stride[0] + self.kernel_size[0] - ih, 0)
+        pad_w = max((-(-iw // self.stride[1]) - 1) * self.stride[1] + self.kernel_size[1] - iw, 0)
+        if pad_h > 0 or pad_w > 0:
+            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return super().forward(x)
+
+
+def test_inference_form_traces_around_submodules_with_control_flow():
+    """A model whose convs decide their padding from the input's shape (as EfficientNet-Lite's do)
+    gets a form: those convs stay whole (listed in leaf_types), the batch norms after them are
+    folded, and the form computes the model's function."""
+    torch.manual_seed(0)
+    m = randomise_batchnorms(nn.Sequential(
+        SamePadConv(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU6(),
+        SamePadConv(8, 8, 3, groups=8), nn.BatchNorm2d(8), nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)), 0).double().eval()
+    x = torch.randn(2, 3, 11, 11, dtype=torch.float64)
+    f = bp.inference_form(m, x)
+    rep = f.inference_report
+    assert rep["leaf_types"] == [f"{__name__}.SamePadConv"] and len(rep["bn_folded"]) == 2
+    assert count(f, nn.BatchNorm2d) == 0
+    assert_same(f(x), m(x), 1e-12)
+
+
+def test_control_flow_in_the_model_itself_is_one_line():
+    """Control flow in the top module's own forward (no submodule to keep whole) is a one-line
+    ValueError naming the model."""
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else x
+
+    with pytest.raises(ValueError, match="cannot trace Branchy") as e:
+        bp.inference_form(Branchy(), torch.randn(2, 4))
+    assert "\n" not in str(e.value)
+
+
+def test_forms_timed_in_onnx_runtime_compute_the_model():
+    """runtime="onnxruntime" times the choices in ONNX Runtime (recorded in timed_on), keeps the
+    contiguous format and still computes the pruned model's function."""
+    d = pruned(5, 0.5, torch.float32)
+    x = torch.randn(2, 3, 10, 10)
+    f = bp.inference_form(d, x, merge="latency", memory_format="auto", runtime="onnxruntime", batch_sizes=(1,),
+                          rounds=1, min_run_time=0.001, min_runs=1)
+    rep = f.inference_report
+    assert rep["timed_on"]["runtime"] == "onnxruntime" and rep["memory_format"] == "contiguous"
+    assert rep["chains"] and all("ms_one_layer" in c for c in rep["chains"])
+    assert_same(f(x), d(x), 1e-5)

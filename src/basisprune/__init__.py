@@ -20,7 +20,8 @@ from . import bench, pai
 from .channel import ChannelScale, add_channel_scales, channel_scales, l1_penalty, remove_channel_scales
 from .compact import compact, load_model, save_model
 from .decompose import BasisConv2d, BasisLayer, BasisLinear, basis_layers, decompose
-from .inference import export, inference_form
+from .deploy import export
+from .inference import inference_form
 from .importance import ScaleMagnitude, TaylorImportance, holders
 from .measure import basis_ceiling, basis_savings, count_flops, count_params, measure, output_positions
 from .prune import PruningRule, apply_masks, select

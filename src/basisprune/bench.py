@@ -7,8 +7,12 @@
   that ONNX Runtime reproduces torch's outputs and times ``InferenceSession.run``.
 * :func:`hardware` describes the machine the timings come from.
 * :func:`latency_fold_rule` builds a ``fold_rule`` for :func:`basisprune.compact` that folds a basis
-  layer back into one conv whenever its kept pair (basis conv + 1x1 conv) is not faster than the
-  single folded conv on the layer's real input shape, so no compacted layer is slower in practice.
+  layer back into one conv whenever its kept pair (basis conv + 1x1 conv) is not clearly faster than
+  the single folded conv on the layer's real input shape, so no compacted layer is slower in practice.
+* :func:`interleaved_times` and :func:`clearly_faster` are how every timed choice is made: the
+  candidates are timed in interleaved rounds (a burst of load hits all of them), and an alternative
+  replaces the default (the unpruned layer, contiguous memory) only when the median over rounds of
+  its paired time ratio is below ``1 - margin`` and its upper quartile below 1.
 
 Every function returns plain dicts / lists of dicts (``pandas.DataFrame(records)`` works).
 Timings depend on the machine, its load and the thread count; none of them is asserted in tests.
@@ -38,12 +42,16 @@ __all__ = [
     "MODES",
     "benchmark_timer",
     "cpu_model",
+    "clearly_faster",
     "export_onnx",
     "hardware",
+    "interleaved_times",
     "latency",
     "latency_fold_rule",
     "layer_input_shapes",
     "onnx_latency",
+    "onnxruntime_timer",
+    "timed_on",
 ]
 
 MODES = ("eager", "compile", "cudagraph")
@@ -250,6 +258,99 @@ def benchmark_timer(min_run_time: float = 0.02, threads: int | None = None, min_
     return timer
 
 
+def timed_on(threads: int | None = None, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The short hardware record a timed choice carries: device name, threads, torch version."""
+    dev = torch.device(device)
+    return {"device": str(dev), "device_name": _device_name(dev), "threads": int(threads or torch.get_num_threads()),
+            "torch": torch.__version__, "hostname": platform.node() or None}
+
+
+# ------------------------------------------------------------------------- robust choices
+def interleaved_times(candidates: Sequence[tuple[nn.Module, Sequence[torch.Tensor]]], timer: LayerTimer,
+                      rounds: int = 5) -> list[list[list[float]]]:
+    """Seconds ``[candidate][round][input]`` of ``timer(module, x)`` for every candidate
+    ``(module, inputs)``, in ``rounds`` interleaved rounds: each round times every candidate once
+    per input, in an order rotated (and reversed every other round) from round to round, so that
+    load on a shared machine falls on all candidates alike and the rounds can be paired."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    n = len(candidates)
+    out = [[[0.0] * len(xs) for _ in range(rounds)] for _, xs in candidates]
+    for r in range(rounds):
+        order = [(r + k) % n for k in range(n)]
+        for c in (order[::-1] if r % 2 else order):
+            module, xs = candidates[c]
+            for b, x in enumerate(xs):
+                out[c][r][b] = float(timer(module, x))
+    return out
+
+
+def clearly_faster(alt: Sequence[Sequence[float]], base: Sequence[Sequence[float]], *, margin: float = 0.02,
+                   each: bool = False) -> dict[str, Any]:
+    """Whether ``alt`` is clearly faster than ``base`` (both ``[round][input]`` seconds from one
+    :func:`interleaved_times` call).
+
+    Each round's score is ``alt / base`` averaged over the inputs (each input weighs the same);
+    ``alt`` is clearly faster when the median score is below ``1 - margin`` and the upper quartile
+    below 1 (with ``each``: at every input on its own). Anything else, a tie or noise, keeps
+    ``base``. Returns ``faster`` and the scores' ``ratio_median``, ``ratio_p25``, ``ratio_p75``.
+    """
+    if len(alt) != len(base) or not alt:
+        raise ValueError("alt and base need the same non-zero number of rounds")
+
+    def verdict(scores: list[float]) -> tuple[bool, float, float, float]:
+        xs = sorted(scores)
+        med, p25, p75 = statistics.median(xs), _quantile(xs, 0.25), _quantile(xs, 0.75)
+        return med < 1 - margin and p75 < 1, med, p25, p75
+
+    ratios = [[a / max(b, 1e-12) for a, b in zip(ra, rb)] for ra, rb in zip(alt, base)]
+    faster, med, p25, p75 = verdict([statistics.fmean(r) for r in ratios])
+    if each:
+        faster = faster and all(verdict([r[b] for r in ratios])[0] for b in range(len(ratios[0])))
+    return {"faster": bool(faster), "ratio_median": med, "ratio_p25": p25, "ratio_p75": p75}
+
+
+def onnxruntime_timer(threads: int | None = None, min_run_time: float = 0.02, min_runs: int = 5) -> LayerTimer:
+    """A :data:`LayerTimer` timing a module in ONNX Runtime (``CPUExecutionProvider``): the module
+    is exported once (TorchScript exporter, dynamic batch; the session is kept while the module
+    lives), then ``session.run`` is called until ``min_run_time`` seconds and ``min_runs`` calls
+    have passed; returns the median seconds per call. For choices made for ONNX Runtime."""
+    import weakref
+
+    import onnxruntime as ort
+
+    sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def session(module: nn.Module, x: torch.Tensor):
+        if module not in sessions:
+            with tempfile.TemporaryDirectory(prefix="basisprune-timer-") as tmp:
+                path = Path(tmp) / "m.onnx"
+                dev = _model_device(module)
+                if dev is not None and dev.type != "cpu":
+                    raise ValueError(f"onnxruntime_timer times CPU modules; this one is on {dev}")
+                export_onnx(module, tuple(x.shape[1:]), path, exporter="legacy")
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+                opts.inter_op_num_threads, opts.log_severity_level = 1, 3
+                sessions[module] = ort.InferenceSession(path.read_bytes(), sess_options=opts,
+                                                        providers=["CPUExecutionProvider"])
+        return sessions[module]
+
+    def timer(module: nn.Module, x: torch.Tensor) -> float:
+        sess = session(module, x)
+        feed = {sess.get_inputs()[0].name: x.detach().cpu().contiguous().numpy()}
+        sess.run(None, feed)  # warm-up
+        times: list[float] = []
+        start = time.perf_counter()
+        while len(times) < min_runs or time.perf_counter() - start < min_run_time:
+            t0 = time.perf_counter()
+            sess.run(None, feed)
+            times.append(time.perf_counter() - t0)
+        return float(statistics.median(times))
+
+    return timer
+
+
 # ------------------------------------------------------------------------------------ latency
 def latency(
     model: nn.Module,
@@ -372,15 +473,17 @@ def _cuda_graph(model: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], t
 # ------------------------------------------------------------------------------------- ONNX
 def export_onnx(
     model: nn.Module, input_shape: Sequence[int], path: str | os.PathLike, *, exporter: str = "auto",
-    opset_version: int | None = None,
+    opset_version: int | None = None, num_outputs: int = 1,
 ) -> str:
     """Export ``model`` (eval mode, CPU) to ``path`` with a dynamic batch axis; returns the exporter
     that worked: ``"dynamo"`` (``torch.export``-based, needs onnxscript) or ``"legacy"``
-    (TorchScript-based). ``exporter="auto"`` tries dynamo first, then legacy."""
+    (TorchScript-based). ``exporter="auto"`` tries dynamo first, then legacy. A model returning a
+    tuple of ``num_outputs`` tensors gets outputs ``output``, ``output1``, ... all batch-dynamic."""
     if exporter not in ("auto", "dynamo", "legacy"):
         raise ValueError(f"exporter must be 'auto', 'dynamo' or 'legacy', got {exporter!r}")
     shape = _check_shape(input_shape)
     x = torch.randn(2, *shape)  # batch 2: a batch of 1 would let the tracer specialise on it
+    names = ["output"] + [f"output{i}" for i in range(1, num_outputs)]
     tried = ["dynamo", "legacy"] if exporter == "auto" else [exporter]
     errors = []
     with _eval_mode(model):
@@ -389,15 +492,15 @@ def export_onnx(
                 with _warnings_silenced(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
                     if kind == "dynamo":
                         torch.onnx.export(
-                            model, (x,), str(path), input_names=["input"], output_names=["output"],
+                            model, (x,), str(path), input_names=["input"], output_names=names,
                             dynamo=True, external_data=False, opset_version=opset_version,
                             dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
                         )
                     else:
                         torch.onnx.export(
-                            model, (x,), str(path), input_names=["input"], output_names=["output"],
+                            model, (x,), str(path), input_names=["input"], output_names=names,
                             dynamo=False, opset_version=opset_version or 17,
-                            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                            dynamic_axes={n: {0: "batch"} for n in ["input", *names]},
                         )
                 return kind
             except Exception as e:  # noqa: BLE001 - fall back to the other exporter
@@ -546,6 +649,8 @@ class LatencyFoldRule:
         base_rule: Callable[[str, BasisLayer, int], bool],
         device: torch.device,
         seed: int,
+        rounds: int = 5,
+        margin: float = 0.02,
     ):
         self.shapes = shapes
         self.batch_sizes = batch_sizes
@@ -554,6 +659,9 @@ class LatencyFoldRule:
         self.base_rule = base_rule
         self.device = device
         self.seed = seed
+        self.rounds = rounds
+        self.margin = margin
+        self.timed_on = timed_on(None, device)
         self._cache: dict[tuple[str, int], dict[str, Any]] = {}
 
     @property
@@ -578,15 +686,14 @@ class LatencyFoldRule:
             pair = compact_basis_layer(layer, fold=False).to(self.device)
             single = compact_basis_layer(layer, fold=True).to(self.device)
             gen = torch.Generator().manual_seed(self.seed)
-            for b in self.batch_sizes:
-                x = torch.randn((b, *self.shapes[name]), generator=gen).to(self.device)
-                rec["pair_ms"].append(1e3 * float(self.timer(pair, x)))
-                rec["folded_ms"].append(1e3 * float(self.timer(single, x)))
-            if self.criterion == "sum":
-                slower = sum(rec["pair_ms"]) >= sum(rec["folded_ms"])
-            else:  # "each": the pair must be faster at every batch size
-                slower = any(p >= f for p, f in zip(rec["pair_ms"], rec["folded_ms"]))
-            rec.update(fold=bool(slower), reason="latency" if slower else "pair faster")
+            xs = [torch.randn((b, *self.shapes[name]), generator=gen).to(self.device) for b in self.batch_sizes]
+            t_pair, t_single = interleaved_times([(pair, xs), (single, xs)], self.timer, self.rounds)
+            rec["pair_ms"] = [1e3 * statistics.median(r[b] for r in t_pair) for b in range(len(xs))]
+            rec["folded_ms"] = [1e3 * statistics.median(r[b] for r in t_single) for b in range(len(xs))]
+            verdict = clearly_faster(t_pair, t_single, margin=self.margin, each=self.criterion == "each")
+            rec.update(fold=not verdict["faster"], reason="pair faster" if verdict["faster"] else "latency",
+                       pair_to_folded=verdict["ratio_median"], pair_to_folded_p25=verdict["ratio_p25"],
+                       pair_to_folded_p75=verdict["ratio_p75"], rounds=self.rounds)
         self._cache[key] = rec
         return rec
 
@@ -607,6 +714,8 @@ def latency_fold_rule(
     base_rule: Callable[[str, BasisLayer, int], bool] = fold_by_params,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    rounds: int = 5,
+    margin: float = 0.02,
 ) -> LatencyFoldRule:
     """A fold rule that keeps a basis pair only where it is measurably faster than one conv.
 
@@ -617,15 +726,16 @@ def latency_fold_rule(
 
     * ``base_rule`` says so (default :func:`basisprune.compact.fold_by_params`: the pair would
       not have fewer weights; these layers are not timed), or
-    * the pair is not faster: with ``criterion="each"`` (default) when the pair's median is not
-      below the folded conv's at *some* batch size (the pair survives only if faster at every
-      measured batch size); with ``criterion="sum"`` when the sum over batch sizes of the pair's
-      medians is not below the folded conv's (dominated by the largest batch).
+    * the pair is not clearly faster (:func:`clearly_faster` over ``rounds`` interleaved rounds of
+      both: median paired ratio below ``1 - margin``, upper quartile below 1): with
+      ``criterion="each"`` (default) at every measured batch size; with ``criterion="sum"`` on the
+      ratio averaged over batch sizes. A pair that cannot be told apart from its folded conv is
+      folded: where pruning a layer does not pay, the layer stays as it was.
 
     So, up to timing noise, ``compact(model, fold_rule=rule)`` has no layer slower than the
     original conv at the measured batch sizes, and no layer with more weights.
 
-    Cost: ``2 * len(batch_sizes)`` timings of about ``min_run_time`` seconds (at least
+    Cost: ``2 * rounds * len(batch_sizes)`` timings of about ``min_run_time`` seconds (at least
     ``min_runs`` runs of one call) per layer the parameter rule keeps, plus one warm-up pass each. The timings are done eagerly here, on the masks present now;
     a layer whose kept count differs at ``compact`` time is timed again then.
 
@@ -635,9 +745,11 @@ def latency_fold_rule(
             ``min_run_time`` seconds), e.g. fake timings in tests.
         threads: torch threads for the default timer.
         device: where the layers are timed.
+        rounds, margin: the interleaved rounds and the margin of :func:`clearly_faster`.
 
     Returns:
-        A :class:`LatencyFoldRule`; its ``records`` list every decision with its timings.
+        A :class:`LatencyFoldRule`; its ``records`` list every decision with its timings (medians
+        over rounds) and paired ratios, and its ``timed_on`` the hardware that made them.
     """
     if criterion not in ("each", "sum"):
         raise ValueError(f"criterion must be 'each' or 'sum', got {criterion!r}")
@@ -647,9 +759,10 @@ def latency_fold_rule(
     dev = torch.device(device)
     shapes = layer_input_shapes(model, example_input.to(_model_device(model) or "cpu"))
     rule = LatencyFoldRule(shapes, sizes, criterion, timer or benchmark_timer(min_run_time, threads, min_runs),
-                           base_rule, dev, seed)
+                           base_rule, dev, seed, rounds, margin)
 
     with _num_threads(threads):
+        rule.timed_on = timed_on(threads, dev)
         for name, layer in basis_layers(model).items():
             _, k = kept_indices(layer)
             rule.decide(name, layer, k)

@@ -1,4 +1,4 @@
-"""The inference form of a pruned model, and its ONNX export checked in ONNX Runtime.
+"""The inference form of a pruned model: what runs fast, computing what the pruned model computes.
 
 A compact model (:func:`basisprune.compact`) computes what the masked model computes with fewer
 weights, but not with fewer kernels: every kept basis pair is two convolutions, every batch norm a
@@ -26,7 +26,7 @@ separate operation. :func:`inference_form` rewrites the model's ``torch.fx`` gra
    decided before the merges of step 4, which are then timed in that format).
 
 The result computes the input model's function to float rounding; merged weights are computed in
-float64. :func:`export` writes an ONNX file only after ONNX Runtime has reproduced PyTorch's outputs.
+float64. :func:`basisprune.export` (:mod:`basisprune.deploy`) writes it to ONNX.
 """
 
 from __future__ import annotations
@@ -34,9 +34,7 @@ from __future__ import annotations
 import collections
 import copy
 import operator
-import os
-import tempfile
-from pathlib import Path
+import statistics
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -50,18 +48,18 @@ from . import bench
 from .channel import channel_scales
 from .compact import compact
 from .decompose import basis_layers, set_submodule
-from .io import atomic_write
 
 __all__ = [
     "ExportCheckError",
     "InferenceCheckError",
     "MERGE_MODES",
-    "export",
     "inference_form",
+    "outputs",
 ]
 
 MERGE_MODES = ("flops", "latency", "none")
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+RUNTIMES = ("torch", "onnxruntime")
 
 _IDENTITIES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
                nn.FeatureAlphaDropout)
@@ -81,12 +79,33 @@ def _check_inputs(model: object, example: object) -> None:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example, torch.Tensor) or example.dim() < 1 or example.shape[0] < 1:
-        raise ValueError(f"example must be a batch tensor (batch dimension first), got {example!r:.80}")
+        what = f"a tensor of shape {tuple(example.shape)}" if isinstance(example, torch.Tensor) else type(example).__name__
+        raise ValueError(f"example must be a batch tensor (batch dimension first, at least one sample), got {what}")
 
 
-def _max_diff(got: torch.Tensor, want: torch.Tensor, rtol: float, atol: float) -> tuple[bool, float]:
-    """(close, max |got - want|): close when the largest difference is at most
-    ``atol + rtol * max |want|`` (a tolerance relative to the output's scale, not per element)."""
+def outputs(y: object) -> list[torch.Tensor]:
+    """A model's output as a list of tensors: a tensor, or a tuple / list of tensors; anything else
+    (dicts, nested or non-tensor outputs) raises a one-line ValueError."""
+    if isinstance(y, torch.Tensor):
+        return [y]
+    if isinstance(y, (tuple, list)) and y and all(isinstance(t, torch.Tensor) for t in y):
+        return list(y)
+    raise ValueError(
+        f"model: its output is a {type(y).__name__}; inference forms and ONNX export take models returning "
+        "a tensor or a tuple of tensors (wrap the model to return those)"
+    )
+
+
+def _max_diff(got: torch.Tensor | Sequence[torch.Tensor], want: object, rtol: float, atol: float) -> tuple[bool, float]:
+    """(close, max |got - want|) over the outputs: close when each output's largest difference is
+    at most ``atol + rtol * max |want|`` (a tolerance relative to the output's scale)."""
+    gots, wants = outputs(got) if not isinstance(got, list) else got, outputs(want)
+    if len(gots) != len(wants):
+        return False, float("inf")
+    if len(wants) > 1:
+        pairs = [_max_diff(g, w, rtol, atol) for g, w in zip(gots, wants)]
+        return all(ok for ok, _ in pairs), max(d for _, d in pairs)
+    got, want = gots[0], wants[0]
     if got.shape != want.shape:
         return False, float("inf")
     if not want.numel():
@@ -111,14 +130,55 @@ def _single_use(gm: fx.GraphModule, calls: collections.Counter, node: fx.Node) -
     return node.op == "call_module" and calls[node.target] == 1 and len(node.users) == 1
 
 
+class _LeafTracer(fx.Tracer):
+    """torch.fx's tracer, also keeping instances of ``leaf_types`` as single calls."""
+
+    def __init__(self, leaf_types: Sequence[type] = ()):  # no-argument form: GraphModule's unpickling
+        super().__init__()
+        self.leaf_types = tuple(leaf_types)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, self.leaf_types) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _failing_module(exc: BaseException, model: nn.Module) -> nn.Module | None:
+    """The innermost submodule of ``model`` (not ``model`` itself) whose ``forward`` was running
+    when tracing failed, from the traceback's frames."""
+    inside = {id(m) for m in model.modules() if m is not model}
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        this = frame.f_locals.get("self")
+        if isinstance(this, nn.Module) and id(this) in inside:
+            return this
+    return None
+
+
 def _trace(model: nn.Module) -> fx.GraphModule:
-    try:
-        return fx.symbolic_trace(model)
-    except Exception as e:  # noqa: BLE001 - any tracing failure means the same thing to the user
-        raise ValueError(
-            f"model: torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {str(e)[:200]}); "
-            "inference_form needs a model whose forward has no data-dependent control flow"
-        ) from e
+    """``model``'s fx graph. Where a submodule's forward cannot be traced (control flow on the
+    shapes of traced values, as in EfficientNet-Lite's "SAME"-padding convs), the submodule's
+    class is kept as one opaque call (a leaf) and tracing starts again, so the rest of the model
+    is still rewritten. The leaf classes are listed in the graph module's ``leaf_types``."""
+    leaves: list[type] = []
+    while True:
+        tracer = _LeafTracer(leaves)
+        try:
+            graph = tracer.trace(model)
+        except Exception as e:  # noqa: BLE001 - any tracing failure means the same thing to the user
+            culprit = _failing_module(e, model)
+            if culprit is not None and type(culprit) not in leaves:
+                leaves.append(type(culprit))
+                continue
+            raise ValueError(
+                f"model: torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                "inference_form needs a model whose forward has no data-dependent control flow outside its submodules"
+            ) from e
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+        gm.leaf_types = [f"{t.__module__}.{t.__qualname__}" for t in leaves]
+        return gm
 
 
 # ----------------------------------------------------------------------------------- passes
@@ -268,8 +328,16 @@ def _partition(n: int, cost: Callable[[int, int], float]) -> list[tuple[int, int
     return segments[::-1]
 
 
+_CHOICES: dict[tuple, tuple[list[tuple[int, int]], dict[str, Any]]] = {}
+"""Measured merge choices of this process, keyed by the chain's layers (their reprs and dtypes),
+input shapes, memory format, batch sizes, rounds, margin and the hardware record: a form rebuilt
+(or another model with the same layer) reuses the choice instead of timing again."""
+
+
 def _merge_chains(gm: fx.GraphModule, merge: str, timer: bench.LayerTimer | None,
-                  batch_sizes: Sequence[int], seed: int, channels_last: bool = False) -> list[dict[str, Any]]:
+                  batch_sizes: Sequence[int], seed: int, channels_last: bool = False, *,
+                  rounds: int = 5, margin: float = 0.02, cache: bool = False,
+                  timed_on: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     modules = dict(gm.named_modules())
     records = []
     gen = torch.Generator().manual_seed(seed)
@@ -279,7 +347,7 @@ def _merge_chains(gm: fx.GraphModule, merge: str, timer: bench.LayerTimer | None
                [tuple(n.meta["tensor_meta"].shape[1:]) for n in chain]) for chain in chains]
     for chain, (in_shapes, out_shapes) in zip(chains, shapes):
         layers = [modules[n.target] for n in chain]
-        memo: dict[tuple[int, int], Any] = {}
+        n = len(layers)
 
         def merged(i: int, j: int) -> nn.Module:
             return layers[i] if i == j else merge_layers(layers[i:j + 1])
@@ -287,36 +355,25 @@ def _merge_chains(gm: fx.GraphModule, merge: str, timer: bench.LayerTimer | None
         def macs(i: int, j: int) -> int:
             return _macs(merged(i, j), in_shapes[i], out_shapes[j])
 
+        timing: dict[str, Any] = {}
         if merge == "flops":
-            def cost(i: int, j: int) -> float:
-                return memo.setdefault((i, j), float(macs(i, j)))
+            flops = {(i, j): float(macs(i, j)) for i in range(n) for j in range(i, n)}
+            segments = _partition(n, lambda i, j: flops[(i, j)])
         else:
-            w = layers[0].weight
-            xs = [torch.randn((b, *in_shapes[0]), generator=gen, dtype=w.dtype).to(w.device) for b in batch_sizes]
-
-            def seconds(i: int, j: int) -> list[float]:
-                if (i, j) not in memo:
-                    x_in = [_prefix_output(layers[:i], x) for x in xs]
-                    module = merged(i, j)
-                    if channels_last and x_in[0].dim() == 4:  # timed in the format the form will run in
-                        module = copy.deepcopy(module).to(memory_format=torch.channels_last)
-                        x_in = [x.contiguous(memory_format=torch.channels_last) for x in x_in]
-                    memo[(i, j)] = [float(timer(module, x)) for x in x_in]
-                return memo[(i, j)]
-
-            unmerged = [sum(seconds(k, k)[b] for k in range(len(layers))) for b in range(len(batch_sizes))]
-
-            def cost(i: int, j: int) -> float:  # each batch size weighs the same
-                return sum(t / max(u, 1e-12) for t, u in zip(seconds(i, j), unmerged))
-        segments = _partition(len(chain), cost)
-        rec = {"layers": [n.target for n in chain], "segments": [[chain[k].target for k in range(i, j + 1)]
+            key = (tuple((repr(m), str(m.weight.dtype)) for m in layers), tuple(in_shapes), channels_last,
+                   tuple(batch_sizes), rounds, margin, tuple(sorted((timed_on or {}).items())))
+            if cache and key in _CHOICES:
+                segments, timing = _CHOICES[key]
+                timing = {**timing, "cached": True}
+            else:
+                segments, timing = _timed_partition(layers, in_shapes[0], timer, batch_sizes, gen, channels_last,
+                                                    rounds, margin)
+                if cache:
+                    _CHOICES[key] = (segments, timing)
+        rec = {"layers": [c.target for c in chain], "segments": [[chain[k].target for k in range(i, j + 1)]
                                                                  for i, j in segments],
-               "macs_unmerged": sum(macs(k, k) for k in range(len(chain))),
-               "macs_merged": sum(macs(i, j) for i, j in segments)}
-        if merge == "latency":
-            rec["batch_sizes"] = list(batch_sizes)
-            rec["ms_unmerged"] = [1e3 * sum(memo[(k, k)][b] for k in range(len(chain))) for b in range(len(batch_sizes))]
-            rec["ms_merged"] = [1e3 * sum(memo[s][b] for s in segments) for b in range(len(batch_sizes))]
+               "macs_unmerged": sum(macs(k, k) for k in range(n)),
+               "macs_merged": sum(macs(i, j) for i, j in segments), **timing}
         records.append(rec)
         for i, j in segments:
             if i == j:
@@ -326,6 +383,51 @@ def _merge_chains(gm: fx.GraphModule, merge: str, timer: bench.LayerTimer | None
             for node in reversed(chain[i + 1:j + 1]):
                 gm.graph.erase_node(node)
     return records
+
+
+def _timed_partition(layers: Sequence[nn.Module], in_shape: Sequence[int], timer: bench.LayerTimer,
+                     batch_sizes: Sequence[int], gen: torch.Generator, channels_last: bool, rounds: int,
+                     margin: float) -> tuple[list[tuple[int, int]], dict[str, Any]]:
+    """The split of one chain by measured time, and its timings.
+
+    Every segment is timed on its real input shape in interleaved rounds
+    (:func:`basisprune.bench.interleaved_times`); the split with the smallest median cost (each
+    batch size relative to the unmerged chain) is taken only if it is clearly faster
+    (:func:`basisprune.bench.clearly_faster`) than the whole chain merged into one layer, the
+    default: for a basis pair that is the unpruned layer, so a pair that does not pay is folded."""
+    n = len(layers)
+    w = layers[0].weight
+    xs = [torch.randn((b, *in_shape), generator=gen, dtype=w.dtype).to(w.device) for b in batch_sizes]
+    spans = [(i, j) for i in range(n) for j in range(i, n)]
+    candidates = []
+    for i, j in spans:
+        module = layers[i] if i == j else merge_layers(layers[i:j + 1])
+        x_in = [_prefix_output(layers[:i], x) for x in xs]
+        if channels_last and x_in[0].dim() == 4:  # timed in the format the form will run in
+            module = copy.deepcopy(module).to(memory_format=torch.channels_last)
+            x_in = [x.contiguous(memory_format=torch.channels_last) for x in x_in]
+        candidates.append((module, x_in))
+    times = dict(zip(spans, bench.interleaved_times(candidates, timer, rounds)))  # [round][batch]
+
+    def total(segs: Sequence[tuple[int, int]]) -> list[list[float]]:
+        return [[sum(times[s][r][b] for s in segs) for b in range(len(xs))] for r in range(rounds)]
+
+    def median(segs: Sequence[tuple[int, int]]) -> list[float]:
+        t = total(segs)
+        return [statistics.median(t[r][b] for r in range(rounds)) for b in range(len(xs))]
+
+    unmerged = median([(k, k) for k in range(n)])
+    med = {s: median([s]) for s in spans}
+    best = _partition(n, lambda i, j: sum(t / max(u, 1e-12) for t, u in zip(med[(i, j)], unmerged)))
+    whole = [(0, n - 1)]
+    verdict = bench.clearly_faster(total(best), total(whole), margin=margin) if best != whole else None
+    segments = best if verdict is not None and verdict["faster"] else whole
+    timing = {"batch_sizes": list(batch_sizes), "rounds": rounds,
+              "ms_unmerged": [1e3 * t for t in unmerged], "ms_merged": [1e3 * t for t in median(segments)],
+              "ms_one_layer": [1e3 * t for t in median(whole)],
+              "split_to_one_layer": None if verdict is None else verdict["ratio_median"],
+              "split_to_one_layer_p75": None if verdict is None else verdict["ratio_p75"]}
+    return segments, timing
 
 
 def _prefix_output(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
@@ -474,15 +576,20 @@ def _finish(gm: fx.GraphModule, channel_multiple: int, example: torch.Tensor) ->
 
 
 def _pick_format(gm: fx.GraphModule, timer: bench.LayerTimer, sizes: Sequence[int], example: torch.Tensor,
-                 seed: int) -> tuple[str, dict[str, Any]]:
-    """``"channels_last"`` when the whole model is faster so (summed over batch sizes, each
-    relative to contiguous), else ``"contiguous"``; and the timings."""
+                 seed: int, rounds: int = 5, margin: float = 0.02) -> tuple[str, dict[str, Any]]:
+    """``"channels_last"`` when the whole model is clearly faster so (interleaved rounds, paired
+    ratio averaged over batch sizes: :func:`basisprune.bench.clearly_faster`), else
+    ``"contiguous"``; and the timings (medians over rounds) with the paired ratio."""
     cl = _channels_last(gm)
     gen = torch.Generator().manual_seed(seed)
     xs = [torch.randn((b, *example.shape[1:]), generator=gen, dtype=example.dtype).to(example.device) for b in sizes]
-    ms = {"contiguous": [1e3 * timer(gm, x) for x in xs], "channels_last": [1e3 * timer(cl, x) for x in xs]}
-    faster = sum(c / max(d, 1e-12) for c, d in zip(ms["channels_last"], ms["contiguous"])) < len(sizes)
-    return ("channels_last" if faster else "contiguous"), {"batch_sizes": list(sizes), **ms}
+    t_contig, t_cl = bench.interleaved_times([(gm, xs), (cl, xs)], timer, rounds)
+    verdict = bench.clearly_faster(t_cl, t_contig, margin=margin)
+    ms = {name: [1e3 * statistics.median(r[b] for r in t) for b in range(len(xs))]
+          for name, t in (("contiguous", t_contig), ("channels_last", t_cl))}
+    return ("channels_last" if verdict["faster"] else "contiguous"), {
+        "batch_sizes": list(sizes), "rounds": rounds, **ms, "channels_last_to_contiguous": verdict["ratio_median"],
+        "channels_last_to_contiguous_p25": verdict["ratio_p25"], "channels_last_to_contiguous_p75": verdict["ratio_p75"]}
 
 
 def _channels_last(gm: fx.GraphModule) -> fx.GraphModule:
@@ -508,6 +615,9 @@ def inference_form(
     threads: int | None = None,
     min_run_time: float = 0.02,
     min_runs: int = 5,
+    rounds: int = 5,
+    margin: float = 0.02,
+    runtime: str = "torch",
     timer: bench.LayerTimer | None = None,
     check: bool = True,
     rtol: float = 1e-4,
@@ -522,11 +632,13 @@ def inference_form(
         example: a batch the model accepts, on the model's device (traces shapes; its batch
             size does not matter).
         merge: how chains of linear layers are split into merged segments: ``"flops"`` (fewest
-            multiply-accumulates; ties merge), ``"latency"`` (shortest measured time, each batch
-            size weighing the same: each segment is timed on its real input shape), ``"none"``.
+            multiply-accumulates; ties merge), ``"latency"`` (each segment timed on its real input
+            shape; the fastest split, each batch size weighing the same, is kept only where it is
+            clearly faster than the chain merged into one layer, else the chain is merged: a basis
+            pair that does not pay becomes the unpruned layer again), ``"none"``.
         memory_format: ``"contiguous"``, ``"channels_last"`` (input converted on entry, 4-D
             weights stored channels-last) or ``"auto"``: channels-last where the whole model is
-            measured faster (summed over ``batch_sizes``, each relative to contiguous).
+            clearly faster so (each batch size relative to contiguous), else contiguous.
         channel_multiple: round every channel width that convs write and convs / linear layers
             read (through element-wise activations, adaptive pooling, depthwise convs, additions)
             up to a multiple of this, with zero filters and zero input columns (exact). ONNX
@@ -534,6 +646,15 @@ def inference_form(
             several times slower there. 1 pads nothing.
         batch_sizes, threads, min_run_time, min_runs: the timings of ``"latency"`` and ``"auto"``
             (:func:`basisprune.bench.benchmark_timer`).
+        rounds, margin: every timed choice times its candidates in ``rounds`` interleaved rounds
+            and takes the alternative to the default only when the median paired ratio is below
+            ``1 - margin`` and its upper quartile below 1 (:func:`basisprune.bench.clearly_faster`).
+            Choices made with the default timer are remembered for the process (``"cached"`` in
+            their record) with the hardware that made them.
+        runtime: where the form will run, so where its choices are timed: ``"torch"`` (eager
+            PyTorch on the example's device) or ``"onnxruntime"`` (every candidate exported and
+            timed in ONNX Runtime, :func:`basisprune.bench.onnxruntime_timer`; the memory format
+            is then contiguous, ONNX Runtime picking its own layouts).
         timer: ``timer(module, x) -> seconds`` replacing the default timer (e.g. in tests).
         check: compare the outputs on ``example`` with ``model``'s; raise
             :class:`InferenceCheckError` when the largest difference exceeds
@@ -545,7 +666,9 @@ def inference_form(
         dict lists what was done: ``dropped`` (identities), ``bn_folded``, ``chains`` (each chain's
         layers, the merged ``segments``, multiply-accumulates per sample before and after, and the
         timings under ``"latency"``), ``merge``, ``padded`` (producer, consumer, channels,
-        padded_to), ``memory_format`` and ``memory_format_ms``.
+        padded_to), ``leaf_types`` (submodule classes kept whole because their forward cannot be
+        traced), ``memory_format``, ``memory_format_ms`` (medians and the paired ratio) and
+        ``timed_on`` (device name, threads, torch version of the timings).
 
     Raises:
         ValueError: bad arguments, or a model ``torch.fx`` cannot trace.
@@ -560,7 +683,16 @@ def inference_form(
     sizes = bench._check_batch_sizes(batch_sizes)
     if memory_format == "channels_last" and example.dim() != 4:
         raise ValueError(f"memory_format='channels_last' needs a 4-D example (N, C, H, W), got shape {tuple(example.shape)}")
-    timer = timer or bench.benchmark_timer(min_run_time, threads, min_runs)
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    if not 0 <= margin < 1:
+        raise ValueError(f"margin must be in [0, 1), got {margin!r}")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    cache = timer is None  # only real timings are worth remembering
+    if timer is None:
+        timer = (bench.onnxruntime_timer(threads, min_run_time, min_runs) if runtime == "onnxruntime"
+                 else bench.benchmark_timer(min_run_time, threads, min_runs))
     was_training = model.training
     model.eval()
     try:
@@ -575,8 +707,10 @@ def inference_form(
     base.eval()
     gm = _trace(base)
     gm.eval()
-    report: dict[str, Any] = {"merge": merge}
+    report: dict[str, Any] = {"merge": merge, "leaf_types": gm.leaf_types}
     with bench._num_threads(threads):
+        if merge == "latency" or memory_format == "auto":
+            report["timed_on"] = {**bench.timed_on(threads, example.device), "runtime": runtime}
         report["dropped"] = _drop_identities(gm)
         report["bn_folded"] = _fold_batchnorms(gm)
         gm.graph.lint()
@@ -585,13 +719,14 @@ def inference_form(
         if memory_format == "auto":
             # decided first, on the padded form without merges, so merges are timed in that format
             fmt = "contiguous"
-            if example.dim() == 4:
+            if example.dim() == 4 and runtime == "torch":
                 probe, _ = _finish(copy.deepcopy(gm), channel_multiple, example)
-                fmt, report["memory_format_ms"] = _pick_format(probe, timer, sizes, example, seed)
+                fmt, report["memory_format_ms"] = _pick_format(probe, timer, sizes, example, seed, rounds, margin)
         chains: list[dict[str, Any]] = []
         if merge != "none":
             ShapeProp(gm).propagate(example[:1])
-            chains = _merge_chains(gm, merge, timer, sizes, seed, channels_last=fmt == "channels_last")
+            chains = _merge_chains(gm, merge, timer, sizes, seed, channels_last=fmt == "channels_last",
+                                   rounds=rounds, margin=margin, cache=cache, timed_on=report.get("timed_on"))
         report["chains"] = chains
         gm, report["padded"] = _finish(gm, channel_multiple, example)
         report["memory_format"] = fmt
@@ -609,67 +744,3 @@ def inference_form(
             )
         report["max_abs_diff"] = diff
     return gm
-
-
-def export(
-    model: nn.Module,
-    path: str | os.PathLike,
-    example: torch.Tensor,
-    *,
-    exporter: str = "auto",
-    opset_version: int | None = None,
-    rtol: float = 1e-4,
-    atol: float = 1e-5,
-    threads: int | None = None,
-) -> dict[str, Any]:
-    """Export ``model`` to ONNX at ``path``, after checking ONNX Runtime reproduces PyTorch.
-
-    The model is exported on the CPU in eval mode with a dynamic batch axis
-    (:func:`basisprune.bench.export_onnx`; ``exporter="auto"`` tries the ``torch.export``-based
-    exporter, then the TorchScript one). ONNX Runtime (``CPUExecutionProvider``) runs the exported
-    graph on ``example`` and on a batch of another size; both outputs must match PyTorch's within
-    ``atol + rtol * max |output|``. Only then is the file written, atomically
-    (:func:`basisprune.io.atomic_write`), so a failed check leaves no file and an existing
-    file untouched. Export :func:`inference_form` of a model to ship its folded form.
-
-    Returns:
-        ``path``, ``exporter`` (the one that worked), ``batch_sizes`` checked, ``max_abs_diff``
-        (the largest over them) and ``bytes``.
-
-    Raises:
-        ValueError: bad arguments.
-        ExportCheckError: ONNX Runtime's outputs differ from PyTorch's.
-    """
-    import onnxruntime as ort
-
-    _check_inputs(model, example)
-    cpu = bench._model_device(model)
-    m = model if cpu is None or cpu.type == "cpu" else copy.deepcopy(model).cpu()
-    x = example.detach().cpu()
-    sizes = [x.shape[0], x.shape[0] + 1]
-    gen = torch.Generator().manual_seed(0)
-    batches = [x, torch.randn((sizes[1], *x.shape[1:]), generator=gen, dtype=x.dtype)]
-    with tempfile.TemporaryDirectory(prefix="basisprune-export-") as tmp:
-        onnx_path = Path(tmp) / "model.onnx"
-        kind = bench.export_onnx(m, tuple(x.shape[1:]), onnx_path, exporter=exporter, opset_version=opset_version)
-        data = onnx_path.read_bytes()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    worst = 0.0
-    with bench._eval_mode(m), torch.no_grad():
-        for b in batches:
-            want = m(b)
-            got = torch.from_numpy(sess.run(None, {name: b.numpy()})[0])
-            ok, diff = _max_diff(got, want, rtol, atol)
-            if not ok:
-                raise ExportCheckError(
-                    f"ONNX Runtime's output differs from PyTorch's at batch {b.shape[0]}: max |diff| {diff:.3g}, "
-                    f"shapes {tuple(got.shape)} vs {tuple(want.shape)} (allowed {atol} + {rtol} * max |output|); "
-                    f"{path} was not written"
-                )
-            worst = max(worst, diff)
-    atomic_write(path, lambda f: f.write(data))
-    return {"path": str(path), "exporter": kind, "batch_sizes": sizes, "max_abs_diff": worst, "bytes": len(data)}

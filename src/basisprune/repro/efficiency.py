@@ -278,12 +278,14 @@ def latency_compact(
     criterion: str = "each",
     timer: bench.LayerTimer | None = None,
     device: str | torch.device = "cpu",
+    rounds: int = 3,
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Re-compact a compact model with :func:`basisprune.bench.latency_fold_rule`.
 
     Every kept basis pair of ``model`` is timed against its folded single conv on the layer's
-    real input shape at each batch size, and folded unless the pair is faster (``criterion``, see
-    :func:`basisprune.bench.latency_fold_rule`). Layers that were already folded stay folded.
+    real input shape at each batch size, in ``rounds`` interleaved rounds, and folded unless the
+    pair is clearly faster (``criterion``, see :func:`basisprune.bench.latency_fold_rule`). Layers
+    that were already folded stay folded.
 
     Returns:
         ``(compact model, decisions)``: one decision per kept pair (``name``, ``kept_per_group``,
@@ -295,7 +297,7 @@ def latency_compact(
         return copy.deepcopy(model).eval(), []
     rule = bench.latency_fold_rule(lifted, example_input, batch_sizes, criterion=criterion,
                                    min_run_time=min_run_time, min_runs=min_runs, threads=threads,
-                                   timer=timer, device=device)
+                                   timer=timer, device=device, rounds=rounds)
     return compact(lifted, fold_rule=rule).eval(), rule.records
 
 
@@ -617,9 +619,11 @@ def inference_forms(
     min_run_time: float = 0.02,
     min_runs: int = 5,
     device: str | torch.device = "cpu",
+    rounds: int = 3,
 ) -> tuple[dict[str, nn.Module], list[dict[str, Any]]]:
     """The inference form (:func:`basisprune.inference_form`) of every model, built on ``device``
-    (where its merges and memory format are timed) and returned on the CPU.
+    (where its merges and memory format are timed, in ``rounds`` interleaved rounds) and returned
+    on the CPU.
 
     Returns:
         ``({label + FORM: form}, summary)``: one summary row per model with the batch norms
@@ -635,7 +639,7 @@ def inference_forms(
         m = copy.deepcopy(model).to(dev).eval()
         form = inference_form(m, example.to(dev), merge=merge, memory_format=memory_format,
                               channel_multiple=channel_multiple, batch_sizes=batch_sizes, threads=threads, min_run_time=min_run_time,
-                              min_runs=min_runs).cpu()
+                              min_runs=min_runs, rounds=rounds).cpu()
         rep = form.inference_report
         forms[label + FORM] = form
         summary.append({

@@ -1,0 +1,249 @@
+#!/usr/bin/env python
+"""Deployment speed of the inference forms over input sizes, batch sizes and runtimes.
+
+MobileNetV2 with ImageNet weights (1,000-class head, excluded from pruning); per input size
+(``--sizes``, default 32 96 224) four inference forms (:func:`basisprune.inference_form`,
+``merge="latency"``, ``memory_format="auto"``, choices timed at ``--form-batch-sizes`` in
+``--form-rounds`` interleaved rounds on that input size):
+
+* ``unpruned``: the unpruned model's own form (batch norms folded, channels padded, its memory format);
+* ``bases -30%`` and ``bases -80%``: the model decomposed into bases (:func:`basisprune.decompose`)
+  with the weakest 30% / 80% of every layer's bases (by singular value) masked, untrained
+  (latency only);
+* ``Torch-Pruning`` (unless ``--no-peer``): Torch-Pruning's magnitude channel pruning at the FLOPs
+  of ``bases -80%``'s compact model, then its form.
+
+Every form is timed at ``--batch-sizes`` (1 8 64) in PyTorch eager (:func:`basisprune.bench.latency`)
+and ONNX Runtime (exported once per form with the TorchScript exporter, checked against PyTorch,
+then ``session.run`` timed), in ``--rounds`` rounds with the forms in a rotated order, so that
+load on the machine hits all of them alike. Speed-ups are paired within a round
+(unpruned / form); the table gives their median and range over rounds. Writes a results JSON with
+provenance (hardware, git commit, threads, load average before and after) and prints the table
+and the issue's targets. One thread by default; on a shared machine say so when quoting it.
+
+    .venv/bin/python benchmarks/speed_grid.py --out data/benchmarks/speed_grid-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import basisprune as bp
+from basisprune import bench
+from basisprune.repro import efficiency, models
+from basisprune.repro.results import write_results
+
+
+def prune_weakest(model: nn.Module, fraction: float) -> None:
+    """Mask the weakest ``fraction`` of every basis layer's bases in each group (at least one
+    kept), by singular value (``coef`` = U S: its column norms are the singular values)."""
+    for layer in bp.basis_layers(model).values():
+        out_g = layer.coef.shape[0] // layer.groups
+        s = layer.coef.detach().view(layer.groups, out_g, layer.rank).norm(dim=1)
+        keep = max(1, math.ceil((1 - fraction) * layer.rank))
+        mask = torch.zeros_like(s)
+        mask.scatter_(1, torch.argsort(s, dim=1, descending=True)[:, :keep], 1.0)
+        layer.mask.copy_(mask.reshape(-1).to(layer.mask.dtype))
+
+
+def onnx_session(model: nn.Module, size: int, threads: int, tmp: Path, label: str):
+    """An ONNX Runtime session of ``model`` (TorchScript exporter, dynamic batch), checked on a batch."""
+    import onnxruntime as ort
+
+    path = tmp / f"{label.replace(' ', '_').replace('%', '')}-{size}.onnx"
+    bench.export_onnx(model, (3, size, size), path, exporter="legacy")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        want = model(x)
+    got = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    assert torch.allclose(got, want, rtol=1e-3, atol=1e-4), f"{label}: ONNX Runtime disagrees with PyTorch"
+    return sess
+
+
+def onnx_ms(sess, x: torch.Tensor, repeats: int) -> float:
+    feed = {sess.get_inputs()[0].name: x.numpy()}
+    sess.run(None, feed)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def build_forms(ref: nn.Module, head: str, size: int, args) -> tuple[dict[str, dict[str, nn.Module]], dict[str, Any]]:
+    """The forms at one input size, per backend (choices timed in eager PyTorch for the eager
+    column, in ONNX Runtime for the ONNX Runtime column), and their FLOPs / reports."""
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+    sources: dict[str, nn.Module] = {"unpruned": ref}
+    for frac in args.depths:
+        d = bp.decompose(ref, exclude=[head]).eval()
+        prune_weakest(d, frac)
+        sources[f"bases -{frac:.0%}"] = bp.compact(d, x[:1]).eval()
+    deepest = sources[f"bases -{max(args.depths):.0%}"]
+    info: dict[str, Any] = {}
+    if not args.no_peer:
+        ratio = 1 - bp.count_flops(deepest, x[:1]) / bp.count_flops(ref, x[:1])
+        tp, tp_info = efficiency.prune_to_flops(ref, x[:1], ratio)
+        sources["Torch-Pruning"] = tp.eval()
+        info["Torch-Pruning"] = {"target_flop_ratio": ratio, **{k: v for k, v in tp_info.items() if k != "model"}}
+    forms: dict[str, dict[str, nn.Module]] = {"eager": {}, "onnxruntime": {}}
+    for label, m in sources.items():
+        for backend, runtime in (("eager", "torch"), ("onnxruntime", "onnxruntime")):
+            t0 = time.perf_counter()
+            form = bp.inference_form(m, x, merge="latency", memory_format="auto", batch_sizes=args.form_batch_sizes,
+                                     threads=args.threads, min_run_time=0.01, min_runs=2, rounds=args.form_rounds,
+                                     runtime=runtime)
+            rep = form.inference_report
+            forms[backend][label] = form
+            info.setdefault(label, {"flops": bp.count_flops(m, x[:1]), "params": bp.count_params(m)})[backend] = {
+                "build_s": time.perf_counter() - t0, "memory_format": rep["memory_format"],
+                "memory_format_ms": rep["memory_format_ms"], "chains": len(rep["chains"]),
+                "chains_split": sum(len(c["segments"]) > 1 for c in rep["chains"]),
+                "padded": len(rep["padded"]), "timed_on": rep.get("timed_on")}
+    return forms, info
+
+
+def time_grid(forms: dict[str, dict[str, nn.Module]], size: int, args, tmp: Path) -> list[dict[str, Any]]:
+    """Per-round milliseconds of every form, backend and batch size (forms rotated each round)."""
+    sessions = {label: onnx_session(f, size, args.threads, tmp, label) for label, f in forms["onnxruntime"].items()}
+    labels = list(forms["eager"])
+    gen = torch.Generator().manual_seed(0)
+    xs = {b: torch.randn(b, 3, size, size, generator=gen) for b in args.batch_sizes}
+    ms: dict[tuple[str, str, int], list[float]] = {}
+    for r in range(args.rounds):
+        order = labels[r % len(labels):] + labels[:r % len(labels)]
+        for label in order:
+            recs = bench.latency(forms["eager"][label], (3, size, size), args.batch_sizes, threads=args.threads,
+                                 min_run_time=args.min_run_time, min_runs=2, warmup=1, seed=r)
+            for rec in recs:
+                ms.setdefault((label, "eager", rec["batch_size"]), []).append(rec["median_ms"])
+            for b, x in xs.items():
+                ms.setdefault((label, "onnxruntime", b), []).append(onnx_ms(sessions[label], x, args.onnx_repeats))
+    rows = []
+    for (label, backend, b), times in ms.items():
+        ref = ms[("unpruned", backend, b)]
+        speedups = sorted(u / t for u, t in zip(ref, times))
+        row = {"size": size, "model": label, "backend": backend, "batch_size": b, "round_ms": times,
+               "median_ms": statistics.median(times), "speedup_median": statistics.median(speedups),
+               "speedup_min": speedups[0], "speedup_max": speedups[-1],
+               "speedup_p75": bench._quantile(speedups, 0.75)}
+        if "Torch-Pruning" in labels:
+            tp = ms[("Torch-Pruning", backend, b)]
+            vs = sorted(p / t for p, t in zip(tp, times))
+            row.update(vs_tp_median=statistics.median(vs), vs_tp_min=vs[0], vs_tp_max=vs[-1],
+                       vs_tp_p75=bench._quantile(vs, 0.75))
+        rows.append(row)
+    return rows
+
+
+def targets(rows: list[dict[str, Any]], info: dict[int, dict[str, Any]], depths: list[float]) -> dict[str, Any]:
+    """The issue's three targets, each with the settings that miss it."""
+    ours = [f"bases -{d:.0%}" for d in depths]
+    slower = [r for r in rows if r["model"] in ours and r["speedup_p75"] < 1]
+    flops_rows = []
+    for r in rows:
+        if r["model"] in ours and r["backend"] == "onnxruntime" and r["batch_size"] == max(x["batch_size"] for x in rows):
+            fr = info[r["size"]]["unpruned"]["flops"] / info[r["size"]][r["model"]]["flops"]
+            if fr >= 2.5:
+                flops_rows.append({"size": r["size"], "model": r["model"], "flops_ratio": fr,
+                                   "speedup": r["speedup_median"], "fraction": r["speedup_median"] / fr})
+    deepest = f"bases -{max(depths):.0%}"
+    vs_tp = [r for r in rows if r["model"] == deepest and r["backend"] == "onnxruntime" and "vs_tp_p75" in r]
+    return {
+        "never_slower": {"holds": not slower, "misses": [(r["size"], r["model"], r["backend"], r["batch_size"],
+                                                          round(r["speedup_median"], 3)) for r in slower]},
+        "speedup_vs_flops": {"holds": bool(flops_rows) and all(f["fraction"] >= 0.7 for f in flops_rows),
+                             "rows": flops_rows},
+        "vs_torch_pruning_onnx": {"holds": bool(vs_tp) and all(r["vs_tp_p75"] >= 1 for r in vs_tp),
+                                  "misses": [(r["size"], r["batch_size"], round(r["vs_tp_median"], 3))
+                                             for r in vs_tp if r["vs_tp_p75"] < 1]},
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    out = ["| px | form | backend | batch | ms | speed-up vs unpruned (min-max) | vs Torch-Pruning |",
+           "|--:|:--|:--|--:|--:|:--|:--|"]
+    for r in rows:
+        tp = f"{r['vs_tp_median']:.2f} ({r['vs_tp_min']:.2f}-{r['vs_tp_max']:.2f})" if "vs_tp_median" in r else ""
+        out.append(f"| {r['size']} | {r['model']} | {r['backend']} | {r['batch_size']} | {r['median_ms']:.2f} | "
+                   f"{r['speedup_median']:.2f} ({r['speedup_min']:.2f}-{r['speedup_max']:.2f}) | {tp} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 96, 224])
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--depths", type=float, nargs="+", default=[0.3, 0.8], help="fractions of bases pruned")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=2, help="timing rounds (forms rotated each round)")
+    ap.add_argument("--min-run-time", type=float, default=0.02, help="eager seconds per form and batch size per round")
+    ap.add_argument("--onnx-repeats", type=int, default=2, help="timed session.run calls per batch size per round")
+    ap.add_argument("--form-batch-sizes", type=int, nargs="+", default=[8], help="batch sizes the forms' choices are timed at")
+    ap.add_argument("--form-rounds", type=int, default=2)
+    ap.add_argument("--no-peer", action="store_true", help="skip Torch-Pruning")
+    ap.add_argument("--out", type=Path, default=Path("data/benchmarks/speed_grid-cpu.json"))
+    ap.add_argument("--show", type=Path, help="print the table and targets of a results file (no timing)")
+    args = ap.parse_args(argv)
+    if args.show:
+        from basisprune.repro.results import read_results
+
+        record = read_results(args.show)
+        show(record)
+        return record
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    ref = models.load("mobilenet_v2", None, pretrained=True).eval()
+    head = models.classifier(ref)[0]
+    rows, info, seconds = [], {}, {}
+    with tempfile.TemporaryDirectory(prefix="speed-grid-") as tmp:
+        for size in args.sizes:
+            t1 = time.perf_counter()
+            forms, info[size] = build_forms(ref, head, size, args)
+            print(f"{size} px: forms built in {time.perf_counter() - t1:.0f} s", flush=True)
+            rows += time_grid(forms, size, args, Path(tmp))
+            seconds[f"size_{size}"] = time.perf_counter() - t1
+            print(f"{size} px done in {seconds[f'size_{size}']:.0f} s", flush=True)
+    verdict = targets(rows, info, args.depths)
+    hw = bench.hardware()
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}
+    settings["model"] = "mobilenet_v2 (ImageNet weights, 1000-class head not pruned)"
+    record = {"rows": rows, "forms": {str(k): v for k, v in info.items()}, "targets": verdict, "hardware": hw,
+              "settings": settings, "load_average": {"before": load_before, "after": os.getloadavg()},
+              "shared_machine": "timed while other processes shared the CPU; round-paired ratios, not absolute ms, "
+                                "are the comparable numbers"}
+    seconds["total"] = time.perf_counter() - t0
+    write_results(args.out, record, settings, 0, seconds)
+    show({**record, "timings": seconds})
+    return record
+
+
+def show(record: dict[str, Any]) -> None:
+    """Print a results file's setting line, table and targets."""
+    hw, load = record["hardware"], record["load_average"]
+    print(f"mobilenet_v2, {record['settings']['threads']} thread(s), {hw['cpu_model']} ({hw['cpu_count']} cores), "
+          f"torch {hw['torch']}, onnxruntime {hw['onnxruntime']}, load average {load['before'][0]:.1f} -> "
+          f"{load['after'][0]:.1f}, {record['settings']['rounds']} rounds, {record['timings']['total']:.0f} s")
+    print(table(record["rows"]))
+    for name, t in record["targets"].items():
+        print(f"{name}: {'holds' if t['holds'] else 'missed'} {t.get('misses') or t.get('rows') or ''}")
+
+
+if __name__ == "__main__":
+    main()
