@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     d = bp.decompose(base, exclude=[head])
     x = torch.randn(p["batch_size"], 3, p["image_size"], p["image_size"])
     y = torch.randint(0, 10, (p["batch_size"],))
-    rows = []
+    rows, load_start = [], os.getloadavg()
     for h in rec["history"]:
         forms = {mode: at_round(d, h["kept"], mode == "shrunk") for mode in ("masked", "shrunk")}
         for m in forms.values():
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {"results": str(args.results), "profile": rec["profile"], "model": p["model"],
                 "image_size": p["image_size"], "batch_size": p["batch_size"], "steps_per_round": steps,
                 "threads": args.threads, "min_run_time": args.min_run_time, "repeats": args.repeats,
-                "load_average_start": os.getloadavg()}
+                "load_average_start": load_start, "load_average_end": os.getloadavg()}
     out = {"settings": settings, "rows": rows, "pruning_rounds_seconds": total,
            "pruning_rounds_speedup": total["masked"] / total["shrunk"]}
     written = write_results(args.out, out, settings, 0, {})
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"| {r['round']} | {r['param_pruning_ratio']:.3f} | {r['bases_kept']}/{r['bases_total']} | "
               f"{r['masked_round_s']:.1f} | {r['shrunk_round_s']:.1f} | {r['speedup']:.2f} |")
     print(f"pruning rounds (1-{rows[-1]['round']}): masked {total['masked']:.1f} s, shrunk {total['shrunk']:.1f} s, "
-          f"{out['pruning_rounds_speedup']:.2f}x; load average {os.getloadavg()}")
+          f"{out['pruning_rounds_speedup']:.2f}x; load average {load_start} at the start, {os.getloadavg()} at the end")
     return written
 
 

@@ -42,7 +42,7 @@ def _setup(seed: int = 0, rule: bp.PruningRule | None = None):
 def test_step_matches_hand_assembled_select_and_apply_masks():
     """pruner.step() sets the masks that select() then apply_masks() set from the same scores."""
     d, opt, pruner = _setup()
-    hand, hopt = copy.deepcopy(d), None
+    hand = copy.deepcopy(d)
     hopt = torch.optim.Adam([p for p in hand.parameters() if p.requires_grad], lr=0.01)
     imp, hs = bp.TaylorImportance(), bp.basis_layers(hand)
     for x, y in _batches():
