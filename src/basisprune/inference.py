@@ -629,7 +629,7 @@ def export(
     exporter, then the TorchScript one). ONNX Runtime (``CPUExecutionProvider``) runs the exported
     graph on ``example`` and on a batch of another size; both outputs must match PyTorch's within
     ``atol + rtol * max |output|``. Only then is the file written, atomically
-    (:func:`basisprune.io.atomic_write`), so a failed check leaves no file and an existing
+    (``basisprune.io.atomic_write``), so a failed check leaves no file and an existing
     file untouched. Export :func:`inference_form` of a model to ship its folded form.
 
     Returns:
