@@ -284,7 +284,7 @@ def _download_links(soup) -> list[str]:
 
 def _data_tables(soup, relpath: str) -> list:
     """The tables of results on a page: a chapter's output tables (not the tables of its prose, which
-    describe rather than measure), every table of the results page."""
+    describe rather than measure), every table of the results and reproduce pages."""
     tables = [t for t in _main(soup).find_all("table") if t.find_parent("table") is None]
     if relpath.startswith("notebooks/"):
         tables = [t for t in tables if t.find_parent(class_="cell_output") is not None]
@@ -292,7 +292,7 @@ def _data_tables(soup, relpath: str) -> list:
 
 
 @needs_book
-@pytest.mark.parametrize("relpath", [p for p in pages() if p.startswith("notebooks/")] + ["book/results.html"])
+@pytest.mark.parametrize("relpath", [p for p in pages() if p.startswith("notebooks/")] + ["book/results.html", "book/reproduce.html"])
 def test_every_table_has_a_csv_download(relpath):
     """Each table of a chapter is followed, before the next table, by a CSV download of it; every
     download is in the book and is a CSV file with a header and at least one row of the same width."""
@@ -339,10 +339,10 @@ def test_no_reference_a_reader_cannot_open(relpath):
 _TABLE_CHECK = """<script>
 window.addEventListener('load', () => {
   document.querySelectorAll('details').forEach(d => d.open = true);
-  const main = document.querySelector('main') || document.body;
+  const main = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
   const edge = main.getBoundingClientRect().right + 1;
   const bad = [];
-  document.querySelectorAll('main table').forEach((t, i) => {
+  main.querySelectorAll('table').forEach((t, i) => {
     if (t.getBoundingClientRect().right <= edge) return;
     for (let el = t; el && el !== main; el = el.parentElement) {
       const o = getComputedStyle(el).overflowX;
@@ -358,8 +358,8 @@ window.addEventListener('load', () => {
 @needs_book
 @pytest.mark.parametrize("relpath", [p for p in pages() if p.startswith("notebooks/")] + ["book/results.html", "book/reproduce.html"])
 def test_tables_fit_the_page_or_scroll(relpath):
-    """At 1,400 px, every table (toggled ones opened) ends inside the article or sits in a box that
-    scrolls horizontally inside it: no column is cut off at the page edge."""
+    """At 1,400 px, every table (toggled ones opened) ends inside the article column or sits in a box
+    that scrolls horizontally inside it: no column is cut off at the page edge."""
     import json
 
     page = HTML / relpath

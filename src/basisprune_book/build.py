@@ -587,6 +587,34 @@ def _error_outputs(executed: Path) -> list[str]:
     return found
 
 
+def _markdown_table_csv(markdown: str) -> str:
+    """The first Markdown table of ``markdown`` as CSV text (emphasis and code marks dropped)."""
+    import csv
+    import io
+
+    rows = []
+    for line in markdown.splitlines():
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if all(re.fullmatch(r":?-+:?", c) for c in cells):
+            continue
+        rows.append([re.sub(r"\*\*|`", "", c).replace("\\|", "|") for c in cells])
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()
+
+
+def _write_page_and_csv(page: Path, markdown: str, name: str, source: str) -> None:
+    """Write a generated page that the "Reproduce" chapter includes, with its table as a CSV
+    download beside it (like the chapters' tables, :func:`basisprune.repro.report.show_table`)."""
+    write_text(page.with_name(f"{name}.csv"), _markdown_table_csv(markdown))
+    source = f"{{download}}`{source} <{source}>`" if source.endswith(".json") else source
+    write_text(page, f"{markdown}\nDownload this table: {{download}}`{name}.csv <{name}.csv>`; computed from {source}.\n")
+
+
 def _copy_for_readers(executed: Path, dest: Path) -> None:
     """Copy an executed notebook into the build tree without the cell papermill injected (the
     profile it names is printed by the chapter's setup cell and on the "Reproduce" page)."""
@@ -667,8 +695,10 @@ def build(
         write_text(src / pages.API_DIR / name, text)
     write_text(src / "book" / CITATION_PAGE, pages.citation_markdown(root / "CITATION.cff"))
     page = src / "book" / TIMINGS_PAGE
-    write_text(page, timings_markdown(record))
-    write_text(src / "book" / PROFILES_PAGE, profiles_markdown())
+    _write_page_and_csv(page, timings_markdown(record), "timings", "timings.json")
+    write_json(src / "book" / TIMINGS_FILE, record)
+    _write_page_and_csv(src / "book" / PROFILES_PAGE, profiles_markdown(), "profiles",
+                        "`src/basisprune/repro/profiles.py` in the repository")
 
     print(f"[{profile}] jupyter-book build {src} -W -n --keep-going ...", flush=True)
     t0 = time.perf_counter()
@@ -688,7 +718,8 @@ def build(
     )
     write_json(timings_path, record)
     # Second pass: put the measured build time into the timings page (only it is re-rendered).
-    write_text(page, timings_markdown(record))
+    _write_page_and_csv(page, timings_markdown(record), "timings", "timings.json")
+    write_json(src / "book" / TIMINGS_FILE, record)
     t1 = time.perf_counter()
     rc, log2 = _run_jupyter_book(src)
     write_text(src / "build.log", log + "\n--- timings pass ---\n" + log2)
