@@ -108,6 +108,13 @@ def pages() -> list[str]:
     return sorted(str(p.relative_to(HTML)) for d in ("book", "notebooks") for p in (HTML / d).glob("*.html"))
 
 
+def api_page_files() -> list[str]:
+    if HTML is None or not (HTML / "book" / "api").is_dir():
+        return []
+    return sorted(str(p.relative_to(HTML)) for p in (HTML / "book" / "api").glob("*.html"))
+
+
+
 @needs_book
 def test_double_pruning_page_shows_main_table_and_figures():
     """The double-pruning chapter shows the main table (paper form) and at least one PNG figure."""
@@ -220,3 +227,204 @@ def test_build_refuses_notebooks_with_error_outputs(tmp_path):
     nb.cells = [ok, bad, expected]
     nbformat.write(nb, tmp_path / "09_x.ipynb")
     assert _error_outputs(tmp_path) == ["09_x: cell 1 (ZeroDivisionError)"]
+
+
+# ------------------------------------------------------------------ what a reader who uses or cites the work needs
+def _static(relpath: str) -> "bs4.BeautifulSoup":
+    """The built HTML of a page as written (no browser): for checks that do not need scripts run."""
+    return bs4.BeautifulSoup((HTML / relpath).read_text(encoding="utf-8"), "html.parser")
+
+
+def _main(soup):
+    return soup.find("main") or soup
+
+
+@needs_book
+def test_api_pages_document_every_public_name():
+    """Every name in ``basisprune.__all__`` has an entry (anchor ``basisprune.NAME``, or the module's
+    anchor for a submodule) on an API page, and the API index lists it and is in the navigation."""
+    import basisprune
+
+    api = sorted((HTML / "book" / "api").glob("*.html"))
+    assert api, "no API reference pages in book/api"
+    ids = set()
+    for page in api:
+        ids |= {tag.get("id") for tag in _static(str(page.relative_to(HTML))).find_all(id=True)}
+    for name in basisprune.__all__:
+        obj = getattr(basisprune, name)
+        anchor = f"module-{obj.__name__}" if isinstance(obj, type(basisprune)) else f"basisprune.{name}"
+        assert anchor in ids, f"basisprune.{name} has no entry on the API pages ({anchor!r} not found)"
+    index = main_text(rendered("book/api/index.html"))
+    missing = [n for n in basisprune.__all__ if f"basisprune.{n}" not in index]
+    assert not missing, f"the API index does not list {missing}"
+    nav = {a.get("href", "") for a in rendered("book/intro.html").select("nav a")}
+    assert any(h.endswith("api/index.html") for h in nav), "the API reference is not in the navigation"
+
+
+@needs_book
+@pytest.mark.parametrize("relpath", pages() + api_page_files() or ["(no pages)"])
+def test_library_references_link_to_the_api_pages(relpath):
+    """Every cross-reference to a ``basisprune`` name is a link to its API entry (an unresolved one
+    renders as bare code, which the strict build should also refuse)."""
+    if relpath == "(no pages)":
+        pytest.skip("no pages")
+    for code in _main(_static(relpath)).select("code.xref"):
+        text = code.get_text(strip=True)
+        if not text.startswith("basisprune"):
+            continue
+        link = code.find_parent("a")
+        assert link is not None, f"{relpath}: the reference {text!r} links nowhere"
+        if not relpath.startswith("book/api/"):
+            assert "api/" in link.get("href", ""), f"{relpath}: {text!r} links to {link.get('href')}, not the API pages"
+
+
+def _download_links(soup) -> list[str]:
+    return [a["href"] for a in _main(soup).select("a.download") if a.get("href", "").endswith(".csv")]
+
+
+def _data_tables(soup, relpath: str) -> list:
+    """The tables of results on a page: a chapter's output tables (not the tables of its prose, which
+    describe rather than measure), every table of the results and reproduce pages."""
+    tables = [t for t in _main(soup).find_all("table") if t.find_parent("table") is None]
+    if relpath.startswith("notebooks/"):
+        tables = [t for t in tables if t.find_parent(class_="cell_output") is not None]
+    return tables
+
+
+@needs_book
+@pytest.mark.parametrize("relpath", [p for p in pages() if p.startswith("notebooks/")] + ["book/results.html", "book/reproduce.html"])
+def test_every_table_has_a_csv_download(relpath):
+    """Each table of a chapter is followed, before the next table, by a CSV download of it; every
+    download is in the book and is a CSV file with a header and at least one row of the same width."""
+    import csv
+    import io
+
+    soup = _static(relpath)
+    tables = _data_tables(soup, relpath)
+    if not tables:
+        pytest.skip(f"{relpath} has no table")
+    for i, table in enumerate(tables):
+        nxt = tables[i + 1] if i + 1 < len(tables) else None
+        link = table.find_next("a", class_="download")
+        assert link is not None and (nxt is None or any(a is link for a in nxt.find_all_previous("a", class_="download"))), \
+            f"{relpath}: table {i + 1} of {len(tables)} has no download link under it"
+    for href in _download_links(soup):
+        path = (HTML / relpath).parent / href
+        assert path.is_file(), f"{relpath}: the download {href} is not in the built book"
+        rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+        assert len(rows) >= 2 and all(len(r) == len(rows[0]) for r in rows), f"{href} is not a rectangular CSV table"
+
+
+_UNOPENABLE = re.compile(r"\bGUIDE\b|\bissues?\s+#?\d+|\bPR\s*#\d+|(?<![\w.])/(?:work|home|tmp)/\w")
+
+
+@needs_book
+@pytest.mark.parametrize("relpath", pages() + api_page_files() or ["(no pages)"])
+def test_no_reference_a_reader_cannot_open(relpath):
+    """No text names a developer's document, an issue number or a local path, and every link inside
+    the book points to a file that exists."""
+    if relpath == "(no pages)":
+        pytest.skip("no pages")
+    soup = _static(relpath)
+    text = main_text(soup)
+    hit = _UNOPENABLE.search(text)
+    assert hit is None, f"{relpath}: a reference a reader cannot open: ...{text[max(0, hit.start() - 80):hit.end() + 40]}..."
+    for a in _main(soup).find_all("a", href=True):
+        href = a["href"].split("#")[0]
+        if not href or re.match(r"^[a-z][a-z0-9+.-]*:", href):
+            continue
+        assert ((HTML / relpath).parent / href).exists(), f"{relpath}: the link {a['href']} leads nowhere"
+
+
+_TABLE_CHECK = """<script>
+window.addEventListener('load', () => {
+  document.querySelectorAll('details').forEach(d => d.open = true);
+  const main = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
+  const edge = main.getBoundingClientRect().right + 1;
+  const bad = [];
+  main.querySelectorAll('table').forEach((t, i) => {
+    if (t.getBoundingClientRect().right <= edge) return;
+    for (let el = t; el && el !== main; el = el.parentElement) {
+      const o = getComputedStyle(el).overflowX;
+      if ((o === 'auto' || o === 'scroll') && el.getBoundingClientRect().right <= edge) return;
+    }
+    bad.push(i + ': ' + (t.innerText || '').slice(0, 60).replace(/\\s+/g, ' '));
+  });
+  document.body.setAttribute('data-wide-tables', JSON.stringify(bad));
+});
+</script>"""
+
+
+@needs_book
+@pytest.mark.parametrize("relpath", [p for p in pages() if p.startswith("notebooks/")] + ["book/results.html", "book/reproduce.html"])
+def test_tables_fit_the_page_or_scroll(relpath):
+    """At 1,400 px, every table (toggled ones opened) ends inside the article column or sits in a box
+    that scrolls horizontally inside it: no column is cut off at the page edge."""
+    import json
+
+    page = HTML / relpath
+    with tempfile.TemporaryDirectory(prefix="chromium-") as tmp:
+        html = page.read_text(encoding="utf-8").replace("<head>", f'<head><base href="{page.parent.as_uri()}/">', 1)
+        probe = Path(tmp) / "page.html"
+        probe.write_text(html.replace("</body>", _TABLE_CHECK + "</body>"), encoding="utf-8")
+        proc = subprocess.run(
+            [CHROMIUM, *CHROMIUM_FLAGS, "--window-size=1400,1000", f"--user-data-dir={tmp}/profile", "--dump-dom",
+             probe.as_uri()], capture_output=True, text=True, timeout=180)
+    soup = bs4.BeautifulSoup(proc.stdout, "html.parser")
+    result = soup.body.get("data-wide-tables") if soup.body else None
+    assert result is not None, f"{relpath}: the table check did not run: {proc.stderr[-1000:]}"
+    assert json.loads(result) == [], f"{relpath}: tables cut off at the page edge: {json.loads(result)}"
+
+
+@needs_book
+@pytest.mark.parametrize("relpath", [p for p in pages() if p.startswith("notebooks/")])
+def test_chapters_keep_checks_and_markers_out_of_sight(relpath):
+    """No test marker or papermill parameter cell reaches a chapter; code cells shown open (not in a
+    toggle) are few: the chapters show results, code is a click away."""
+    soup = _static(relpath)
+    text = main_text(soup)
+    for marker in ("NBVAL_CHECK_OUTPUT", "# Parameters", "injected-parameters"):
+        assert marker not in text, f"{relpath} shows {marker!r}"
+    cells = _main(soup).select("div.cell")
+    shown = [c for c in cells if c.select_one("div.cell_input") and "tag_hide-input" not in (c.get("class") or [])]
+    assert len(shown) <= 2, f"{relpath}: {len(shown)} code cells shown in full"
+
+
+@needs_book
+def test_how_to_cite_gives_the_software_and_the_papers():
+    """The "How to cite" page quotes CITATION.cff: BibTeX for the software and each paper it lists."""
+    import yaml
+
+    cff = yaml.safe_load((HTML.parent.parent.parent.parent / "CITATION.cff").read_text(encoding="utf-8"))
+    text = main_text(rendered("book/cite.html"))
+    assert "@software{basisprune," in text.replace(" ", "")
+    for ref in cff.get("references", []):
+        assert ref["title"] in text, f"the citation page lacks {ref['title']!r}"
+    footer = rendered("book/intro.html").get_text(" ")
+    assert "2026" in footer, "the copyright year is not 2026"
+
+
+def test_api_reference_covers_every_exported_name():
+    """The generated API pages document each name of ``basisprune.__all__`` exactly once, under its
+    public path, and the index lists them all."""
+    import basisprune
+    from basisprune_book.pages import api_groups, api_pages
+
+    grouped = [n for names in api_groups().values() for n in names]
+    assert sorted(grouped) == sorted(basisprune.__all__)
+    text = "\n".join(api_pages().values())
+    for name in basisprune.__all__:
+        assert f"basisprune.{name}\n" in text, f"basisprune.{name} is not documented"
+
+
+def test_citation_page_lists_the_software_and_every_paper(tmp_path):
+    """The "How to cite" text is rendered from CITATION.cff: the software's BibTeX and one entry per reference."""
+    from basisprune_book.pages import citation_markdown
+
+    cff = tmp_path / "CITATION.cff"
+    cff.write_text(
+        "cff-version: 1.2.0\nmessage: Cite us.\ntitle: tool\nversion: 1.0\nlicense: MIT\nauthors:\n  - name: devs\n"
+        "references:\n  - type: article\n    title: A paper\n    authors:\n      - family-names: Doe\n"
+        "        given-names: Jo\n    journal: J\n    year: 2023\n", encoding="utf-8")
+    text = citation_markdown(cff)
+    assert "@software{basisprune" in text and "@article{doe2023a" in text and "A paper" in text

@@ -51,3 +51,31 @@ def test_method_table_orders_data_sets_as_given_and_counts_seeds():
     assert list(zip(table["dataset"], table["method"])) == [
         ("b", "channel pruning"), ("b", "basis pruning"), ("a", "channel pruning"), ("a", "basis pruning")]
     assert set(table["seeds"]) == {2} and set(table["change (pts)"]) == {"-10.00 ± 0.00"}
+
+
+def test_show_table_writes_the_rows_it_shows_and_links_them(tmp_path, capsys):
+    """The CSV holds every row and column of the table shown (a Styler's data, a non-default index
+    kept), and the links name the CSV and the results file under the results folder as downloads."""
+    IPython = pytest.importorskip("IPython")
+    shown = []
+    from IPython import display as ipd
+
+    original = ipd.display
+    ipd.display = lambda *objs, **kw: shown.extend(objs)
+    try:
+        frame = pd.DataFrame({"a": [1.23456, 2.5], "b": ["x", "y"]}, index=["r1", "r2"])
+        (tmp_path / "run.json").write_text("{}")
+        report.show_table(frame.style.format(precision=1), "t1", tmp_path, tmp_path / "run.json")
+    finally:
+        ipd.display = original
+    back = pd.read_csv(tmp_path / "tables" / "t1.csv", index_col=0)
+    pd.testing.assert_frame_equal(back, frame)
+    links = shown[-1].data
+    assert "{download}`t1.csv <results/tables/t1.csv>`" in links and "<results/run.json>" in links
+
+
+def test_show_table_refuses_a_name_that_is_not_a_file_name(tmp_path):
+    """A table name with a path separator is refused before anything is written."""
+    with pytest.raises(ValueError, match="table name"):
+        report.show_table(pd.DataFrame({"a": [1]}), "../x", tmp_path)
+    assert not (tmp_path / "tables").exists()

@@ -720,11 +720,11 @@ def latency_fold_rule(
     """A fold rule that keeps a basis pair only where it is measurably faster than one conv.
 
     For every basis layer of ``model`` (with its current masks), the kept pair
-    (basis conv + 1x1 conv, as :func:`basisprune.compact.compact_basis_layer` builds it) and the
+    (basis conv + 1x1 conv, as ``basisprune.compact.compact_basis_layer`` builds it) and the
     single folded conv are timed, in eval mode, on random inputs of the layer's real input shape (captured with
     forward hooks on ``example_input``) at each batch size. The layer is folded when
 
-    * ``base_rule`` says so (default :func:`basisprune.compact.fold_by_params`: the pair would
+    * ``base_rule`` says so (default ``basisprune.compact.fold_by_params``: the pair would
       not have fewer weights; these layers are not timed), or
     * the pair is not clearly faster (:func:`clearly_faster` over ``rounds`` interleaved rounds of
       both: median paired ratio below ``1 - margin``, upper quartile below 1): with

@@ -203,7 +203,7 @@ def channel_scales(model: nn.Module) -> dict[str, ChannelScale]:
 
 
 def l1_penalty(model: nn.Module) -> torch.Tensor:
-    """Sum of |scale| over the live channels of every group (the paper's L1 regulariser)."""
+    """Sum of ``|scale|`` over the live channels of every group (the paper's L1 regulariser)."""
     scales = list(channel_scales(model).values())
     if not scales:
         raise ValueError("the model has no channel scales; call add_channel_scales first")

@@ -10,7 +10,7 @@ A convolution with weight ``W`` (Cout, Cin/g, kh, kw) is rewritten, per group, a
    exactly what the original conv did.
 
 Pruning basis ``i`` sets ``mask[i] = 0``: filter ``i`` of the basis conv and column ``i`` of the
-scaling conv no longer contribute. :func:`basisprune.compact.compact` removes them physically.
+scaling conv no longer contribute. :func:`basisprune.compact` removes them physically.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def basis_savings(layers: dict[str, nn.Module], positions: dict[str, int]) -> di
     """What pruning one more basis of each layer saves, aware of the fold (our extension).
 
     A basis layer costs ``min(pair(k), original)`` weights with ``k`` kept bases per group
-    (:func:`basisprune.compact.pair_cost`: above break-even the layer folds back into one conv, so
+    (``basisprune.compact.pair_cost``: above break-even the layer folds back into one conv, so
     pruning there saves nothing until it crosses the fold). The saving of one basis is amortised
     over the path down to one basis per group: ``(cost(k) - cost(1)) / (live - groups)``. It is
     returned as a share of the layers' resources: the mean of its share of all their weights and of

@@ -25,7 +25,7 @@ class PruningRule:
             Exactly one of ``fraction`` and ``threshold`` is set.
         normalize: divide each layer's scores by their ``mean``, ``max`` or ``l2`` norm over live
             units, by the parameters one unit costs (``cost``), or by the share of the model that
-            pruning one unit actually saves (``saved``, see :func:`basisprune.measure.basis_savings`;
+            pruning one unit actually saves (``saved``, see :func:`basisprune.basis_savings`;
             a unit that saves nothing is ranked last), before ranking; ``none`` keeps raw scores.
         min_keep: units every layer keeps whatever the scores.
         layer_floor: share of a layer's *live* units that one round always keeps (in [0, 1)): a

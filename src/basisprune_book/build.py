@@ -13,7 +13,9 @@ notebook makes the command exit with status 1 and name the notebook (the others 
 ``--fail-fast``).
 
 ``build`` copies ``_config.yml``, ``_toc.yml`` (without the entries whose notebook was not executed),
-``book/`` and the executed notebooks of the profile into ``_build/src-<profile>/`` and runs
+``book/``, ``_static/`` and the executed notebooks of the profile, with their ``results/`` (results
+files and the tables' CSV downloads), into ``_build/src-<profile>/``, writes the API reference
+(``book/api/``, :mod:`basisprune_book.pages`) and the citation page there, and runs
 ``jupyter-book build _build/src-<profile> -W -n --keep-going`` there (notebooks are not executed
 again: ``execute_notebooks: "off"``). The HTML is in ``_build/src-<profile>/_build/html``
 (:func:`html_dir`). Math is rendered by a local MathJax copy (sphinx-mathjax-offline); the build
@@ -47,6 +49,8 @@ from basisprune.repro import profiles
 from basisprune.repro.report import RESULTS_ENV, executed_dir, repo_root
 from basisprune.repro.results import write_json, write_text
 
+from . import pages
+
 __all__ = [
     "PROFILES",
     "NOTEBOOK_PATTERN",
@@ -66,6 +70,7 @@ RUNS_ENV = "BASISPRUNE_RUNS"  # experiments.default_workdir puts checkpoints the
 TIMINGS_FILE = "timings.json"
 TIMINGS_PAGE = "_timings.md"
 PROFILES_PAGE = "_profiles.md"
+CITATION_PAGE = "_citation.md"
 _INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 
@@ -582,6 +587,47 @@ def _error_outputs(executed: Path) -> list[str]:
     return found
 
 
+def _markdown_table_csv(markdown: str) -> str:
+    """The first Markdown table of ``markdown`` as CSV text (emphasis and code marks dropped)."""
+    import csv
+    import io
+
+    rows = []
+    for line in markdown.splitlines():
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if all(re.fullmatch(r":?-+:?", c) for c in cells):
+            continue
+        rows.append([re.sub(r"\*\*|`", "", c).replace("\\|", "|") for c in cells])
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()
+
+
+def _write_page_and_csv(page: Path, markdown: str, name: str, source: str) -> None:
+    """Write a generated page that the "Reproduce" chapter includes, with its table as a CSV
+    download beside it (like the chapters' tables, :func:`basisprune.repro.report.show_table`)."""
+    write_text(page.with_name(f"{name}.csv"), _markdown_table_csv(markdown))
+    source = f"{{download}}`{source} <{source}>`" if source.endswith(".json") else source
+    write_text(page, f"{markdown}\nDownload this table: {{download}}`{name}.csv <{name}.csv>`; computed from {source}.\n")
+
+
+def _copy_for_readers(executed: Path, dest: Path) -> None:
+    """Copy an executed notebook into the build tree without the cell papermill injected (the
+    profile it names is printed by the chapter's setup cell and on the "Reproduce" page)."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    nbformat.write(nb, dest)
+
+
 def _set_aside(html: Path) -> None:
     """Move the HTML of a failed build to ``html.failed`` so that it is not taken for a good book."""
     failed = html.with_name("html.failed")
@@ -633,15 +679,26 @@ def build(
     present = set()
     for nb in sorted(executed.iterdir()):
         if NOTEBOOK_PATTERN.match(nb.name):
-            shutil.copy2(nb, src / "notebooks" / nb.name)
+            _copy_for_readers(nb, src / "notebooks" / nb.name)
             present.add(nb.stem)
     toc, dropped = _toc_without_missing((root / "_toc.yml").read_text(encoding="utf-8"), present)
     write_text(src / "_toc.yml", toc)
     if dropped:
         print(f"[{profile}] not in this build (no executed notebook): {', '.join(dropped)}")
+    # The results files and the tables' CSV files the notebooks wrote (report.show_table links them
+    # as {download} from notebooks/results/...), the style sheet, the API reference and the citation.
+    if (executed / "results").is_dir():
+        shutil.copytree(executed / "results", src / "notebooks" / "results", ignore=shutil.ignore_patterns(".*"))
+    if (root / "_static").is_dir():
+        shutil.copytree(root / "_static", src / "_static")
+    for name, text in pages.api_pages().items():
+        write_text(src / pages.API_DIR / name, text)
+    write_text(src / "book" / CITATION_PAGE, pages.citation_markdown(root / "CITATION.cff"))
     page = src / "book" / TIMINGS_PAGE
-    write_text(page, timings_markdown(record))
-    write_text(src / "book" / PROFILES_PAGE, profiles_markdown())
+    _write_page_and_csv(page, timings_markdown(record), "timings", "timings.json")
+    write_json(src / "book" / TIMINGS_FILE, record)
+    _write_page_and_csv(src / "book" / PROFILES_PAGE, profiles_markdown(), "profiles",
+                        "`src/basisprune/repro/profiles.py` in the repository")
 
     print(f"[{profile}] jupyter-book build {src} -W -n --keep-going ...", flush=True)
     t0 = time.perf_counter()
@@ -661,7 +718,8 @@ def build(
     )
     write_json(timings_path, record)
     # Second pass: put the measured build time into the timings page (only it is re-rendered).
-    write_text(page, timings_markdown(record))
+    _write_page_and_csv(page, timings_markdown(record), "timings", "timings.json")
+    write_json(src / "book" / TIMINGS_FILE, record)
     t1 = time.perf_counter()
     rc, log2 = _run_jupyter_book(src)
     write_text(src / "build.log", log + "\n--- timings pass ---\n" + log2)

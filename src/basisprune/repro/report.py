@@ -9,6 +9,7 @@ write results through ``$BASISPRUNE_RESULTS`` (:func:`results_dir`).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "selected_frame",
     "selected_summary",
     "selection",
+    "show_table",
     "table_seeds",
 ]
 
@@ -115,6 +117,65 @@ def table_seeds(profile: str, *, datasets=None, seeds=None, dataset=None, seed=N
         return {d: list(default) for d in ds}
     per = p.get("table_seeds") or {}
     return {d: [int(s) for s in per.get(d, default)] for d in ds}
+
+
+# ------------------------------------------------------------------------------------ displayed tables
+#: Folder of ``results_dir`` that holds the CSV copy of every table a chapter shows.
+TABLES_DIR = "tables"
+#: Tables longer than this are shown behind a "show the rows" toggle (the CSV has them all).
+COLLAPSE_ROWS = 25
+
+
+def _book_link(path: Path, results: Path) -> str:
+    """A MyST link a reader can open: a {download} of a file the book builder copies (under
+    ``results``, copied to ``notebooks/results/``), else the file's path in the repository."""
+    path = Path(path).resolve()
+    try:
+        rel = path.relative_to(results.resolve())
+    except ValueError:
+        try:
+            rel = path.relative_to(repo_root())
+        except (ValueError, ProjectNotFoundError):
+            rel = Path(path.name)
+        return f"`{rel.as_posix()}{'/' if path.is_dir() else ''}` in the repository"
+    return f"{{download}}`{rel.as_posix()} <results/{rel.as_posix()}>`"
+
+
+def show_table(table, name: str, results: str | os.PathLike, sources=(), *, collapse: bool | None = None) -> None:
+    """Display a chapter's table with, under it, a CSV download of it and the results it comes from.
+
+    ``table`` is a data frame or a pandas ``Styler``; its data (all rows, full precision, the index
+    when it is not the default range) is written to ``<results>/tables/<name>.csv``, which the book
+    builder copies into the book with the results files. ``sources`` are the results files or
+    folders the table is computed from: a file under ``results`` becomes a download, anything else
+    is named by its path in the repository. A table longer than :data:`COLLAPSE_ROWS` rows is shown
+    behind a toggle (``collapse`` forces it either way). The links are MyST Markdown (rendered by the
+    book with ``nb_render_markdown_format: myst``: a missing file fails the build).
+    """
+    import pandas as pd
+    from IPython.display import HTML, Markdown, display
+    from pandas.io.formats.style import Styler
+
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
+        raise ValueError(f"table name must be letters, digits, '_' or '-' (it names a CSV file), got {name!r}")
+    if not isinstance(table, (pd.DataFrame, Styler)):
+        raise TypeError(f"show_table takes a pandas DataFrame or Styler, got {type(table).__name__}")
+    frame = table.data if isinstance(table, Styler) else table
+    results = Path(results)
+    csv = results / TABLES_DIR / f"{name}.csv"
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(csv, index=not isinstance(frame.index, pd.RangeIndex))
+    if len(frame) > COLLAPSE_ROWS if collapse is None else collapse:
+        body = table.to_html() if isinstance(table, Styler) else table.to_html(max_rows=None, border=0)
+        display(HTML(f'<details class="table-toggle"><summary>Show the table ({len(frame)} rows, '
+                     f"{frame.shape[1]} columns)</summary>{body}</details>"))
+    else:
+        display(table)
+    links = [f"Download this table: {{download}}`{name}.csv <results/{TABLES_DIR}/{name}.csv>`"]
+    sources = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    if sources:
+        links.append("computed from " + ", ".join(_book_link(Path(s), results) for s in sources))
+    display(Markdown("; ".join(links) + "."))
 
 
 #: A run of :func:`basisprune.repro.experiments.run`: (profile, experiment, dataset, seed).
