@@ -119,7 +119,7 @@ def check_model(model: nn.Module, x: torch.Tensor, head: list[str], seed: int = 
     model = model.eval()
     g = torch.Generator().manual_seed(seed)
     out: dict[str, dict[str, Any]] = {}
-    box: dict[str, nn.Module] = {}
+    box: dict[str, Any] = {}  # what later stages reuse: the models, the unscaled groups
 
     def decompose():
         box["d"] = bp.decompose(model, include_linear=True, exclude=head).eval()
