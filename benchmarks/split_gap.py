@@ -106,22 +106,38 @@ def committed_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def mean_ci(values, n_boot: int = 10000, seed: int = 0) -> dict[str, float]:
-    """Mean, its 95% bootstrap interval (percentile) and count."""
+def mean_ci(values, clusters=None, n_boot: int = 10000, seed: int = 0) -> dict[str, float]:
+    """Mean, its 95% percentile-bootstrap interval and count. With ``clusters`` (one label per value)
+    whole clusters are resampled: the rounds of one stage are not independent of each other. No
+    bootstrap sees that every committed run shares the same 1,000 test images (that is what the
+    rotation runs are for)."""
     v = np.asarray(list(values), dtype=float)
     if len(v) == 0:
         return {"n": 0, "mean": float("nan"), "lo": float("nan"), "hi": float("nan")}
     rng = np.random.default_rng(seed)
-    boots = v[rng.integers(0, len(v), (n_boot, len(v)))].mean(1)
-    return {"n": int(len(v)), "mean": float(v.mean()), "lo": float(np.quantile(boots, 0.025)),
+    labels = np.arange(len(v)) if clusters is None else np.unique(np.asarray(list(clusters)), return_inverse=True)[1]
+    k = labels.max() + 1
+    sums, counts = np.bincount(labels, v, k), np.bincount(labels, minlength=k)
+    pick = rng.integers(0, k, (n_boot, k))
+    boots = sums[pick].sum(1) / counts[pick].sum(1)
+    return {"n": int(len(v)), "clusters": int(k), "mean": float(v.mean()), "lo": float(np.quantile(boots, 0.025)),
             "hi": float(np.quantile(boots, 0.975))}
 
 
+def _stage_key(r: dict[str, Any]) -> str:
+    return f"{r['source']}:{r['stage']}"
+
+
 def _by(rows, key) -> dict[str, dict[str, float]]:
-    groups: dict[Any, list[float]] = {}
+    groups: dict[Any, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault(key(r), []).append(r["gap"])
-    return {str(k): mean_ci(v) for k, v in sorted(groups.items())}
+        groups.setdefault(key(r), []).append(r)
+    return {str(k): mean_ci([r["gap"] for r in g], [_stage_key(r) for r in g]) for k, g in sorted(groups.items())}
+
+
+def _ratio(rows) -> float:
+    """Summed test drop over summed validation drop: how much larger the test drops are."""
+    return float(sum(r["drop_test"] for r in rows) / sum(r["drop_val"] for r in rows))
 
 
 def file_facts() -> dict[str, Any]:
@@ -163,17 +179,20 @@ def analyze() -> dict[str, Any]:
     fm = [r for r in rows if r["dataset"] == "fashion_mnist" and r["round"] > 0]
     committed = {
         "rounds": len(pruned),
-        "gap_pruned_rounds": mean_ci(r["gap"] for r in pruned),
+        "gap_pruned_rounds": mean_ci([r["gap"] for r in pruned], [_stage_key(r) for r in pruned]),
+        "stages": len({_stage_key(r) for r in pruned}),
+        "test_over_val_drop": _ratio(pruned),
+        "gap_by_test_split": _by(pruned, lambda r: r["test_split"]),
         "gap_by_stage": _by(pruned, lambda r: r["stage"]),
         "gap_by_round": _by(pruned, lambda r: r["round"]),
         "gap_by_seed": _by(pruned, lambda r: r["seed"]),
         "gap_by_source": _by(pruned, lambda r: r["source"].split("/")[0]),
         "gap_stopping_round": _by(pruned, lambda r: "stopping round" if r["last"] else "earlier rounds"),
         "gap_selected_round": _by(pruned, lambda r: "selected" if r["selected"] else "not selected"),
-        "reference_test_minus_val": mean_ci(r["reference_gap"] for r in m5),
+        "reference_test_minus_val": mean_ci([r["reference_gap"] for r in m5], [_stage_key(r) for r in m5]),
         "reference_test_minus_val_by_seed": {str(s): mean_ci(r["reference_gap"] for r in m5 if r["seed"] == s)
                                              for s in sorted({r["seed"] for r in m5})},
-        "fashion_mnist_gap_pruned_rounds": mean_ci(r["gap"] for r in fm),
+        "fashion_mnist_gap_pruned_rounds": mean_ci([r["gap"] for r in fm], [_stage_key(r) for r in fm]),
     }
     rotation: dict[str, Any] = {}
     for f in sorted(RUNS.glob("*.json")):
@@ -186,6 +205,7 @@ def analyze() -> dict[str, Any]:
                 {k: r[k] for k in ("round", "params_pruned", "drop_val", "se_val", "drop_test", "se_test", "gap")}
                 for r in rs],
             "gap_all_rounds": mean_ci(r["gap"] for r in rs),
+            "test_over_val_drop": _ratio(rs),
             "gap_rounds_1_6": mean_ci(r["gap"] for r in rs if r["round"] <= 6),
             "gap_if_stopped_at_2_points": mean_ci(r["gap"] for r in stopped),
             "reference_test_minus_val": mean_ci(r["reference_gap"] for r in _rows(rec, f.stem)),

@@ -82,6 +82,8 @@ def test_the_seeds_tier_spec_is_the_issue_s_grid():
         seeds.setdefault((c.experiment, c.params["dataset"]), set()).add(c.seed)
         if c.params["dataset"] == "fashion_mnist":
             assert c.params["subset_test"] is None
+        else:  # each seed its own test fold: every fold of mnist5k is used twice
+            assert c.params["test_split"] == "seed"
     assert {k: len(v) for k, v in seeds.items()} == {(e, d): n for e in ("channel_pruning", "basis_pruning", "double_pruning")
                                                      for d, n in (("mnist5k", 10), ("fashion_mnist", 5))}
 
