@@ -47,8 +47,11 @@ from basisprune.repro.results import provenance, read_results, write_json
 RUNS = Path("data/calibration/split_gap")
 OUT = Path("data/calibration/split_gap.json")
 COMMITTED = (Path("data/results/default"), Path("data/calibration/fair"))
-#: The rotation runs: default-profile basis pruning, seed 0, no stop, a fixed number of rounds.
-ROTATION = dict(seed=0, stop_drop=1.0, basis_rounds=6)
+#: The rotation runs: default-profile basis pruning, seed 0, no stop, a fixed number of rounds. Their
+#: validation split is 20% of the train split (800 images; the book's mnist5k runs hold out 30%,
+#: 1,200): the runs were started without naming the data set, and the default profile applies its
+#: mnist5k value only to runs that name it. Validation and test stay exchangeable either way.
+ROTATION = dict(seed=0, stop_drop=1.0, basis_rounds=6, val_fraction=0.2)
 FASHION = dict(dataset="fashion_mnist", subset_test=None, seed=0, stop_drop=1.0, basis_rounds=6)
 
 
@@ -205,7 +208,6 @@ def analyze() -> dict[str, Any]:
                 {k: r[k] for k in ("round", "params_pruned", "drop_val", "se_val", "drop_test", "se_test", "gap")}
                 for r in rs],
             "gap_all_rounds": mean_ci(r["gap"] for r in rs),
-            "test_over_val_drop": _ratio(rs),
             "gap_rounds_1_6": mean_ci(r["gap"] for r in rs if r["round"] <= 6),
             "gap_if_stopped_at_2_points": mean_ci(r["gap"] for r in stopped),
             "reference_test_minus_val": mean_ci(r["reference_gap"] for r in _rows(rec, f.stem)),
