@@ -226,7 +226,16 @@ def analyze() -> dict[str, Any]:
         }
     else:
         rotation_summary = {}
-    return {"file": file_facts(), "committed": committed, "rotation": rotation, "rotation_summary": rotation_summary,
+    protocol = {  # read from basisprune.repro.experiments._prune_stage / select_round / stops_after
+        "taylor_scores": "train split (gathered during the training epochs)",
+        "warm_up": "train split",
+        "batch_norm_statistics": "ImageNet's (bn_mode=eval), no split",
+        "which_units_are_pruned": "Taylor scores only (train split)",
+        "stop_rule": "validation drop > stop_drop ends the stage",
+        "selection": "most pruned round with validation drop + select_margin * SE <= max_drop",
+        "test_split": "never used for a decision",
+    }
+    return {"protocol": protocol, "file": file_facts(), "committed": committed, "rotation": rotation, "rotation_summary": rotation_summary,
             "settings": {"rotation": ROTATION, "fashion": FASHION, "profile": "default", "experiment": "basis_pruning"}}
 
 

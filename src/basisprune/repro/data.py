@@ -22,8 +22,12 @@ imagefolder     your own data: ``root`` holds ``train/`` and ``test/`` (and opti
 
 The ``val`` split is a seeded, class-stratified ``val_fraction`` of the train set and ``train``
 is the rest (unless an imagefolder has its own ``val/``); ``subset=N`` then takes a seeded,
-class-stratified N-image subset of the split. The train/test partitions of mnist5k and digits
-do not depend on ``seed`` (fixed with seed 0) so every run is scored on the same test images.
+class-stratified N-image subset of the split. mnist5k and digits are cut into five stratified
+folds of the test split's size (fixed with seed 0, independent of ``seed``); ``test_split``
+names the test fold (``fold0``, the default and the partition of every earlier result, to
+``fold4``) or ``seed`` (fold ``seed`` mod 5), and the train split is the rest. With one fixed
+fold every run is scored on the same test images, and that fold's sampling error is shared by
+all of them (benchmarks/split_gap.py measures it).
 
 Small data sets are kept in memory as uint8 tensors already resized to ``S``, and batches are
 assembled with one indexing operation (``__getitems__``), so a DataLoader epoch over thousands
