@@ -221,6 +221,7 @@ def analyze() -> dict[str, Any]:
             "folds": len(folds),
             "gap_rounds_1_6_per_fold": {k: v["gap_rounds_1_6"]["mean"] for k, v in folds.items()},
             "gap_rounds_1_6_over_folds": mean_ci(per_fold),
+            "gap_rounds_1_6_sd_across_folds": float(np.std(per_fold, ddof=1)) if len(per_fold) > 1 else float("nan"),
             "gap_rounds_1_6_other_folds": mean_ci(v["gap_rounds_1_6"]["mean"] for k, v in folds.items()
                                                   if v["test_split"] != "fold0"),
         }
