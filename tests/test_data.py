@@ -236,3 +236,32 @@ def test_stratified_choice_draws_n_distinct_items_proportionally(labels, frac, s
     for c in np.unique(y):
         share = n * (y == c).sum() / len(y)
         assert abs((y[pos] == c).sum() - share) < 1 + 1e-9
+
+
+def _image_keys(ds) -> set[bytes]:
+    x, _ = ds.tensors()
+    return {row.numpy().tobytes() for row in x.reshape(len(x), -1)}
+
+
+def test_test_folds_partition_the_file_and_fold0_is_the_fixed_partition():
+    """digits' five test folds are disjoint, class-stratified (per class within one image of each
+    other), none is in its own train/val splits, and fold0 is the default test split."""
+    folds = [data.load("digits", "test", 8, test_split=f"fold{k}") for k in range(data.FOLDS)]
+    keys = [_image_keys(f) for f in folds]
+    assert sum(len(k) for k in keys) == len(set().union(*keys))
+    counts = np.stack([torch.bincount(f.targets, minlength=10).numpy() for f in folds])
+    assert (counts.max(0) - counts.min(0)).max() <= 1
+    for k, key in enumerate(keys):
+        for split in ("train", "val"):
+            assert not key & _image_keys(data.load("digits", split, 8, test_split=f"fold{k}"))
+    assert keys[0] == _image_keys(data.load("digits", "test", 8))
+
+
+def test_test_split_seed_picks_the_seeds_fold_and_bad_values_are_refused():
+    """test_split="seed" is fold seed mod 5; an unknown value names the parameter and its choices."""
+    assert data.test_fold("seed", 7) == 2 and data.test_fold("fold3", 7) == 3
+    a = data.load("digits", "test", 8, seed=7, test_split="seed")
+    b = data.load("digits", "test", 8, seed=7, test_split="fold2")
+    assert _image_keys(a) == _image_keys(b)
+    with pytest.raises(ValueError, match="test_split must be one of fold0"):
+        data.load("digits", "test", 8, test_split="fold5")

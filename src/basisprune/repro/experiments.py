@@ -77,7 +77,7 @@ class Context:
         self.loaders = data.make_loaders(
             p["dataset"], p["image_size"], p["batch_size"], subset_train=p["subset_train"],
             subset_test=p["subset_test"], seed=p["seed"], mean=mean, std=std, root=p["data_root"],
-            val_fraction=p["val_fraction"],
+            val_fraction=p["val_fraction"], test_split=p["test_split"],
         )
         self.num_classes = data.num_classes(p["dataset"], p["data_root"])
         self.example = next(iter(self.loaders["test"]))[0][:1].to(self.device)

@@ -32,6 +32,9 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "subset_train": (None, "training images (None: the whole split)"),
     "subset_test": (None, "test images (None: the whole split)"),
     "val_fraction": (0.2, "share of the training split held out for model selection"),
+    "test_split": ("fold0", "mnist5k and digits: which of five stratified folds of the file is the test split "
+                            "(fold0, the fixed partition, ... fold4), or seed (fold seed mod 5: a different test "
+                            "fold per seed); data sets with their own test split ignore it"),
     "data_root": (None, "directory with downloaded datasets"),
     "seed": (0, "random seed"),
     "device": ("auto", "auto, cpu, cuda or mps"),
@@ -197,6 +200,7 @@ SPECS: dict[str, Spec] = {
     "subset_train": _SUBSET,
     "subset_test": _SUBSET,
     "val_fraction": _FRACTION,
+    "test_split": Spec("str", choices=("fold0", "fold1", "fold2", "fold3", "fold4", "seed")),
     "data_root": Spec("path", optional=True),
     "seed": Spec("int", low=0, high=2**32 - 1),
     "device": Spec("str"),  # the forms and what this machine has: basisprune.repro.train.pick_device

@@ -25,6 +25,9 @@ __all__ = [
     "executed_dir",
     "history_frame",
     "kept_frame",
+    "budget_verdict",
+    "interval",
+    "mean_ci",
     "mean_std",
     "plot_pruning_curves",
     "repo_root",
@@ -265,18 +268,24 @@ def selected_frame(records: dict[tuple[str, int], dict[str, Any]]):
 
 
 def selected_summary(final):
-    """Per data set, mean ± std over seeds of a :func:`selected_frame`: accuracy of the fair
-    reference, of round 0 and of the selected round, the change against the reference with its
-    paired standard error (the mean over seeds), and the pruning ratios."""
-    return final.groupby("dataset", sort=False).agg(
-        **{"reference (%)": ("reference_accuracy", lambda v: mean_std(v, 100, 1)),
-           "round 0 (%)": ("round0_accuracy", lambda v: mean_std(v, 100, 1)),
-           "accuracy after (%)": ("accuracy_test", lambda v: mean_std(v, 100, 1)),
-           "change (pts)": ("accuracy_drop", lambda v: mean_std(v, -100, 2)),
-           "paired SE (pts)": ("drop_se_test", lambda v: f"{100 * float(v.mean()):.2f}"),
-           "params pruned (%)": ("param_pruning_ratio", lambda v: mean_std(v, 100, 1)),
-           "FLOPs pruned (%)": ("flop_pruning_ratio", lambda v: mean_std(v, 100, 1)),
-           "seeds": ("seed", "nunique")})
+    """Per data set, the mean over seeds with its 95% interval (:func:`mean_ci`) of a
+    :func:`selected_frame`: accuracy of the fair reference, of round 0 and of the selected round, the
+    change against the reference (one seed: ± 1.96 paired standard errors) with its paired standard
+    error (the mean over seeds), and the pruning ratios."""
+    import pandas as pd
+
+    rows = []
+    for ds, g in final.groupby("dataset", sort=False):
+        rows.append({"dataset": ds,
+                     "reference (%)": mean_ci(g["reference_accuracy"], 100, 1),
+                     "round 0 (%)": mean_ci(g["round0_accuracy"], 100, 1),
+                     "accuracy after (%)": mean_ci(g["accuracy_test"], 100, 1),
+                     "change (pts)": mean_ci(g["accuracy_drop"], -100, 2, se=g["drop_se_test"]),
+                     "paired SE (pts)": f"{100 * float(g['drop_se_test'].mean()):.2f}",
+                     "params pruned (%)": mean_ci(g["param_pruning_ratio"], 100, 1),
+                     "FLOPs pruned (%)": mean_ci(g["flop_pruning_ratio"], 100, 1),
+                     "seeds": g["seed"].nunique()})
+    return pd.DataFrame(rows).set_index("dataset")
 
 
 def plot_pruning_curves(history, title: str):
@@ -301,6 +310,11 @@ def plot_pruning_curves(history, title: str):
     return fig
 
 
+def _fmt(x: float, digits: int) -> str:
+    text = f"{x:.{digits}f}"
+    return text[1:] if text.startswith("-") and not any(ch in "123456789" for ch in text) else text  # no "-0.0"
+
+
 def mean_std(values, scale: float = 1.0, digits: int = 1) -> str:
     """``"mean ± std"`` of ``values * scale`` (sample std; just the mean for a single value)."""
     import numpy as np
@@ -308,13 +322,68 @@ def mean_std(values, scale: float = 1.0, digits: int = 1) -> str:
     v = np.asarray(list(values), dtype=float) * scale
     if v.size == 0:
         return "n/a"
-    def fmt(x: float) -> str:
-        text = f"{x:.{digits}f}"
-        return text[1:] if text.startswith("-") and not any(ch in "123456789" for ch in text) else text  # no "-0.0"
-
     if v.size == 1:
-        return fmt(v[0])
-    return f"{fmt(v.mean())} ± {fmt(v.std(ddof=1))}"
+        return _fmt(v[0], digits)
+    return f"{_fmt(v.mean(), digits)} ± {_fmt(v.std(ddof=1), digits)}"
+
+
+#: Bootstrap resamples of :func:`interval` (a fixed generator: the book's numbers do not move).
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def interval(values, se=None) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean of ``values`` and its 95% interval.
+
+    Several values (one per seed): the percentile bootstrap over them (:data:`BOOTSTRAP_RESAMPLES`
+    resamples, generator seeded with 0). With three seeds it is narrower than the truth (it cannot
+    look past the three values); the seeds tier is there for that. One value with its standard error
+    ``se`` (a paired drop): mean ± 1.96 se. One value without: no interval (low = high = NaN).
+    """
+    import numpy as np
+
+    v = np.asarray(list(values), dtype=float)
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    m = float(v.mean())
+    if v.size == 1:
+        if se is None:
+            return m, float("nan"), float("nan")
+        half = 1.96 * float(np.asarray(list(se), dtype=float).mean())
+        return m, m - half, m + half
+    rng = np.random.default_rng(0)
+    boots = v[rng.integers(0, v.size, (BOOTSTRAP_RESAMPLES, v.size))].mean(1)
+    return m, float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
+
+
+def mean_ci(values, scale: float = 1.0, digits: int = 1, se=None) -> str:
+    """``"mean [low, high]"`` of ``values * scale`` with the 95% interval of :func:`interval` (``se``:
+    the standard errors of the values, used when there is one); just the mean when there is none."""
+    import math
+
+    vals = [float(x) * scale for x in values]
+    m, lo, hi = interval(vals, None if se is None else [float(x) * abs(scale) for x in se])
+    if math.isnan(m):
+        return "n/a"
+    if math.isnan(lo):
+        return _fmt(m, digits)
+    return f"{_fmt(m, digits)} [{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
+
+
+def budget_verdict(change, max_drop: float, se=None) -> str:
+    """Where a row's accuracy change (negative: a loss, as a fraction) stands against the budget
+    ``max_drop``, judged by its 95% interval (:func:`interval`): ``"within"`` when the whole
+    interval loses less than the budget, ``"beyond"`` when it loses more, ``"unresolved"`` when it
+    straddles the budget or there is no interval."""
+    import math
+
+    _, lo, hi = interval(change, se)
+    if math.isnan(lo):
+        return "unresolved"
+    if lo > -max_drop:
+        return "within"
+    if hi < -max_drop:
+        return "beyond"
+    return "unresolved"
 
 
 # ------------------------------------------------------------------------- pruning chapters (3, 4)
@@ -394,18 +463,18 @@ def print_selected(records: dict[tuple[str, int], dict[str, Any]]) -> None:
 
 def glue_selected(prefix: str, final, summary, dataset: str) -> None:
     """Glue a pruning chapter's numbers for the text, as ``<prefix>_acc``, ``<prefix>_delta``, ...: the
-    selected rounds of ``dataset`` (mean ± std over seeds) and the ``summary`` table."""
+    selected rounds of ``dataset`` (mean over seeds with its 95% interval) and the ``summary`` table."""
     from myst_nb import glue
 
     sel = final[final["dataset"] == dataset]
     glue(f"{prefix}_dataset", dataset, display=False)
-    glue(f"{prefix}_acc", mean_std(sel["accuracy_test"], 100, 1), display=False)
-    glue(f"{prefix}_ref_acc", mean_std(sel["reference_accuracy"], 100, 1), display=False)
-    glue(f"{prefix}_delta", mean_std(sel["accuracy_drop"], -100, 2), display=False)
-    glue(f"{prefix}_round0_acc", mean_std(sel["round0_accuracy"], 100, 1), display=False)
+    glue(f"{prefix}_acc", mean_ci(sel["accuracy_test"], 100, 1), display=False)
+    glue(f"{prefix}_ref_acc", mean_ci(sel["reference_accuracy"], 100, 1), display=False)
+    glue(f"{prefix}_delta", mean_ci(sel["accuracy_drop"], -100, 2, se=sel["drop_se_test"]), display=False)
+    glue(f"{prefix}_round0_acc", mean_ci(sel["round0_accuracy"], 100, 1), display=False)
     glue(f"{prefix}_se", f"{100 * sel['drop_se_test'].mean():.2f}", display=False)
-    glue(f"{prefix}_params_pruned", mean_std(sel["param_pruning_ratio"], 100, 1), display=False)
-    glue(f"{prefix}_flops_pruned", mean_std(sel["flop_pruning_ratio"], 100, 1), display=False)
+    glue(f"{prefix}_params_pruned", mean_ci(sel["param_pruning_ratio"], 100, 1), display=False)
+    glue(f"{prefix}_flops_pruned", mean_ci(sel["flop_pruning_ratio"], 100, 1), display=False)
     glue(f"{prefix}_summary", summary, display=False)
 
 
@@ -440,24 +509,27 @@ def method_runs(records: dict[tuple[str, str, int], dict[str, Any]]):
     return runs
 
 
-def method_table(runs, datasets):
-    """Chapter 5's main table: per data set (in the order of ``datasets``) and method, mean ± std over
-    seeds of :func:`method_runs`' columns."""
+def method_table(runs, datasets, max_drop: float | None = None):
+    """Chapter 5's main table: per data set (in the order of ``datasets``) and method, the mean over
+    seeds of :func:`method_runs`' columns with its 95% interval (:func:`mean_ci`; the change of a
+    single run: ± 1.96 paired standard errors), and where the change stands against ``max_drop``
+    (:func:`budget_verdict`) when it is given."""
     import pandas as pd
 
     out = []
     for (ds, m), g in runs.groupby(["dataset", "method"], sort=True, observed=True):
         out.append({"dataset": ds, "method": m,
-                    "reference (%)": mean_std(g["before"], 100, 1),
-                    "round 0 (%)": mean_std(g["round0"], 100, 1),
-                    "accuracy after (%)": mean_std(g["after"], 100, 1),
-                    "change (pts)": mean_std(g["change"], 100, 2),
+                    "reference (%)": mean_ci(g["before"], 100, 1),
+                    "round 0 (%)": mean_ci(g["round0"], 100, 1),
+                    "accuracy after (%)": mean_ci(g["after"], 100, 1),
+                    "change (pts)": mean_ci(g["change"], 100, 2, se=g["se"]),
                     "paired SE (pts)": f"{100 * g['se'].mean():.2f}",
-                    "params (M)": mean_std(g["params"], 1e-6, 3),
-                    "FLOPs (M)": mean_std(g["flops"], 1e-6, 2),
-                    "params pruned (%)": mean_std(g["params_pruned"], 100, 1),
-                    "FLOPs pruned (%)": mean_std(g["flops_pruned"], 100, 1),
-                    "seeds": g["seed"].nunique()})
+                    "params (M)": mean_ci(g["params"], 1e-6, 3),
+                    "FLOPs (M)": mean_ci(g["flops"], 1e-6, 2),
+                    "params pruned (%)": mean_ci(g["params_pruned"], 100, 1),
+                    "FLOPs pruned (%)": mean_ci(g["flops_pruned"], 100, 1),
+                    "seeds": g["seed"].nunique(),
+                    **({} if max_drop is None else {"budget": budget_verdict(g["change"], max_drop, se=g["se"])})})
     ds_order = {d: i for i, d in enumerate(datasets)}
     return pd.DataFrame(out).sort_values("dataset", key=lambda c: c.map(ds_order), kind="stable").reset_index(drop=True)
 
@@ -511,18 +583,18 @@ def pick_dataset(candidates, datasets, fallback: str) -> str:
 
 
 def glue_method(prefix: str, runs, ds: str, method: str) -> None:
-    """Glue one method's numbers on one data set (mean ± std over seeds of :func:`method_runs`) as
+    """Glue one method's numbers on one data set (mean over seeds of :func:`method_runs`, 95% interval) as
     ``<prefix>_acc``, ``<prefix>_before``, ``<prefix>_delta``, sizes and ratios."""
     from myst_nb import glue
 
     g = runs[(runs["dataset"] == ds) & (runs["method"] == method)]
-    glue(f"{prefix}_acc", mean_std(g["after"], 100, 1), display=False)
-    glue(f"{prefix}_before", mean_std(g["before"], 100, 1), display=False)
-    glue(f"{prefix}_delta", mean_std(g["change"], 100, 2), display=False)
-    glue(f"{prefix}_params", mean_std(g["params"], 1e-6, 3), display=False)
-    glue(f"{prefix}_flops", mean_std(g["flops"], 1e-6, 2), display=False)
-    glue(f"{prefix}_params_pruned", mean_std(g["params_pruned"], 100, 1), display=False)
-    glue(f"{prefix}_flops_pruned", mean_std(g["flops_pruned"], 100, 1), display=False)
+    glue(f"{prefix}_acc", mean_ci(g["after"], 100, 1), display=False)
+    glue(f"{prefix}_before", mean_ci(g["before"], 100, 1), display=False)
+    glue(f"{prefix}_delta", mean_ci(g["change"], 100, 2, se=g["se"]), display=False)
+    glue(f"{prefix}_params", mean_ci(g["params"], 1e-6, 3), display=False)
+    glue(f"{prefix}_flops", mean_ci(g["flops"], 1e-6, 2), display=False)
+    glue(f"{prefix}_params_pruned", mean_ci(g["params_pruned"], 100, 1), display=False)
+    glue(f"{prefix}_flops_pruned", mean_ci(g["flops_pruned"], 100, 1), display=False)
 
 
 # ------------------------------------------------------------------------- other chapters (1, 6, 7)

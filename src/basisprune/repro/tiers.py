@@ -1,6 +1,7 @@
 """Result tiers: the CPU tier that ``make book`` recomputes, and tiers run elsewhere and committed.
 
-A committed tier (the GPU tier) is one sweep (``sweeps/gpu_tier.yaml``) run on one machine; its
+A committed tier (the GPU tier, the seeds tier) is one sweep (``sweeps/gpu_tier.yaml``,
+``sweeps/seeds.yaml``) run on one machine; its
 results files, each with its own provenance, are copied to ``data/results/<tier>/`` with a
 ``tier.json`` that says what ran where: the device and its driver, torch, the commit, the sweep's
 wall time. The book reads them and never shows a number no run produced: a tier without results
@@ -8,6 +9,9 @@ is reported as missing.
 
     python benchmarks/gpu_tier.py                      # on a GPU machine: run and commit the tier
     python benchmarks/gpu_tier.py --smoke --out DIR    # the same code path on a CPU, tiny sizes
+    python benchmarks/seeds_tier.py                    # the seeds tier (chapter 5's runs, many seeds)
+
+:func:`tier_check` says whether a recomputed table's means fall inside a tier's 95% intervals.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from typing import Any
 from . import sweep
 from .results import provenance, read_results, write_json
 
-__all__ = ["TIER_FILE", "SMOKE_OVERRIDES", "gpu_driver", "run_tier", "load_tier", "tier_rows", "tier_table"]
+__all__ = ["TIER_FILE", "SMOKE_OVERRIDES", "gpu_driver", "processor", "run_tier", "load_tier", "tier_rows", "tier_table",
+           "tier_check", "SEEDS_TIER", "seeds_tier_status"]
 
 TIER_FILE = "tier.json"
 
@@ -45,6 +50,12 @@ def gpu_driver() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out[0].strip() if out else None
+
+
+def processor(hardware: dict[str, Any]) -> str:
+    """What ran a results file's numbers: the GPU's name, else the CPU model, else the machine type."""
+    return hardware.get("cuda_device") or hardware.get("cpu_model") or hardware.get("processor") or \
+        hardware.get("machine") or "unknown"
 
 
 def run_tier(spec: str | Path | dict, out: str | Path, *, workers: int | None = None,
@@ -81,7 +92,7 @@ def run_tier(spec: str | Path | dict, out: str | Path, *, workers: int | None = 
     hw = prov["hardware"]
     tier = {"spec": raw, "files": sorted(written), "cells": len(result.cells), "failed": failed,
             "wall_seconds": round(result.wall_seconds, 1), "git": prov["git"], "versions": prov["versions"],
-            "device": hw["cuda_device"] or hw["processor"] or hw["machine"], "cuda_driver": gpu_driver(),
+            "device": processor(hw), "cuda_driver": gpu_driver(),
             "cuda_version": hw["cuda_version"], "hardware": hw,
             "written_utc": _dt.datetime.now(_dt.timezone.utc).isoformat()}
     write_json(out / TIER_FILE, tier)
@@ -101,32 +112,86 @@ def load_tier(directory: str | Path) -> tuple[dict[str, Any], list[dict[str, Any
 
 
 def tier_rows(records: list[dict[str, Any]], tier: str) -> list[dict[str, Any]]:
-    """One row per run: tier, model, image size, dataset, experiment, seed and the selected round."""
+    """One row per run: tier, model, image size, dataset, experiment, seed, the selected round (with the
+    paired standard error of its test change) and the processor that ran it."""
     rows = []
     for r in records:
         p, f = r["params"], r["final"]
         rows.append({"tier": tier, "model": p["model"], "image_size": p["image_size"], "dataset": p["dataset"],
                      "experiment": r["experiment"], "seed": p["seed"],
                      "train_images": r.get("split_sizes", {}).get("train"),
+                     "test_images": r.get("split_sizes", {}).get("test"), "se": f["drop_se_test"],
                      "reference": f["reference_test"], "after": f["accuracy_test"], "change": -f["accuracy_drop"],
                      "params_pruned": f["param_pruning_ratio"], "flops_pruned": f["flop_pruning_ratio"],
-                     "device": (r.get("provenance", {}).get("hardware", {}) or {}).get("cuda_device") or "CPU"})
+                     "device": processor(r.get("provenance", {}).get("hardware", {}) or {})})
     return rows
 
 
 def tier_table(rows: list[dict[str, Any]]):
-    """Mean ± std over seeds per tier, model, image size, dataset and experiment."""
+    """Per tier, model, image size, dataset and experiment, the mean over seeds with its 95% interval
+    (:func:`basisprune.repro.report.mean_ci`; one seed: the change ± 1.96 paired standard errors)."""
     import pandas as pd
 
-    from .report import mean_std
+    from .report import mean_ci
 
     df = pd.DataFrame(rows)
     out = []
     keys = ["tier", "model", "image_size", "dataset", "experiment"]
     for k, g in df.groupby(keys, sort=False):
         out.append({**dict(zip(keys, k)), "train images": int(g["train_images"].iloc[0]),
-                    "reference (%)": mean_std(g["reference"], 100, 1), "after (%)": mean_std(g["after"], 100, 1),
-                    "change (pts)": mean_std(g["change"], 100, 2), "params pruned (%)": mean_std(g["params_pruned"], 100, 1),
-                    "FLOPs pruned (%)": mean_std(g["flops_pruned"], 100, 1), "seeds": g["seed"].nunique(),
+                    "reference (%)": mean_ci(g["reference"], 100, 1), "after (%)": mean_ci(g["after"], 100, 1),
+                    "change (pts)": mean_ci(g["change"], 100, 2, se=g["se"]),
+                    "params pruned (%)": mean_ci(g["params_pruned"], 100, 1),
+                    "FLOPs pruned (%)": mean_ci(g["flops_pruned"], 100, 1), "seeds": g["seed"].nunique(),
                     "hardware": ", ".join(sorted(set(g["device"])))})
     return pd.DataFrame(out)
+
+
+def tier_check(recomputed, rows: list[dict[str, Any]], columns=("change", "params_pruned")):
+    """Whether each mean of a recomputed table lies inside the tier's 95% interval over seeds.
+
+    ``recomputed``: chapter 5's :func:`basisprune.repro.report.method_runs` frame (``method`` is
+    ``"channel pruning"``, ``"basis pruning"``, ``"double pruning"``, ...); ``rows``: a tier's
+    :func:`tier_rows`. One row per data set and experiment that both have, per column: the tier's
+    mean, interval and seeds, the recomputed mean and seeds, and ``inside`` (True/False).
+    """
+    import pandas as pd
+
+    from .report import interval
+
+    tier = pd.DataFrame(rows)
+    out = []
+    for (ds, exp), g in tier.groupby(["dataset", "experiment"], sort=False):
+        mine = recomputed[(recomputed["dataset"] == ds) & (recomputed["method"] == exp.replace("_", " "))]
+        if mine.empty:
+            continue
+        for col in columns:
+            m, lo, hi = interval(g[col], g["se"] if col == "change" else None)
+            r = float(mine[col].mean())
+            out.append({"dataset": ds, "experiment": exp, "column": col, "tier_mean": m, "tier_low": lo,
+                        "tier_high": hi, "tier_seeds": int(g["seed"].nunique()), "recomputed_mean": r,
+                        "recomputed_seeds": int(mine["seed"].nunique()), "inside": bool(lo <= r <= hi)})
+    return pd.DataFrame(out)
+
+
+#: Where the seeds tier (``sweeps/seeds.yaml``, ``benchmarks/seeds_tier.py``) is committed, in the project.
+SEEDS_TIER = Path("data") / "results" / "seeds"
+
+
+def seeds_tier_status(recomputed, directory: str | Path | None = None) -> tuple[str, Any]:
+    """One sentence about the committed seeds tier (``directory``, default :data:`SEEDS_TIER` in the
+    project) and the table of :func:`tier_check` (None when the tier is not committed): how many runs,
+    on which processor, and how many of the recomputed table's means fall inside its 95% intervals."""
+    from .report import repo_root
+
+    loaded = load_tier(directory if directory is not None else repo_root() / SEEDS_TIER)
+    if loaded is None:
+        return ("No seeds tier is committed yet (data/results/seeds/): run `python benchmarks/seeds_tier.py` "
+                "(sweeps/seeds.yaml) and commit what it writes.", None)
+    tier, records = loaded
+    check = tier_check(recomputed, tier_rows(records, "seeds"))
+    inside = int(check["inside"].sum()) if len(check) else 0
+    commit = (tier["git"].get("commit") or "unknown")[:10]
+    return (f"The seeds tier: {len(records)} runs on {tier['device']} (code commit {commit}, "
+            f"{tier['wall_seconds'] / 60:.0f} minutes); {inside} of {len(check)} means of the recomputed table "
+            "lie inside the tier's 95% intervals.", check)

@@ -6,7 +6,8 @@ A spec names an experiment (or several), a profile, lists of parameter values an
     experiment: basis_pruning          # or a list: [channel_pruning, basis_pruning]
     profile: smoke
     params:                            # the cross product of these lists (a scalar is one value);
-      basis_fraction: [0.2, 0.3]       # a list of such mappings is the union of their grids
+      basis_fraction: [0.2, 0.3]       # a list of such mappings is the union of their grids;
+                                       # a grid's own ``seeds`` list replaces the top-level one
     seeds: [0, 1]                      # default: the profile's seeds
     backend: local                     # local | slurm | submitit-local
     local: {workers: 2}

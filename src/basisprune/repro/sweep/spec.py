@@ -79,6 +79,13 @@ class SweepSpec:
     backend: str
     options: dict[str, dict[str, Any]]
     source: str = "<spec>"
+    #: Per grid, its own seeds (None: :attr:`seeds`); empty: every grid takes :attr:`seeds`.
+    grid_seeds: tuple[tuple[int, ...] | None, ...] = ()
+
+    def seeds_of(self, i: int) -> tuple[int, ...]:
+        """The seeds of grid ``i``."""
+        own = self.grid_seeds[i] if i < len(self.grid_seeds) else None
+        return self.seeds if own is None else own
 
 
 def _fail(source: str, where: str, what: str) -> ValueError:
@@ -116,19 +123,23 @@ def _values(source: str, where: str, raw: Any, coerce: Callable[[Any], Any]) -> 
     return tuple(out)
 
 
-def _grid(source: str, where: str, raw: Any) -> dict[str, tuple[Any, ...]]:
+def _grid(source: str, where: str, raw: Any,
+          seed: Callable[[Any], int]) -> tuple[dict[str, tuple[Any, ...]], tuple[int, ...] | None]:
+    """A grid's parameter value lists, and its own seeds (None when it has no ``seeds`` key)."""
     if not isinstance(raw, dict):
         raise _fail(source, where, f"expected a mapping of parameter name to a list of values, got {raw!r}")
     grid = {}
+    raw = dict(raw)
+    seeds = _values(source, f"{where}.seeds", raw.pop("seeds"), seed) if "seeds" in raw else None
     for name, vals in raw.items():
         if name == "seed":
-            raise _fail(source, f"{where}.seed", "give seeds as the top-level 'seeds' list")
+            raise _fail(source, f"{where}.seed", "give seeds as the top-level 'seeds' list (or a grid's 'seeds')")
         if name not in profiles.PARAMETERS:
             raise _fail(source, f"{where}.{name}",
                         f"unknown parameter {name!r}; allowed: {', '.join(sorted(profiles.PARAMETERS))}")
         grid[name] = _values(source, f"{where}.{name}", vals,
                              lambda v, n=name: _coerce(source, f"{where}.{n}", n, v))
-    return grid
+    return grid, seeds
 
 
 def _options(source: str, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -191,13 +202,15 @@ def load(spec: str | os.PathLike | Mapping[str, Any], **overrides: Any) -> Sweep
     if params is None or params == []:  # not "no overrides": likely a list whose items were lost
         raise _fail(source, "params", f"{'empty list of grids' if params == [] else 'no value'}; give a mapping of "
                     "parameter to values (or a list of such mappings), or leave params out to run the profile's values")
-    grids = tuple(_grid(source, f"params[{i}]", g) for i, g in enumerate(params)) if isinstance(params, list) \
-        else (_grid(source, "params", params),)
 
     def seed(v: Any) -> int:
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise _fail(source, "seeds", f"expected non-negative integers, got {v!r}")
         return v
+
+    parsed = tuple(_grid(source, f"params[{i}]", g, seed) for i, g in enumerate(params)) \
+        if isinstance(params, list) else (_grid(source, "params", params, seed),)
+    grids, grid_seeds = tuple(g for g, _ in parsed), tuple(s for _, s in parsed)
 
     seeds = _values(source, "seeds", raw["seeds"], seed) if "seeds" in raw \
         else tuple(profiles.get(profile)["seeds"])
@@ -212,7 +225,8 @@ def load(spec: str | os.PathLike | Mapping[str, Any], **overrides: Any) -> Sweep
     if backend not in BACKENDS:
         raise _fail(source, "backend", f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     return SweepSpec(name=name, experiments=tuple(exps), profile=profile, grids=grids, seeds=seeds,
-                     folder=Path(folder), backend=backend, options=_options(source, raw), source=source)
+                     folder=Path(folder), backend=backend, options=_options(source, raw), source=source,
+                     grid_seeds=grid_seeds)
 
 
 # ------------------------------------------------------------------------------------- cells
@@ -263,10 +277,10 @@ def expand(spec: SweepSpec) -> list[Cell]:
     """
     cells: dict[str, Cell] = {}
     remote = spec.backend == "slurm"
-    for grid in spec.grids:
+    for i, grid in enumerate(spec.grids):
         names = list(grid)
         for experiment, values, seed in itertools.product(spec.experiments, itertools.product(*grid.values()),
-                                                          spec.seeds):
+                                                          spec.seeds_of(i)):
             overrides = tuple(sorted(zip(names, values)))
             fp = fingerprint(experiment, spec.profile, dict(overrides), seed)
             if fp in cells:
