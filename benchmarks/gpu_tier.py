@@ -11,20 +11,15 @@ runs the same code on a CPU at tiny sizes (the smoke profile's digits), for test
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from basisprune.repro.tiers import run_tier
+from basisprune.repro.tiers import run_tier, tier_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--spec", type=Path, default=ROOT / "sweeps" / "gpu_tier.yaml")
-    ap.add_argument("--out", type=Path, default=ROOT / "data" / "results" / "gpu")
-    ap.add_argument("--folder", type=Path, default=None, help="sweep folder (default: runs/sweeps/<name>)")
-    ap.add_argument("--workers", type=int, default=None, help="cells at a time (default: the spec's)")
+    ap = tier_parser(__doc__, ROOT / "sweeps" / "gpu_tier.yaml", ROOT / "data" / "results" / "gpu")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (checks the code path)")
     args = ap.parse_args()
     tier = run_tier(args.spec, args.out, workers=args.workers, folder=args.folder, smoke=args.smoke)

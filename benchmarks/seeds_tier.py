@@ -14,26 +14,25 @@ A killed sweep started again runs only the missing cells (each cell also resumes
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
-
-import yaml
 
 from basisprune.repro import sweep
 from basisprune.repro.results import read_results
-from basisprune.repro.tiers import run_tier
+from basisprune.repro.tiers import run_tier, tier_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "data" / "results" / "default"
 
 
-def estimate(spec_path: Path, workers: int) -> dict[str, float]:
+def estimate(spec_path: Path, workers: int | None = None) -> dict[str, float]:
     """Core-seconds and wall seconds of the spec's cells, from the committed default-profile runs:
     per experiment and data set, the mean over the committed seeds of the pipeline's compute time plus
     its fair reference's. A cell whose test split is larger than the committed run's is scaled by the
     extra evaluation, counting one evaluated image as a third of a trained one (forward pass only):
     per round, model and reference train ``epochs_per_round`` epochs and evaluate val + test once."""
-    cells = sweep.expand(sweep.load(spec_path))
+    spec = sweep.load(spec_path)
+    workers = workers or spec.options.get("local", {}).get("workers", 1)
+    cells = sweep.expand(spec)
     seconds, total = {}, 0.0
     for c in cells:
         key = (c.experiment, c.params["dataset"])
@@ -56,16 +55,12 @@ def estimate(spec_path: Path, workers: int) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--spec", type=Path, default=ROOT / "sweeps" / "seeds.yaml")
-    ap.add_argument("--out", type=Path, default=ROOT / "data" / "results" / "seeds")
-    ap.add_argument("--folder", type=Path, default=None, help="sweep folder (default: runs/sweeps/<name>)")
-    ap.add_argument("--workers", type=int, default=None, help="cells at a time (default: the spec's)")
+    ap = tier_parser(__doc__, ROOT / "sweeps" / "seeds.yaml", ROOT / "data" / "results" / "seeds")
     ap.add_argument("--estimate", action="store_true", help="print the estimated wall time and stop")
     args = ap.parse_args()
     if args.estimate:
-        workers = args.workers or (yaml.safe_load(args.spec.read_text())).get("local", {}).get("workers", 1)
-        e = estimate(args.spec, workers)
+        e = estimate(args.spec, args.workers)
+        workers = e["workers"]
         print(f"{e['cells']} cells, {e['core_seconds'] / 3600:.1f} core-hours, about {e['wall_seconds'] / 3600:.1f} h "
               f"of wall time with {workers} worker(s); per cell (s): {e['per_cell_seconds']}")
         return

@@ -16,6 +16,7 @@ is reported as missing.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import shutil
 import subprocess
@@ -56,6 +57,16 @@ def processor(hardware: dict[str, Any]) -> str:
     """What ran a results file's numbers: the GPU's name, else the CPU model, else the machine type."""
     return hardware.get("cuda_device") or hardware.get("cpu_model") or hardware.get("processor") or \
         hardware.get("machine") or "unknown"
+
+
+def tier_parser(doc: str | None, spec: Path, out: Path) -> argparse.ArgumentParser:
+    """The command line a tier runner in ``benchmarks/`` shares: ``--spec``, ``--out``, ``--folder``, ``--workers``."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spec", type=Path, default=spec)
+    ap.add_argument("--out", type=Path, default=out)
+    ap.add_argument("--folder", type=Path, default=None, help="sweep folder (default: runs/sweeps/<name>)")
+    ap.add_argument("--workers", type=int, default=None, help="cells at a time (default: the spec's)")
+    return ap
 
 
 def run_tier(spec: str | Path | dict, out: str | Path, *, workers: int | None = None,
