@@ -284,17 +284,17 @@ SECTIONS = ("pai", "timing")
 # subsets, ``epochs`` = its ``transfer_epochs``, ``lr`` = its ``full_lr``, ``prune_batch_size`` = its
 # ``batch_size``; ``targets`` are matched to TRANSFER_TARGETS records, ``fixed`` are extra labelled
 # sparsities); ``cost`` is prune_cost / cost_table. The default profile's ``pai`` is sized for 2 CPU
-# cores (the whole notebook in about 4 to 5 minutes): Fashion-MNIST at 28 px, 2,000 training
+# cores: Fashion-MNIST at 28 px, 2,000 training
 # images, one epoch, vgg_small at width 8 (18.4k prunable weights), SynFlow with 20 rounds instead
-# of 100, pruning batches of 64, the cost table's median of 3 calls per method (50 s; 5 took 80 s);
+# of 100, pruning batches of 64, the cost table's median of 3 calls per method;
 # the transfer fine-tuning runs two epochs on 1,800 of the training images at Adam lr 1e-3 instead
 # of the experiments profile's five epochs on all of them (3,600 for mnist5k) at its ``full_lr``
 # 3e-4 (after one epoch at 3e-4 the pruned MobileNetV2 was still at chance accuracy).
 # ``timing`` (efficiency.speed_table): seconds of timing per model, batch size and round (at least),
 # runs per round (at least), untimed warm-up calls, rounds (every model timed once per round, so that
 # a change of load on a shared machine hits all models alike), ONNX Runtime calls; and the per-layer
-# timings of the latency fold rule. The default profile times 2 rounds: chapter 7's speed table then
-# takes 79 s on 2 cores, against 126 s with 3 (the book's build is held to 30 minutes).
+# timings of the latency fold rule. The default profile times 2 rounds so that chapter 7 fits the
+# book's build time (its timings are in the book's results, not here).
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
         "dataset": "digits",
