@@ -144,22 +144,6 @@ def test_peer_with_nothing_to_prune_is_a_copy():
     assert bp.count_params(net) == bp.count_params(ref)
 
 
-def test_finetune_timed_stops_at_target_and_counts_time():
-    """The history starts with epoch 0, wall seconds grow and include the starting offset; with
-    stop_at_target and a target already met, no epoch is trained."""
-    g = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(16, *SHAPE, generator=g), torch.randint(0, 5, (16,), generator=g))
-    loaders = {"train": DataLoader(data, batch_size=8), "test": DataLoader(data, batch_size=16)}
-    hist = efficiency._finetune_timed(tiny_net(), loaders, 2, 1e-2, torch.device("cpu"), target=None,
-                                      stop_at_target=False, start_seconds=5.0)
-    assert [h["epoch"] for h in hist] == [0, 1, 2]
-    walls = [h["wall_seconds"] for h in hist]
-    assert walls[0] >= 5.0 and walls == sorted(walls)
-    hist = efficiency._finetune_timed(tiny_net(), loaders, 3, 1e-2, torch.device("cpu"), target=0.0,
-                                      stop_at_target=True, start_seconds=0.0)
-    assert [h["epoch"] for h in hist] == [0]
-
-
 def _record(experiment, hist_len, stages=None, **p):
     params = {"epochs_per_round": 1, "warmup_epochs": 5, "channel_warmup_epochs": None, **p}
     rec = {"experiment": experiment, "params": params, "history": [{}] * hist_len}

@@ -45,15 +45,34 @@ def test_unreachable_target_is_refused():
 
 
 def test_finetune_changes_weights_and_returns_history():
-    """finetune trains all weights (every conv changes) and returns one history entry per epoch
-    plus the initial evaluation, with accuracies and wall time."""
+    """finetune trains all weights (every conv changes), freezes them afterwards and returns one
+    history entry per epoch plus the initial evaluation, with accuracies."""
     net = peer.torch_pruning_channel_prune(tiny_resnet(), X, 0.3)
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(16, 1, 16, 16, generator=g), torch.randint(0, 4, (16,), generator=g))
     loaders = {"train": DataLoader(data, batch_size=8), "test": DataLoader(data, batch_size=16)}
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
-    out = peer.finetune(net, loaders, epochs=2, lr=1e-2, device="cpu")
-    assert [h["epoch"] for h in out["history"]] == [0, 1, 2]
-    assert out["eval_split"] == "test" and 0.0 <= out["final_accuracy"] <= 1.0 and out["wall_time_s"] > 0
+    hist = peer.finetune(net, loaders, epochs=2, lr=1e-2, device="cpu")
+    assert [h["epoch"] for h in hist] == [0, 1, 2]
+    assert all(0.0 <= h["accuracy_test"] <= 1.0 for h in hist)
     convs = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
     assert all(not torch.equal(before[f"{n}.weight"], net.get_submodule(n).weight) for n in convs)
+    assert not any(p.requires_grad for p in net.parameters()) and not net.training
+
+
+def test_finetune_counts_wall_time_from_start_seconds():
+    """Wall seconds grow epoch by epoch and include the starting offset."""
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(16, 1, 16, 16, generator=g), torch.randint(0, 4, (16,), generator=g))
+    loaders = {"train": DataLoader(data, batch_size=8), "test": DataLoader(data, batch_size=16)}
+    walls = [h["wall_seconds"] for h in peer.finetune(tiny_resnet(), loaders, 2, 1e-2, start_seconds=5.0)]
+    assert walls[0] >= 5.0 and walls == sorted(walls)
+
+
+def test_finetune_stops_at_a_met_target():
+    """With stop_at_target and a target the initial evaluation already meets, no epoch is trained."""
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(16, 1, 16, 16, generator=g), torch.randint(0, 4, (16,), generator=g))
+    loaders = {"train": DataLoader(data, batch_size=8), "test": DataLoader(data, batch_size=16)}
+    hist = peer.finetune(tiny_resnet(), loaders, 3, 1e-2, target=0.0, stop_at_target=True)
+    assert [h["epoch"] for h in hist] == [0]

@@ -343,35 +343,6 @@ def timed_run(experiment: str, profile: str = "default", **params: Any) -> dict[
 
 
 # ------------------------------------------------------------------------------ the peer
-def _finetune_timed(model: nn.Module, loaders: Mapping[str, Any], epochs: int, lr: float, device: torch.device,
-                    *, target: float | None, stop_at_target: bool, start_seconds: float,
-                    memory_format: str | None = None) -> list[dict[str, Any]]:
-    """Fine-tune all weights (Adam, BatchNorm in train mode, as :func:`basisprune.repro.peer.finetune`),
-    evaluating the test split after every epoch; wall seconds are cumulative from ``start_seconds``."""
-    from .train import evaluate, train_epoch
-
-    for prm in model.parameters():
-        prm.requires_grad_(True)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    t0 = time.perf_counter() - start_seconds
-    ev = evaluate(model, loaders["test"], device=device, desc="peer test")
-    hist = [{"epoch": 0, "train_loss": None, "train_accuracy": None, "accuracy_test": ev["accuracy"],
-             "train_seconds": 0.0, "eval_seconds": ev["seconds"], "wall_seconds": time.perf_counter() - t0}]
-    for e in range(1, epochs + 1):
-        if stop_at_target and target is not None and hist[-1]["accuracy_test"] >= target:
-            break
-        tr = train_epoch(model, loaders["train"], opt, device=device, bn_mode="train", desc=f"peer finetune {e}",
-                         memory_format=memory_format)
-        ev = evaluate(model, loaders["test"], device=device, desc="peer test")
-        hist.append({"epoch": e, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
-                     "accuracy_test": ev["accuracy"], "train_seconds": tr["seconds"],
-                     "eval_seconds": ev["seconds"], "wall_seconds": time.perf_counter() - t0})
-    model.eval()
-    for prm in model.parameters():
-        prm.requires_grad_(False)
-    return hist
-
-
 def prune_to_flops(reference: nn.Module, example_input: torch.Tensor, target_ratio: float,
                    importance: str = "magnitude") -> tuple[nn.Module, dict[str, Any]]:
     """Torch-Pruning's channel pruning of a copy of ``reference`` to FLOPs at most
@@ -471,9 +442,11 @@ def peer_comparison(
         t0 = time.perf_counter()
         peer_model, info = prune_to_flops(reference, ctx.example, target_ratio, importance)
         prune_seconds = time.perf_counter() - t0
-        hist = _finetune_timed(peer_model, ctx.loaders, n_epochs, p["full_lr"], ctx.device, target=target_acc,
-                               stop_at_target=stop_at_target, start_seconds=prune_seconds,
-                               memory_format=p["memory_format"])
+        from . import peer as _peer  # imported by prune_to_flops already (torch_pruning is slow to import)
+
+        hist = _peer.finetune(peer_model, ctx.loaders, n_epochs, p["full_lr"], ctx.device, target=target_acc,
+                              stop_at_target=stop_at_target, start_seconds=prune_seconds,
+                              memory_format=p["memory_format"])
         peer_model = peer_model.cpu().eval()
         stats = {"params": count_params(peer_model), "flops": count_flops(peer_model, ctx.example.cpu())}
         run = {

@@ -230,69 +230,55 @@ def finetune(
     lr: float,
     device: str | torch.device = "cpu",
     *,
-    optimizer: str = "adam",
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    eval_split: str | None = None,
-    bn_mode: str = "train",
-    evaluate_first: bool = True,
+    eval_split: str = "test",
+    target: float | None = None,
+    stop_at_target: bool = False,
+    start_seconds: float = 0.0,
     memory_format: str | None = None,
-) -> dict[str, Any]:
-    """Train *all* weights of ``model`` (in place) for ``epochs`` epochs and evaluate after each.
+) -> list[dict[str, Any]]:
+    """Train *all* weights of ``model`` (in place; Adam, BatchNorm in train mode) for up to ``epochs``
+    epochs, evaluating ``eval_split`` before training and after every epoch; the weights are frozen
+    and the model in eval mode afterwards.
 
-    Uses :func:`basisprune.repro.train.train_epoch` and :func:`basisprune.repro.train.evaluate`.
+    Uses :func:`basisprune.repro.train.train_epoch` (the one optimizer-step loop) and
+    :func:`basisprune.repro.train.evaluate`.
 
     Args:
-        loaders: ``{"train": ..., "val": ..., "test": ...}`` as from
-            :func:`basisprune.repro.data.make_loaders`.
-        optimizer: ``"adam"`` or ``"sgd"`` (with ``momentum``).
-        eval_split: loader evaluated after each epoch (default ``"val"`` if present, else ``"test"``).
-        bn_mode: BatchNorm mode while training (``"train"`` updates running statistics).
-        evaluate_first: also evaluate before training (history entry with ``epoch`` 0).
+        loaders: ``{"train": ..., eval_split: ...}`` as from :func:`basisprune.repro.data.make_loaders`.
+        target, stop_at_target: with both, stop before an epoch once the last evaluation reached
+            ``target``.
+        start_seconds: seconds already spent (e.g. pruning), added to every ``wall_seconds``.
         memory_format: layout of the 4-D weights while training (``train_epoch``'s).
 
     Returns:
-        ``history`` (one dict per epoch: ``epoch``, ``train_loss``, ``train_accuracy``,
-        ``eval_loss``, ``eval_accuracy``, ``seconds``), ``eval_split``, ``final_accuracy``,
-        ``wall_time_s`` (whole call) and ``train_time_s`` (training passes only).
+        The history, one dict per evaluation: ``epoch`` (0 before training), ``train_loss``,
+        ``train_accuracy``, ``accuracy_<eval_split>``, ``train_seconds``, ``eval_seconds`` and
+        ``wall_seconds`` (cumulative from ``start_seconds``).
     """
     from .train import evaluate, train_epoch
 
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
-    if "train" not in loaders:
-        raise ValueError(f"loaders need a 'train' entry, got {sorted(loaders)}")
-    split = eval_split or ("val" if "val" in loaders else "test")
-    if split not in loaders:
-        raise ValueError(f"no {split!r} loader; loaders: {sorted(loaders)}")
-    for p in model.parameters():
-        p.requires_grad_(True)
-    params = [p for p in model.parameters()]
-    if optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    else:
-        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-    start = time.perf_counter()
-    history: list[dict[str, Any]] = []
-    if evaluate_first:
-        ev = evaluate(model, loaders[split], device=device)
-        history.append({"epoch": 0, "train_loss": None, "train_accuracy": None,
-                        "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"], "seconds": 0.0})
-    train_time = 0.0
-    for epoch in range(1, epochs + 1):
-        tr = train_epoch(model, loaders["train"], opt, device=device, bn_mode=bn_mode, desc=f"finetune {epoch}",
+    if "train" not in loaders or eval_split not in loaders:
+        raise ValueError(f"loaders need 'train' and {eval_split!r} entries, got {sorted(loaders)}")
+    acc = f"accuracy_{eval_split}"
+    for prm in model.parameters():
+        prm.requires_grad_(True)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    t0 = time.perf_counter() - start_seconds
+    ev = evaluate(model, loaders[eval_split], device=device, desc=f"peer {eval_split}")
+    hist = [{"epoch": 0, "train_loss": None, "train_accuracy": None, acc: ev["accuracy"],
+             "train_seconds": 0.0, "eval_seconds": ev["seconds"], "wall_seconds": time.perf_counter() - t0}]
+    for e in range(1, epochs + 1):
+        if stop_at_target and target is not None and hist[-1][acc] >= target:
+            break
+        tr = train_epoch(model, loaders["train"], opt, device=device, bn_mode="train", desc=f"peer finetune {e}",
                          memory_format=memory_format)
-        train_time += tr["seconds"]
-        ev = evaluate(model, loaders[split], device=device)
-        history.append({"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
-                        "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"], "seconds": tr["seconds"]})
+        ev = evaluate(model, loaders[eval_split], device=device, desc=f"peer {eval_split}")
+        hist.append({"epoch": e, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
+                     acc: ev["accuracy"], "train_seconds": tr["seconds"],
+                     "eval_seconds": ev["seconds"], "wall_seconds": time.perf_counter() - t0})
     model.eval()
-    return {
-        "history": history,
-        "eval_split": split,
-        "final_accuracy": history[-1]["eval_accuracy"] if history else None,
-        "wall_time_s": time.perf_counter() - start,
-        "train_time_s": train_time,
-    }
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    return hist
