@@ -1,58 +1,33 @@
-"""Tests for basisprune.repro.train: devices, seeding, BN modes, freezing, epochs and resumable fit."""
+"""Tests for basisprune.repro.train: devices, seeding, BN modes, freezing, epochs, checkpoints and streams."""
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from basisprune.repro.results import read_results, strip_volatile
 from basisprune.repro.train import (
     CheckpointError,
     evaluate,
-    fit,
     freeze,
     load_checkpoint,
     pick_device,
+    restore_streams,
     save_checkpoint,
     seed_everything,
     set_bn_mode,
     set_memory_format,
+    stream_state,
     train_epoch,
 )
-
-SCRIPT = Path(__file__).parent / "scripts" / "tiny_fit.py"
-EPOCHS = 4
-KILL_AT_BATCH = 2 * 8 + 3  # the 3rd step of epoch 3 (8 steps per epoch): after epoch 2's checkpoint
 
 
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-class CountingLoader:
-    """Wraps an iterable of batches and counts how many batches were drawn from it."""
-
-    def __init__(self, batches):
-        self.batches = batches
-        self.drawn = 0
-
-    def __iter__(self):
-        for batch in self.batches:
-            self.drawn += 1
-            yield batch
-
-    def __len__(self):
-        return len(self.batches)
-
-
 def tiny_data(n: int = 64, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 4, generator=g) * 3 + 1  # far from BN's initial running stats (0, 1)
@@ -66,88 +41,6 @@ def bn_mlp() -> nn.Module:
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def start_script(workdir: Path, name: str, kill_at: int | None = None) -> subprocess.Popen:
-    cmd = [
-        sys.executable, str(SCRIPT), "--epochs", str(EPOCHS),
-        "--checkpoint", str(workdir / f"{name}.ckpt"),
-        "--results", str(workdir / f"{name}.json"),
-        "--weights", str(workdir / f"{name}.weights"),
-    ]
-    if kill_at is not None:
-        cmd += ["--kill-at-batch", str(kill_at)]
-    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONHASHSEED": "0"}
-    with open(workdir / f"{name}.{'killed' if kill_at else 'run'}.log", "w") as log:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 120) -> int:
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise
-
-
-def log_of(workdir: Path, name: str, killed: bool = False) -> str:
-    return (workdir / f"{name}.{'killed' if killed else 'run'}.log").read_text()
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> SimpleNamespace:
-    """Runs of tests/scripts/tiny_fit.py, two at a time (2 cores):
-
-    ``a`` and ``c`` uninterrupted; ``b`` SIGKILLed mid-epoch 3, then started again on the same
-    checkpoint.
-    """
-    d = tmp_path_factory.mktemp("tiny_fit")
-    a, b = start_script(d, "a"), start_script(d, "b", kill_at=KILL_AT_BATCH)
-    rc_a, rc_b_killed = finish(a), finish(b)
-    assert rc_a == 0, log_of(d, "a")
-    killed_ckpt_epoch = load_checkpoint(d / "b.ckpt")["epoch"] if (d / "b.ckpt").exists() else None
-    killed_left_results = (d / "b.json").exists()
-    b2, c = start_script(d, "b"), start_script(d, "c")
-    rc_b, rc_c = finish(b2), finish(c)
-    assert rc_b == 0, log_of(d, "b")
-    assert rc_c == 0, log_of(d, "c")
-    return SimpleNamespace(
-        dir=d, rc_b_killed=rc_b_killed, killed_ckpt_epoch=killed_ckpt_epoch,
-        killed_left_results=killed_left_results,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# kill and resume, determinism (subprocess runs)
-# --------------------------------------------------------------------------------------------
-def test_kill_happens_mid_run_after_epoch_two_checkpoint(runs):
-    """The crash run really dies by SIGKILL in epoch 3, leaving epoch 2's checkpoint and no results."""
-    assert runs.rc_b_killed == -signal.SIGKILL, log_of(runs.dir, "b", killed=True)
-    assert runs.killed_ckpt_epoch == 2
-    assert not runs.killed_left_results
-
-
-def test_resumed_run_matches_uninterrupted_run(runs):
-    """Killed and restarted, the run ends with the same metrics, history and exact weights."""
-    uninterrupted = strip_volatile(read_results(runs.dir / "a.json"))
-    resumed = strip_volatile(read_results(runs.dir / "b.json"))
-    assert resumed["final"] == uninterrupted["final"]
-    assert resumed["history"] == uninterrupted["history"]
-    assert resumed == uninterrupted
-    wa = torch.load(runs.dir / "a.weights", weights_only=True)
-    wb = torch.load(runs.dir / "b.weights", weights_only=True)
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        assert torch.equal(wa[key], wb[key]), key
-
-
-def test_identical_cpu_runs_write_identical_results(runs):
-    """Two identical CPU runs write the same results file once volatile fields are stripped."""
-    first = read_results(runs.dir / "a.json")
-    second = read_results(runs.dir / "c.json")
-    assert strip_volatile(first) == strip_volatile(second)
-    assert first["final"]["val"]["accuracy"] is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,53 +194,13 @@ def test_evaluate_counts_and_restores_modes():
 # --------------------------------------------------------------------------------------------
 # checkpoints
 # --------------------------------------------------------------------------------------------
-def _fit_setup():
-    torch.manual_seed(0)
-    model = bn_mlp()
-    train = CountingLoader(tiny_data())
-    val = CountingLoader(tiny_data(32, seed=1))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    return model, {"train": train, "val": val}, opt
-
-
-def test_corrupt_checkpoint_raises_before_training(tmp_path):
-    """Garbage in the checkpoint file is a CheckpointError naming it, before any batch is drawn."""
+def test_corrupt_checkpoint_is_a_checkpoint_error_naming_the_file(tmp_path):
+    """Garbage in a checkpoint file is a CheckpointError (a RuntimeError) naming the file."""
     ckpt = tmp_path / "run.ckpt"
     ckpt.write_bytes(b"\x00garbage, not a checkpoint\xff" * 10)
-    model, loaders, opt = _fit_setup()
-    before = snapshot(model)
     with pytest.raises(CheckpointError, match="(?i)delete it") as info:
-        fit(model, loaders, opt, 2, device="cpu", checkpoint=ckpt)
+        load_checkpoint(ckpt)
     assert str(ckpt) in str(info.value) and isinstance(info.value, RuntimeError)
-    assert loaders["train"].drawn == 0 and loaders["val"].drawn == 0
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-
-
-def test_mismatching_checkpoint_raises_before_training(tmp_path):
-    """A checkpoint of a differently shaped model is a CheckpointError before any batch is drawn."""
-    ckpt = tmp_path / "run.ckpt"
-    model, loaders, opt = _fit_setup()
-    fit(model, loaders, opt, 1, device="cpu", checkpoint=ckpt)
-    other = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 2))
-    train = CountingLoader(tiny_data())
-    with pytest.raises(CheckpointError, match="does not match the model"):
-        fit(other, {"train": train, "val": loaders["val"]}, torch.optim.SGD(other.parameters(), lr=0.1), 2,
-            device="cpu", checkpoint=ckpt)
-    assert train.drawn == 0
-
-
-def test_complete_checkpoint_returns_without_training(tmp_path):
-    """Re-running a finished fit loads the saved weights and history instead of training again."""
-    ckpt = tmp_path / "run.ckpt"
-    model, loaders, opt = _fit_setup()
-    done = fit(model, loaders, opt, 2, device="cpu", checkpoint=ckpt, eval_every=2)
-    assert [sorted(h) for h in done["history"]] == [["epoch", "lr", "train"], ["epoch", "lr", "train", "val"]]
-    model2, loaders2, opt2 = _fit_setup()
-    again = fit(model2, loaders2, opt2, 2, device="cpu", checkpoint=ckpt, eval_every=2)
-    assert loaders2["train"].drawn == 0 and loaders2["val"].drawn == 0
-    assert again == done
-    assert all(torch.equal(v, model2.state_dict()[k]) for k, v in model.state_dict().items())
-
 
 def test_save_load_checkpoint_round_trip_leaves_no_temp_files(tmp_path):
     """save_checkpoint/load_checkpoint round-trip generic state and leave only the target file."""
@@ -359,18 +212,18 @@ def test_save_load_checkpoint_round_trip_leaves_no_temp_files(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["round3.ckpt"]
 
 
-def test_fit_checkpoint_with_dataloader_generator(tmp_path):
-    """fit saves a shuffling DataLoader's generator state and records one history entry per epoch."""
-    x, y = torch.randn(48, 4), torch.randint(0, 2, (48,))
-    gen = torch.Generator().manual_seed(0)
-    loaders = {"train": DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=gen)}
-    model = nn.Linear(4, 2)
-    out = fit(model, loaders, torch.optim.SGD(model.parameters(), lr=0.1), 2, device="cpu",
-              checkpoint=tmp_path / "c.ckpt")
-    state = load_checkpoint(tmp_path / "c.ckpt")
-    assert state["epoch"] == 2 and len(out["history"]) == 2
-    assert torch.equal(state["generators"]["train.generator"], gen.get_state())
-
+def test_restored_streams_draw_the_same_batches_again():
+    """restore_streams puts back stream_state's loader generators and global RNG: a shuffled loader
+    then yields the same batches, and torch draws the same numbers, as right after the save."""
+    x, y = torch.arange(48.0).reshape(48, 1), torch.zeros(48, dtype=torch.long)
+    loaders = {"train": DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True,
+                                   generator=torch.Generator().manual_seed(0))}
+    saved = stream_state(loaders, torch.device("cpu"))
+    first = [b[0].flatten().tolist() for b in loaders["train"]], torch.rand(3)
+    restore_streams(saved, loaders, torch.device("cpu"))
+    again = [b[0].flatten().tolist() for b in loaders["train"]], torch.rand(3)
+    assert first[0] == again[0] and torch.equal(first[1], again[1])
+    assert sorted(v for batch in first[0] for v in batch) == x.flatten().tolist()
 
 def test_distillation_loss_at_weight_zero_is_cross_entropy():
     """weight 0: the teacher is ignored and the loss is plain cross-entropy."""

@@ -1,18 +1,11 @@
-"""Training utilities: device choice, seeding, BatchNorm modes, freezing, epochs and resumable fits.
+"""Training utilities: device choice, seeding, BatchNorm modes, freezing, the one optimizer-step
+loop (:func:`train_epoch`), evaluation, and the checkpoints and random streams a resumable run saves.
 
-:func:`fit` checkpoints after every epoch (atomically) and resumes from an existing checkpoint so
-that a run killed part-way and started again ends with exactly the same weights and metrics as an
-uninterrupted one (on CPU; on GPU up to the determinism of the kernels). Exact resumption needs:
-
-* the same code, model, optimizer, scheduler and loaders (checked where possible; a mismatch raises
-  :class:`CheckpointError` before training starts);
-* loaders whose randomness comes from torch's global RNG or from their ``generator`` (both are
-  saved), and either ``num_workers=0`` or non-persistent workers (persistent workers keep their own
-  RNG state across epochs, which cannot be saved);
-* epoch-level schedulers (``scheduler.step()`` is called once per epoch; ``ReduceLROnPlateau`` gets
-  the first evaluation loader's loss, or the training loss).
-
-State kept by a ``callback`` (e.g. accumulated importance scores) is the caller's to checkpoint.
+A run that saves :func:`stream_state` with its model and optimizer after every step it may resume
+from, and puts it back with :func:`restore_streams`, draws the same batches and random numbers when
+resumed as an uninterrupted run (on CPU; on GPU up to the determinism of the kernels); this needs
+loaders whose randomness comes from torch's global RNG or their ``generator`` and either
+``num_workers=0`` or non-persistent workers. :mod:`basisprune.repro.experiments` resumes so.
 """
 
 from __future__ import annotations
@@ -38,7 +31,6 @@ from ..io import atomic_write
 __all__ = [
     "BN_MODES",
     "MEMORY_FORMATS",
-    "FIT_CHECKPOINT_FORMAT",
     "CheckpointError",
     "DivergenceError",
     "PRECISIONS",
@@ -46,7 +38,6 @@ __all__ = [
     "set_memory_format",
     "distillation_loss",
     "evaluate",
-    "fit",
     "freeze",
     "load_checkpoint",
     "make_scaler",
@@ -58,7 +49,6 @@ __all__ = [
 ]
 
 BN_MODES = ("train", "eval")
-FIT_CHECKPOINT_FORMAT = "basisprune.fit/1"
 _DEVICE_FORMS = "'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'"
 
 #: Values of ``amp``: ``"auto"`` (bfloat16 autocast on CUDA devices that support it, float16 with a
@@ -620,192 +610,3 @@ def restore_streams(state: Mapping[str, Any], loaders: Mapping[str, Any], device
     for name, g in loader_generators(loaders).items():
         g.set_state(state["generators"][name])
     set_rng_state(state["rng"], device)
-
-
-def _fn_name(fn: Any) -> str:
-    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
-
-
-def _check_fit_state(
-    path: Path,
-    state: Mapping[str, Any],
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    config: Mapping[str, Any],
-    generators: Mapping[str, torch.Generator],
-    epochs: int,
-) -> None:
-    """Raise :class:`CheckpointError` unless ``state`` is a fit checkpoint of this very run."""
-    if state.get("format") != FIT_CHECKPOINT_FORMAT:
-        raise CheckpointError(path, f"is not a fit() checkpoint (format {state.get('format')!r})")
-    missing = {"epoch", "config", "model", "optimizer", "history", "rng", "generators"} - set(state)
-    if missing:
-        raise CheckpointError(path, f"lacks {sorted(missing)}")
-    if dict(state["config"]) != dict(config):
-        diff = {
-            k: (state["config"].get(k), config.get(k))
-            for k in set(state["config"]) | set(config)
-            if state["config"].get(k) != config.get(k)
-        }
-        raise CheckpointError(path, f"was written by a differently configured run (saved vs now: {diff})")
-    saved_shapes = {k: tuple(v.shape) for k, v in state["model"].items()}
-    model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if saved_shapes != model_shapes:
-        extra = sorted(set(saved_shapes) - set(model_shapes))[:5]
-        absent = sorted(set(model_shapes) - set(saved_shapes))[:5]
-        reshaped = sorted(k for k in set(saved_shapes) & set(model_shapes) if saved_shapes[k] != model_shapes[k])[:5]
-        raise CheckpointError(
-            path,
-            f"does not match the model (unexpected keys {extra}, missing keys {absent}, shape mismatches {reshaped})",
-        )
-    saved_groups = [len(g["params"]) for g in state["optimizer"].get("param_groups", [])]
-    groups = [len(g["params"]) for g in optimizer.param_groups]
-    if saved_groups != groups:
-        raise CheckpointError(path, f"has optimizer parameter groups of sizes {saved_groups}, the optimizer {groups}")
-    if (state.get("scheduler") is None) != (scheduler is None):
-        raise CheckpointError(path, "and the run disagree on whether there is a scheduler")
-    if set(state["generators"]) != set(generators):
-        raise CheckpointError(
-            path, f"saved loader generators {sorted(state['generators'])}, the loaders have {sorted(generators)}"
-        )
-    if not isinstance(state["epoch"], int) or not 0 <= state["epoch"] <= epochs:
-        raise CheckpointError(path, f"has {state['epoch']} completed epochs, but this run has only {epochs}")
-    if len(state["history"]) != state["epoch"]:
-        raise CheckpointError(path, f"has {len(state['history'])} history entries for {state['epoch']} epochs")
-
-
-# --------------------------------------------------------------------------------------------
-# fit
-# --------------------------------------------------------------------------------------------
-def _step_scheduler(scheduler: Any, entry: Mapping[str, Any], eval_names: list[str]) -> None:
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        metric = next((entry[n]["loss"] for n in eval_names if n in entry), entry["train"]["loss"])
-        scheduler.step(metric)
-    else:
-        scheduler.step()
-
-
-def fit(
-    model: nn.Module,
-    loaders: Mapping[str, Iterable],
-    optimizer: torch.optim.Optimizer,
-    epochs: int,
-    *,
-    device: str | torch.device,
-    checkpoint: str | os.PathLike | None,
-    regularizer: Regularizer | None = None,
-    bn_mode: str = "eval",
-    scheduler: Any = None,
-    callback: Callback | None = None,
-    eval_every: int = 1,
-    loss_fn: Callable[[Any, Tensor], Tensor] = F.cross_entropy,
-    amp: bool | str | None = None,
-) -> dict[str, Any]:
-    """Train for ``epochs`` epochs with per-epoch checkpoints; resume from ``checkpoint`` if it exists.
-
-    ``loaders["train"]`` is trained on; every other loader is evaluated every ``eval_every`` epochs
-    and after the last one. Returns ``{"history": [...], "final": {...}}``: one history entry per
-    epoch, ``{"epoch", "lr" (per param group, during the epoch), "train": train_epoch(...),
-    <loader name>: evaluate(...)}``, and ``final`` the last epoch's entry without ``lr`` (with
-    evaluations computed now if the last epoch had none, e.g. ``epochs == 0``).
-
-    After each epoch the checkpoint (model, optimizer, scheduler, grad scaler, epoch, history, the
-    Python/numpy/torch RNG states and the loaders' generator states) is written atomically. If it
-    exists when ``fit`` starts, it is validated and restored before any training, so a run killed
-    part-way and restarted ends exactly as an uninterrupted one would (see the module docstring);
-    a corrupt or mismatching checkpoint raises :class:`CheckpointError`. A complete checkpoint makes
-    ``fit`` return at once with the saved weights loaded; delete it to train again.
-    """
-    if "train" not in loaders:
-        raise ValueError(f"loaders needs a 'train' entry, got {sorted(loaders)}")
-    reserved = {"epoch", "lr"} & set(loaders)
-    if reserved:
-        raise ValueError(f"loader names {sorted(reserved)} are reserved for history entries")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
-    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1:
-        raise ValueError(f"eval_every must be an int >= 1, got {eval_every!r}")
-    if bn_mode not in BN_MODES:
-        raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
-    if loss_fn is F.cross_entropy:  # a head too small for the labels: say so now, not in the loss
-        from .models import check_head
-
-        check_head(model, loaders)
-
-    device = pick_device(device)
-    model.to(device)
-    scaler = make_scaler(amp, device)
-    generators = loader_generators(loaders)
-    eval_names = [name for name in loaders if name != "train"]
-    config = {
-        "loaders": sorted(loaders),
-        "optimizer": type(optimizer).__qualname__,
-        "scheduler": None if scheduler is None else type(scheduler).__qualname__,
-        "loss_fn": _fn_name(loss_fn),
-        "regularizer": regularizer is not None,
-        "bn_mode": bn_mode,
-        "eval_every": eval_every,
-    }
-
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    ckpt = None if checkpoint is None else Path(checkpoint)
-    if ckpt is not None and ckpt.exists():
-        state = load_checkpoint(ckpt)
-        try:
-            _check_fit_state(
-                ckpt, state, model=model, optimizer=optimizer, scheduler=scheduler,
-                config=config, generators=generators, epochs=epochs,
-            )
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise CheckpointError(ckpt, f"has an unexpected layout ({type(exc).__name__}: {exc})") from exc
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None:
-                scheduler.load_state_dict(state["scheduler"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            restore_streams(state, loaders, device)
-        except Exception as exc:
-            raise CheckpointError(ckpt, f"could not be restored ({type(exc).__name__}: {exc})") from exc
-        history = list(state["history"])
-        start_epoch = state["epoch"]
-
-    for epoch in range(start_epoch, epochs):
-        label = f"epoch {epoch + 1}/{epochs}"
-        entry: dict[str, Any] = {"epoch": epoch + 1, "lr": [float(g["lr"]) for g in optimizer.param_groups]}
-        entry["train"] = train_epoch(
-            model, loaders["train"], optimizer, device=device, loss_fn=loss_fn, regularizer=regularizer,
-            bn_mode=bn_mode, amp=amp, callback=callback, desc=f"{label} train", scaler=scaler,
-        )
-        if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
-            for name in eval_names:
-                entry[name] = evaluate(
-                    model, loaders[name], device=device, loss_fn=loss_fn, amp=amp, desc=f"{label} {name}"
-                )
-        if scheduler is not None:
-            _step_scheduler(scheduler, entry, eval_names)
-        history.append(entry)
-        if ckpt is not None:
-            save_checkpoint(
-                ckpt,
-                format=FIT_CHECKPOINT_FORMAT,
-                epoch=epoch + 1,
-                epochs=epochs,
-                config=config,
-                model=model.state_dict(),
-                optimizer=optimizer.state_dict(),
-                scheduler=None if scheduler is None else scheduler.state_dict(),
-                scaler=None if scaler is None else scaler.state_dict(),
-                history=history,
-                **stream_state(loaders, device),
-            )
-
-    final: dict[str, Any] = {k: v for k, v in history[-1].items() if k != "lr"} if history else {"epoch": 0}
-    for name in eval_names:
-        if name not in final:
-            final[name] = evaluate(model, loaders[name], device=device, loss_fn=loss_fn, amp=amp, desc=f"final {name}")
-    return {"history": history, "final": final}
