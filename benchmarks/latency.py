@@ -35,8 +35,7 @@ import torch
 from torch import nn
 
 import basisprune as bp
-from basisprune import bench
-from basisprune.repro import data, efficiency, models, peer
+from basisprune.repro import data, efficiency, models, peer, provenance
 from basisprune.repro.results import write_results
 
 UNTRAINED = "untrained, for latency only"
@@ -233,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                     batch_size=big, backend=b)
     describe = {e["label"]: e["description"] for e in entries}
     record = {
-        "hardware": bench.hardware(),
+        "hardware": provenance.hardware(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "input_shape": list(shape), "batch_sizes": sizes, "reference": "unpruned", "backends": backends,
         "models": [{"label": e["label"], "description": e["description"], **e["extra"]} for e in entries],

@@ -21,8 +21,7 @@ import torch.nn.functional as F
 import torch.utils.benchmark as tb
 
 import basisprune as bp
-from basisprune import bench
-from basisprune.repro import models, profiles
+from basisprune.repro import models, profiles, provenance
 from basisprune.repro.results import write_results
 from basisprune.repro.train import freeze, set_memory_format
 
@@ -66,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     for r in rows:
         base_row = next(b for b in rows if b["model"] == r["model"] and b["memory_format"] == "contiguous")
         r["speedup"] = base_row["median_s"] / r["median_s"]
-    hw = bench.hardware()
+    hw = provenance.hardware()
     print(f"{p['model']}, {p['image_size']} px, batch {p['batch_size']}, {args.threads} thread(s), "
           f"{hw['cpu_model']}, torch {torch.__version__}")
     print("| model | memory format | median step (ms) | IQR (ms) | runs | speed-up |\n|:--|:--|--:|--:|--:|--:|")

@@ -40,7 +40,7 @@ from torch import nn
 
 import basisprune as bp
 from basisprune import bench
-from basisprune.repro import efficiency, models
+from basisprune.repro import efficiency, models, provenance
 from basisprune.repro.results import write_results
 
 
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             seconds[f"size_{size}"] = time.perf_counter() - t1
             print(f"{size} px done in {seconds[f'size_{size}']:.0f} s", flush=True)
     verdict = targets(rows, info, args.depths)
-    hw = bench.hardware()
+    hw = provenance.hardware()
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}
     settings["model"] = "mobilenet_v2 (ImageNet weights, 1000-class head not pruned)"
     record = {"rows": rows, "forms": {str(k): v for k, v in info.items()}, "targets": verdict, "hardware": hw,

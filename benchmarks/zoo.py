@@ -38,6 +38,7 @@ from torch import nn
 import basisprune as bp
 from basisprune.channel import unsupported_channel_groups
 from basisprune.errors import BasisPruneError, one_line
+from basisprune.repro import provenance as machine
 
 NUM_CLASSES = 7  # no inner layer of a torchvision model has 7 channels: the head is found by its width
 SIZE = 64
@@ -193,9 +194,9 @@ def provenance() -> dict[str, Any]:
         except (OSError, subprocess.CalledProcessError):
             return ""
     return {"torch": torch.__version__, "torchvision": torchvision.__version__,
-            "torch_pruning": bp.bench.package_version("torch-pruning"), "basisprune": bp.__version__,
+            "torch_pruning": machine.package_version("torch-pruning"), "basisprune": bp.__version__,
             "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "src", "benchmarks")),
-            "threads_per_model": 1, "hardware": bp.bench.hardware(),
+            "threads_per_model": 1, "hardware": machine.hardware(),
             "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

@@ -15,6 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from basisprune.repro import provenance as prov_module
 from basisprune.repro import results
 from basisprune.repro.results import (
     Timer,
@@ -104,6 +105,12 @@ def test_to_jsonable_rejects_unknown_types_with_location():
         to_jsonable({"outer": {"inner": Unserialisable()}})
 
 
+def test_hardware_names_cpu_and_torch():
+    """provenance.hardware() names the CPU, the thread count and torch's version."""
+    hw = prov_module.hardware()
+    assert hw["cpu_model"] and hw["torch"] == torch.__version__ and hw["torch_threads"] >= 1
+
+
 def test_provenance_has_required_keys():
     """provenance records git, params, versions, hardware, seed and a UTC timestamp."""
     prov = provenance({"lr": 0.1, "out": Path("/tmp/x"), "sizes": (1, 2)}, seed=7)
@@ -120,7 +127,7 @@ def test_provenance_has_required_keys():
 
 def test_provenance_outside_git_does_not_crash(tmp_path, monkeypatch):
     """Outside a git checkout the commit and dirty flag are None."""
-    monkeypatch.setattr(results, "__file__", str(tmp_path / "results.py"))
+    monkeypatch.setattr(prov_module, "__file__", str(tmp_path / "provenance.py"))
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     assert provenance({}, seed=None)["git"] == {"commit": None, "dirty": None}
 

@@ -5,7 +5,8 @@
   throughput, threads, device), eagerly, through ``torch.compile`` or replayed as a CUDA graph.
 * :func:`onnx_latency` exports the model with ``torch.onnx.export`` (dynamic batch axis), checks
   that ONNX Runtime reproduces torch's outputs and times ``InferenceSession.run``.
-* :func:`hardware` describes the machine the timings come from.
+* :func:`cpu_model` names the CPU in every record (the harness's ``basisprune.repro.provenance``
+  describes the whole machine).
 * :func:`latency_fold_rule` builds a ``fold_rule`` for :func:`basisprune.compact` that folds a basis
   layer back into one conv whenever its kept pair (basis conv + 1x1 conv) is not clearly faster than
   the single folded conv on the layer's real input shape, so no compacted layer is slower in practice.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import importlib.metadata
 import os
 import platform
 import statistics
@@ -44,7 +44,6 @@ __all__ = [
     "cpu_model",
     "clearly_faster",
     "export_onnx",
-    "hardware",
     "interleaved_times",
     "latency",
     "latency_fold_rule",
@@ -61,7 +60,7 @@ LayerTimer = Callable[[nn.Module, torch.Tensor], float]
 """``timer(module, x) -> seconds`` for one forward pass of ``module`` on ``x`` (eval, no grad)."""
 
 
-# --------------------------------------------------------------------------------- hardware
+# ------------------------------------------------------------------------------------ device
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``, else the machine."""
     try:
@@ -74,69 +73,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
-
-
-def _physical_cores() -> int | None:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    except OSError:
-        return None
-    cores = set()
-    phys = core = None
-    for line in text.splitlines() + [""]:
-        if not line.strip():
-            if phys is not None or core is not None:
-                cores.add((phys, core))
-            phys = core = None
-        elif line.startswith("physical id"):
-            phys = line.split(":", 1)[1].strip()
-        elif line.startswith("core id"):
-            core = line.split(":", 1)[1].strip()
-    return len(cores) or None
-
-
-def package_version(name: str) -> str | None:
-    """The installed version of a distribution (``torch-pruning``) or module (``onnxruntime``), or
-    ``None`` when it is not installed."""
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    try:
-        return __import__(name.replace("-", "_")).__version__
-    except Exception:  # noqa: BLE001 - optional packages
-        return None
-
-
-def hardware() -> dict[str, Any]:
-    """Where timings and results come from: CPU model, logical/physical cores, cores this process may
-    use, torch intra-op threads, platform, machine, Python / torch / onnxruntime versions, the CUDA
-    device (if any) and the host name. The one hardware description of results and timings."""
-    try:
-        usable: int | None = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = None
-    cuda = torch.cuda.is_available()
-    return {
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "physical_cores": _physical_cores(),
-        "usable_cores": usable,
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": package_version("onnxruntime"),
-        "cuda_available": cuda,
-        "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
-        "cuda_device_count": torch.cuda.device_count() if cuda else 0,
-        "cuda_version": torch.version.cuda,
-        "cudnn_version": torch.backends.cudnn.version() if cuda else None,
-        "hostname": platform.node() or None,
-    }
 
 
 def _device_name(device: torch.device) -> str:

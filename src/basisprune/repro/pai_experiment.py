@@ -52,7 +52,7 @@ store, so it flatters unstructured pruning.
 :func:`prune_cost` -- wall time of one method's whole pruning step (scores and top-k, SynFlow's
 rounds included), the median of ``repeats`` runs, in the ProsPr paper's ResNet-20 setting
 (3x32x32 inputs, batch 128, M = 3 inner steps) on random inputs and labels (the cost does not
-depend on the pixel values), with :func:`basisprune.bench.hardware` naming the machine.
+depend on the pixel values), with :func:`basisprune.repro.provenance.hardware` naming the machine.
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .. import bench, pai
-from . import data, experiments, models, profiles, smallnets
+from .. import pai
+from . import data, experiments, models, profiles, provenance, smallnets
 from .train import evaluate, pick_device, seed_everything, train_epoch
 
 __all__ = [
@@ -609,7 +609,7 @@ def prune_cost(method: str, repeats: int = 5, model: str = "resnet20", batch: in
     ProsPr (full and first order) takes ``steps`` inner steps on ``steps`` batches and its
     meta-loss on one more; SNIP and GraSP use one batch; SynFlow runs ``synflow_iterations``
     rounds on one all-ones sample (100 in the official code).  Returns ``median_seconds``,
-    ``times_seconds``, the settings, ``hardware`` (:func:`basisprune.bench.hardware`) and
+    ``times_seconds``, the settings, ``hardware`` (:func:`basisprune.repro.provenance.hardware`) and
     ``hardware_name``.
     """
     s = {"model": model, "width": width, "batch": batch, "steps": steps, "image_size": image_size,
@@ -637,7 +637,7 @@ def prune_cost(method: str, repeats: int = 5, model: str = "resnet20", batch: in
         _sync(dev)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    hw = bench.hardware()
+    hw = provenance.hardware()
     return {
         "method": method, "median_seconds": statistics.median(times), "times_seconds": times,
         "model": model, "width": width, "batch": batch, "steps": steps, "image_size": image_size,

@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import re
-import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path, PurePath
@@ -32,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..bench import hardware, package_version
 from ..io import atomic_write
+from .provenance import git_info, hardware, package_version
 
 __all__ = [
     "VOLATILE_KEYS",
@@ -199,31 +198,6 @@ def write_json(path: str | os.PathLike, record: Any) -> Path:
 # --------------------------------------------------------------------------------------------
 # Provenance
 # --------------------------------------------------------------------------------------------
-def _git(args: list[str], cwd: Path) -> str | None:
-    try:
-        proc = subprocess.run(
-            ["git", *args],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def _git_info() -> dict[str, Any]:
-    """Commit and dirty flag of the git checkout holding this package (``None`` outside git)."""
-    here = Path(__file__).resolve().parent
-    if _git(["rev-parse", "--is-inside-work-tree"], here) != "true":
-        return {"commit": None, "dirty": None}
-    commit = _git(["rev-parse", "--verify", "--quiet", "HEAD"], here) or None  # None before 1st commit
-    status = _git(["status", "--porcelain"], here)
-    return {"commit": commit, "dirty": None if status is None else bool(status)}
-
-
 def provenance(params: Mapping[str, Any], seed: int | None) -> dict[str, Any]:
     """Everything needed to say where a result came from.
 
@@ -236,7 +210,7 @@ def provenance(params: Mapping[str, Any], seed: int | None) -> dict[str, Any]:
     versions: dict[str, Any] = {"python": platform.python_version()}
     versions.update({name: package_version(name) for name in _PACKAGES})
     return {
-        "git": _git_info(),
+        "git": git_info(),
         "params": to_jsonable(dict(params)),
         "versions": versions,
         "hardware": hardware(),
