@@ -140,12 +140,12 @@ def time_grid(forms: dict[str, dict[str, nn.Module]], size: int, args, tmp: Path
         row = {"size": size, "model": label, "backend": backend, "batch_size": b, "round_ms": times,
                "median_ms": statistics.median(times), "speedup_median": statistics.median(speedups),
                "speedup_min": speedups[0], "speedup_max": speedups[-1],
-               "speedup_p75": bench._quantile(speedups, 0.75)}
+               "speedup_p75": bench.quantile(speedups, 0.75)}
         if "Torch-Pruning" in labels:
             tp = ms[("Torch-Pruning", backend, b)]
             vs = sorted(p / t for p, t in zip(tp, times))
             row.update(vs_tp_median=statistics.median(vs), vs_tp_min=vs[0], vs_tp_max=vs[-1],
-                       vs_tp_p75=bench._quantile(vs, 0.75))
+                       vs_tp_p75=bench.quantile(vs, 0.75))
         rows.append(row)
     return rows
 

@@ -11,6 +11,7 @@ from torch import nn
 import basisprune as bp
 from conftest import random_basis_masks
 from basisprune import bench
+from basisprune.repro.onnx_timing import onnx_latency
 
 SHAPE = (3, 12, 12)
 
@@ -79,7 +80,7 @@ def test_onnx_round_trip_matches_torch():
     several batch sizes through one dynamic batch axis."""
     c = bp.compact(pruned_basis_net()).eval()
     assert any(isinstance(m, nn.Sequential) for m in c.modules() if m is not c)  # a pair survives
-    recs = bench.onnx_latency(c, SHAPE, batch_sizes=(1, 3), repeats=2, warmup=1, threads=1)
+    recs = onnx_latency(c, SHAPE, batch_sizes=(1, 3), repeats=2, warmup=1, threads=1)
     assert [r["batch_size"] for r in recs] == [1, 3]
     for r in recs:
         assert r["max_abs_diff"] <= 1e-4 and r["median_ms"] > 0 and r["backend"] == "onnxruntime"

@@ -3,8 +3,8 @@
 * :func:`latency` times a model's forward pass with ``torch.utils.benchmark.Timer`` in eval mode
   under ``torch.inference_mode``, one record per batch size (median, quartiles, IQR, runs,
   throughput, threads, device), eagerly, through ``torch.compile`` or replayed as a CUDA graph.
-* :func:`onnx_latency` exports the model with ``torch.onnx.export`` (dynamic batch axis), checks
-  that ONNX Runtime reproduces torch's outputs and times ``InferenceSession.run``.
+* :func:`export_onnx` exports a model with ``torch.onnx.export`` (dynamic batch axis) and
+  :func:`onnxruntime_timer` times candidates in ONNX Runtime.
 * :func:`cpu_model` names the CPU in every record (the harness's ``basisprune.repro.provenance``
   describes the whole machine).
 * :func:`latency_fold_rule` builds a ``fold_rule`` for :func:`basisprune.compact` that folds a basis
@@ -41,16 +41,22 @@ __all__ = [
     "LatencyFoldRule",
     "MODES",
     "benchmark_timer",
+    "check_batch_sizes",
+    "check_shape",
     "cpu_model",
     "clearly_faster",
+    "eval_mode",
     "export_onnx",
     "interleaved_times",
     "latency",
     "latency_fold_rule",
     "layer_input_shapes",
-    "onnx_latency",
+    "model_device",
+    "num_threads",
     "onnxruntime_timer",
+    "quantile",
     "timed_on",
+    "timing_record",
 ]
 
 MODES = ("eager", "compile", "cudagraph")
@@ -82,14 +88,16 @@ def _device_name(device: torch.device) -> str:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _check_batch_sizes(batch_sizes: Iterable[int]) -> list[int]:
+def check_batch_sizes(batch_sizes: Iterable[int]) -> list[int]:
+    """``batch_sizes`` as a list of ints; ``ValueError`` unless non-empty and all positive."""
     out = [int(b) for b in batch_sizes]
     if not out or any(b < 1 for b in out):
         raise ValueError(f"batch_sizes must be a non-empty list of positive ints, got {batch_sizes!r}")
     return out
 
 
-def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+def check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    """One sample's shape (no batch dimension) as a tuple; ``ValueError`` unless all positive."""
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s < 1 for s in shape):
         raise ValueError(
@@ -100,7 +108,7 @@ def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module):
+def eval_mode(model: nn.Module):
     """Eval mode for the block; every submodule's own train/eval flag is restored afterwards."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -112,7 +120,9 @@ def _eval_mode(model: nn.Module):
 
 
 @contextlib.contextmanager
-def _num_threads(threads: int | None):
+def num_threads(threads: int | None):
+    """torch's intra-op threads set to ``threads`` for the block (``None``: unchanged), then restored;
+    yields the count in force."""
     old = torch.get_num_threads()
     if threads is not None:
         if int(threads) < 1:
@@ -124,13 +134,14 @@ def _num_threads(threads: int | None):
         torch.set_num_threads(old)
 
 
-def _model_device(model: nn.Module) -> torch.device | None:
+def model_device(model: nn.Module) -> torch.device | None:
+    """The device of the model's first parameter or buffer (``None`` when it has neither)."""
     for t in list(model.parameters()) + list(model.buffers()):
         return t.device
     return None
 
 
-def _quantile(sorted_xs: list[float], q: float) -> float:
+def quantile(sorted_xs: list[float], q: float) -> float:
     """Linear-interpolation quantile of sorted values (numpy's default method)."""
     if len(sorted_xs) == 1:
         return sorted_xs[0]
@@ -139,10 +150,12 @@ def _quantile(sorted_xs: list[float], q: float) -> float:
     return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
 
 
-def _record(times_s: list[float], batch_size: int, **extra: Any) -> dict[str, Any]:
+def timing_record(times_s: list[float], batch_size: int, **extra: Any) -> dict[str, Any]:
+    """One batch size's record from per-run seconds: median, quartiles, IQR, mean and minimum in
+    milliseconds, runs, milliseconds per image and images per second, plus ``extra``."""
     xs = sorted(times_s)
     med = statistics.median(xs)
-    p25, p75 = _quantile(xs, 0.25), _quantile(xs, 0.75)
+    p25, p75 = quantile(xs, 0.25), quantile(xs, 0.75)
     mean = statistics.fmean(xs)
     return {
         "batch_size": batch_size,
@@ -186,7 +199,7 @@ def benchmark_timer(min_run_time: float = 0.02, threads: int | None = None, min_
     """A :data:`LayerTimer` returning the median seconds per call over timed runs (see :func:`latency`)."""
 
     def timer(module: nn.Module, x: torch.Tensor) -> float:
-        with _eval_mode(module), torch.inference_mode():
+        with eval_mode(module), torch.inference_mode():
             module(x)  # warm-up
             times, _ = _timed_runs({"model": module, "x": x}, threads or torch.get_num_threads(), min_run_time, min_runs)
         return float(statistics.median(times))
@@ -236,7 +249,7 @@ def clearly_faster(alt: Sequence[Sequence[float]], base: Sequence[Sequence[float
 
     def verdict(scores: list[float]) -> tuple[bool, float, float, float]:
         xs = sorted(scores)
-        med, p25, p75 = statistics.median(xs), _quantile(xs, 0.25), _quantile(xs, 0.75)
+        med, p25, p75 = statistics.median(xs), quantile(xs, 0.25), quantile(xs, 0.75)
         return med < 1 - margin and p75 < 1, med, p25, p75
 
     ratios = [[a / max(b, 1e-12) for a, b in zip(ra, rb)] for ra, rb in zip(alt, base)]
@@ -261,7 +274,7 @@ def onnxruntime_timer(threads: int | None = None, min_run_time: float = 0.02, mi
         if module not in sessions:
             with tempfile.TemporaryDirectory(prefix="basisprune-timer-") as tmp:
                 path = Path(tmp) / "m.onnx"
-                dev = _model_device(module)
+                dev = model_device(module)
                 if dev is not None and dev.type != "cpu":
                     raise ValueError(f"onnxruntime_timer times CPU modules; this one is on {dev}")
                 export_onnx(module, tuple(x.shape[1:]), path, exporter="legacy")
@@ -340,21 +353,21 @@ def latency(
         raise ValueError(f"min_runs must be >= 1, got {min_runs}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    shape = _check_shape(input_shape)
-    sizes = _check_batch_sizes(batch_sizes)
+    shape = check_shape(input_shape)
+    sizes = check_batch_sizes(batch_sizes)
     dev = torch.device(device)
     if mode == "cudagraph" and dev.type != "cuda":
         raise ValueError(f"mode='cudagraph' needs a CUDA device, got device={str(device)!r}")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
-    home = _model_device(model)
+    home = model_device(model)
     gen = torch.Generator().manual_seed(seed)
     out = []
     model.to(dev)
     # CUDA graph capture is documented under no_grad; inference tensors are not needed there
     grad_off = torch.no_grad() if mode == "cudagraph" else torch.inference_mode()
     try:
-        with _eval_mode(model), _num_threads(threads) as n_threads, grad_off:
+        with eval_mode(model), num_threads(threads) as n_threads, grad_off:
             compiled = torch.compile(model, dynamic=False) if mode == "compile" else model
             for b in sizes:
                 x = torch.randn((b, *shape), generator=gen).to(dev)
@@ -366,7 +379,7 @@ def latency(
                 for _ in range(max(0, warmup)):
                     fn(x)
                 times, number = _timed_runs({"model": fn, "x": x}, n_threads, min_run_time, min_runs)
-                out.append(_record(
+                out.append(timing_record(
                     times, b, number_per_run=number, threads=n_threads,
                     device=str(dev), device_name=_device_name(dev), backend="torch", mode=mode,
                     setup_s=setup, model=label,
@@ -417,12 +430,12 @@ def export_onnx(
     tuple of ``num_outputs`` tensors gets outputs ``output``, ``output1``, ... all batch-dynamic."""
     if exporter not in ("auto", "dynamo", "legacy"):
         raise ValueError(f"exporter must be 'auto', 'dynamo' or 'legacy', got {exporter!r}")
-    shape = _check_shape(input_shape)
+    shape = check_shape(input_shape)
     x = torch.randn(2, *shape)  # batch 2: a batch of 1 would let the tracer specialise on it
     names = ["output"] + [f"output{i}" for i in range(1, num_outputs)]
     tried = ["dynamo", "legacy"] if exporter == "auto" else [exporter]
     errors = []
-    with _eval_mode(model):
+    with eval_mode(model):
         for kind in tried:
             try:
                 with _warnings_silenced(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
@@ -453,96 +466,6 @@ def _warnings_silenced():
         yield
 
 
-def onnx_latency(
-    model: nn.Module,
-    input_shape: Sequence[int],
-    batch_sizes: Iterable[int] = (1, 8, 64),
-    path: str | os.PathLike | None = None,
-    repeats: int = 20,
-    *,
-    warmup: int = 3,
-    threads: int | None = None,
-    exporter: str = "auto",
-    atol: float = 1e-4,
-    rtol: float = 1e-4,
-    label: str | None = None,
-    seed: int = 0,
-) -> list[dict[str, Any]]:
-    """Export ``model`` to ONNX and time it with ONNX Runtime's ``CPUExecutionProvider``.
-
-    Before timing each batch size, ONNX Runtime's output is compared with torch's on the same batch
-    (``allclose(atol, rtol)``); a mismatch raises ``AssertionError``.
-
-    Args:
-        model: a module taking one tensor (exported in eval mode on the CPU; modes restored).
-        input_shape: one sample's shape without the batch dimension.
-        batch_sizes: batch sizes to time (one exported model with a dynamic batch axis).
-        path: where to write the ``.onnx`` file; default a temporary file, deleted afterwards.
-        repeats: timed ``session.run`` calls per batch size (each is one run).
-        warmup: untimed calls per batch size.
-        threads: ONNX Runtime intra-op threads (default ``torch.get_num_threads()``).
-        exporter: ``"auto"`` (dynamo, then legacy), ``"dynamo"`` or ``"legacy"``.
-
-    Returns:
-        One dict per batch size with :func:`latency`'s fields (``number_per_run`` = 1,
-        ``backend`` = ``"onnxruntime"``) plus ``exporter`` and ``max_abs_diff`` (vs torch).
-    """
-    import onnxruntime as ort
-
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    shape = _check_shape(input_shape)
-    sizes = _check_batch_sizes(batch_sizes)
-    n_threads = int(threads or torch.get_num_threads())
-    home = _model_device(model)
-    model.to("cpu")
-    tmp = None
-    try:
-        if path is None:
-            tmp = tempfile.TemporaryDirectory(prefix="basisprune-onnx-")
-            path = Path(tmp.name) / "model.onnx"
-        kind = export_onnx(model, shape, path, exporter=exporter)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = n_threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        in_name = sess.get_inputs()[0].name
-        gen = torch.Generator().manual_seed(seed)
-        out = []
-        for b in sizes:
-            x = torch.randn((b, *shape), generator=gen)
-            feed = {in_name: x.numpy()}
-            got = torch.from_numpy(sess.run(None, feed)[0])
-            with _eval_mode(model), torch.inference_mode():
-                want = model(x)
-            diff = float((got - want).abs().max()) if got.numel() else 0.0
-            if got.shape != want.shape or not torch.allclose(got, want, atol=atol, rtol=rtol):
-                raise AssertionError(
-                    f"ONNX Runtime output differs from torch at batch {b}: shapes {tuple(got.shape)} vs "
-                    f"{tuple(want.shape)}, max |diff| = {diff:.3g} (atol={atol}, rtol={rtol})"
-                )
-            for _ in range(max(0, warmup)):
-                sess.run(None, feed)
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                sess.run(None, feed)
-                times.append(time.perf_counter() - t0)
-            out.append(_record(
-                times, b, number_per_run=1, threads=n_threads, device="cpu", device_name=cpu_model(),
-                backend="onnxruntime", model=label, exporter=kind, max_abs_diff=diff,
-            ))
-        return out
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-        if home is not None:
-            model.to(home)
-
-
 # ------------------------------------------------------------------ latency-aware compaction
 def layer_input_shapes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[int, ...]]:
     """One sample's input shape (no batch dimension) of every basis layer, from forward hooks."""
@@ -554,7 +477,7 @@ def layer_input_shapes(model: nn.Module, example_input: torch.Tensor) -> dict[st
             shapes.setdefault(name, tuple(args[0].shape[1:]))
         hooks.append(layer.register_forward_pre_hook(hook))
     try:
-        with _eval_mode(model), torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             model(example_input[:1])
     finally:
         for h in hooks:
@@ -689,15 +612,15 @@ def latency_fold_rule(
     """
     if criterion not in ("each", "sum"):
         raise ValueError(f"criterion must be 'each' or 'sum', got {criterion!r}")
-    sizes = _check_batch_sizes(batch_sizes)
+    sizes = check_batch_sizes(batch_sizes)
     if not basis_layers(model):
         raise ValueError("the model has no basis layers; call basisprune.decompose first")
     dev = torch.device(device)
-    shapes = layer_input_shapes(model, example_input.to(_model_device(model) or "cpu"))
+    shapes = layer_input_shapes(model, example_input.to(model_device(model) or "cpu"))
     rule = LatencyFoldRule(shapes, sizes, criterion, timer or benchmark_timer(min_run_time, threads, min_runs),
                            base_rule, dev, seed, rounds, margin)
 
-    with _num_threads(threads):
+    with num_threads(threads):
         rule.timed_on = timed_on(threads, dev)
         for name, layer in basis_layers(model).items():
             _, k = kept_indices(layer)

@@ -130,11 +130,11 @@ def export(
             f"{len(channel_scales(model))} channel scales); export bp.inference_form(model, example) "
             "(or bp.compact(model, example)) instead"
         )
-    dev = bench._model_device(model)
+    dev = bench.model_device(model)
     m = model if dev is None or dev.type == "cpu" else copy.deepcopy(model).cpu()
     x = example.detach().cpu()
     try:
-        with bench._eval_mode(m), torch.no_grad():
+        with bench.eval_mode(m), torch.no_grad():
             y = m(x)
     except Exception as e:  # noqa: BLE001 - whatever the model raises, the example is what is wrong
         raise ValueError(f"example: the model cannot run on a batch of shape {tuple(x.shape)} "
@@ -161,7 +161,7 @@ def export(
     sess = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     worst = 0.0
-    with bench._eval_mode(m), torch.no_grad():
+    with bench.eval_mode(m), torch.no_grad():
         for b in batches:
             want = m(b)
             got = [torch.from_numpy(a) for a in sess.run(None, {name: b.numpy()})]

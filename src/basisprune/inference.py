@@ -680,7 +680,7 @@ def inference_form(
         raise ValueError(f"channel_multiple must be an int >= 1, got {channel_multiple!r}")
     if memory_format not in MEMORY_FORMATS:
         raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}")
-    sizes = bench._check_batch_sizes(batch_sizes)
+    sizes = bench.check_batch_sizes(batch_sizes)
     if memory_format == "channels_last" and example.dim() != 4:
         raise ValueError(f"memory_format='channels_last' needs a 4-D example (N, C, H, W), got shape {tuple(example.shape)}")
     if not isinstance(rounds, int) or rounds < 1:
@@ -708,7 +708,7 @@ def inference_form(
     gm = _trace(base)
     gm.eval()
     report: dict[str, Any] = {"merge": merge, "leaf_types": gm.leaf_types}
-    with bench._num_threads(threads):
+    with bench.num_threads(threads):
         if merge == "latency" or memory_format == "auto":
             report["timed_on"] = {**bench.timed_on(threads, example.device), "runtime": runtime}
         report["dropped"] = _drop_identities(gm)

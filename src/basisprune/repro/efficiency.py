@@ -37,6 +37,7 @@ from . import experiments, profiles
 from ..compact import compact, load_model, save_model
 from ..decompose import BasisConv2d, basis_layers, set_submodule
 from ..measure import count_flops, count_params
+from .onnx_timing import onnx_latency
 from .results import write_json
 
 __all__ = [
@@ -154,7 +155,7 @@ def speed_table(
                     continue
                 try:
                     if backend == "onnx":
-                        recs = bench.onnx_latency(model, input_shape, sizes, repeats=onnx_repeats, threads=n_threads,
+                        recs = onnx_latency(model, input_shape, sizes, repeats=onnx_repeats, threads=n_threads,
                                                   exporter=onnx_exporter, label=label, seed=r)
                     else:
                         recs = bench.latency(model, input_shape, sizes, threads=n_threads, min_run_time=min_run_time,
