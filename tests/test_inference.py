@@ -397,7 +397,7 @@ def test_export_mismatch_raises_and_writes_nothing(tmp_path, monkeypatch):
     """When ONNX Runtime disagrees, export raises and leaves an existing file untouched."""
     path = tmp_path / "m.onnx"
     path.write_bytes(b"previous")
-    monkeypatch.setattr(deploy, "_max_diff", lambda got, want, rtol, atol: (False, 1.0))
+    monkeypatch.setattr(deploy, "max_diff", lambda got, want, rtol, atol: (False, 1.0))
     with pytest.raises(inference.ExportCheckError, match="not written"):
         bp.export(tiny_net().eval(), path, torch.randn(2, 3, 10, 10), exporter="legacy")
     assert path.read_bytes() == b"previous"

@@ -18,3 +18,26 @@ def test_library_never_imports_the_harness_or_the_book_builder():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_library_modules_use_each_others_public_names_only():
+    """No library module imports or reaches into another library module's private (``_``) name."""
+    import ast
+
+    lib = SRC / "basisprune"
+    modules = {p.stem for p in lib.glob("*.py")} | {"repro"}
+    found = []
+    for path in sorted(lib.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        aliases = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module is None:
+                    aliases |= {a.asname or a.name for a in node.names if a.name in modules}
+                else:
+                    found += [f"{path.name}: from .{node.module} import {a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.startswith("__")]
+        found += [f"{path.name}: {node.value.id}.{node.attr}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                  and node.value.id in aliases and node.attr.startswith("_") and not node.attr.startswith("__")]
+    assert not found, found

@@ -25,7 +25,7 @@ from torch import nn
 from . import bench
 from .channel import channel_scales
 from .decompose import basis_layers
-from .inference import ExportCheckError, _check_inputs, _max_diff, inference_form, outputs
+from .inference import ExportCheckError, check_inputs, max_diff, inference_form, outputs
 from .io import atomic_write
 
 __all__ = ["check_path", "export"]
@@ -120,7 +120,7 @@ def export(
     """
     import onnxruntime as ort
 
-    _check_inputs(model, example)
+    check_inputs(model, example)
     if exporter not in ("auto", "dynamo", "legacy"):
         raise ValueError(f"exporter must be 'auto', 'dynamo' or 'legacy', got {exporter!r}")
     target = check_path(path)
@@ -165,7 +165,7 @@ def export(
         for b in batches:
             want = m(b)
             got = [torch.from_numpy(a) for a in sess.run(None, {name: b.numpy()})]
-            ok, diff = _max_diff(got, want, rtol, atol)
+            ok, diff = max_diff(got, want, rtol, atol)
             if not ok:
                 raise ExportCheckError(
                     f"ONNX Runtime's output differs from PyTorch's at batch {b.shape[0]}: max |diff| {diff:.3g}, "

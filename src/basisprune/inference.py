@@ -53,7 +53,9 @@ __all__ = [
     "ExportCheckError",
     "InferenceCheckError",
     "MERGE_MODES",
+    "check_inputs",
     "inference_form",
+    "max_diff",
     "outputs",
 ]
 
@@ -75,7 +77,8 @@ class ExportCheckError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _check_inputs(model: object, example: object) -> None:
+def check_inputs(model: object, example: object) -> None:
+    """``ValueError`` unless ``model`` is a module and ``example`` a batch of at least one sample."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example, torch.Tensor) or example.dim() < 1 or example.shape[0] < 1:
@@ -96,14 +99,14 @@ def outputs(y: object) -> list[torch.Tensor]:
     )
 
 
-def _max_diff(got: torch.Tensor | Sequence[torch.Tensor], want: object, rtol: float, atol: float) -> tuple[bool, float]:
+def max_diff(got: torch.Tensor | Sequence[torch.Tensor], want: object, rtol: float, atol: float) -> tuple[bool, float]:
     """(close, max |got - want|) over the outputs: close when each output's largest difference is
     at most ``atol + rtol * max |want|`` (a tolerance relative to the output's scale)."""
     gots, wants = outputs(got) if not isinstance(got, list) else got, outputs(want)
     if len(gots) != len(wants):
         return False, float("inf")
     if len(wants) > 1:
-        pairs = [_max_diff(g, w, rtol, atol) for g, w in zip(gots, wants)]
+        pairs = [max_diff(g, w, rtol, atol) for g, w in zip(gots, wants)]
         return all(ok for ok, _ in pairs), max(d for _, d in pairs)
     got, want = gots[0], wants[0]
     if got.shape != want.shape:
@@ -673,7 +676,7 @@ def inference_form(
     Raises:
         ValueError: bad arguments, or a model ``torch.fx`` cannot trace.
     """
-    _check_inputs(model, example)
+    check_inputs(model, example)
     if merge not in MERGE_MODES:
         raise ValueError(f"merge must be one of {MERGE_MODES}, got {merge!r}")
     if not isinstance(channel_multiple, int) or channel_multiple < 1:
@@ -736,7 +739,7 @@ def inference_form(
     if check:
         with torch.no_grad():
             got = gm(example)
-        ok, diff = _max_diff(got, want, rtol, atol)
+        ok, diff = max_diff(got, want, rtol, atol)
         if not ok:
             raise InferenceCheckError(
                 f"the inference form's output differs from the model's by {diff:.3g} "
