@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from basisprune.repro import experiments
+from basisprune.repro.arguments import ArgumentParser
 
 FIRST = {
     "eval-global-raw": dict(bn_mode="eval", basis_scope="global", basis_normalize="none"),
@@ -71,7 +72,7 @@ GRIDS = {"first": (FIRST, FIRST_COMMON, Path("data/calibration")),
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grid", choices=sorted(GRIDS), default="fair")
     ap.add_argument("--variants", nargs="*", default=None, help="default: every variant of the grid")
     ap.add_argument("--threads", type=int, default=None)

@@ -8,10 +8,11 @@ when one exceeds ``--rtol``/``--atol`` (or the rounds or their keys differ), 0 o
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Any, Iterator
+
+from basisprune.repro.arguments import ArgumentParser
 
 
 def _numbers(a: Any, b: Any, path: str) -> Iterator[tuple[str, float, float]]:
@@ -54,7 +55,7 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[float, float, str
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("old", help="results file (e.g. the committed one)")
     ap.add_argument("new", help="results file to compare with it")
     ap.add_argument("--rtol", type=float, default=1e-6, help="largest relative difference allowed (default 1e-6)")

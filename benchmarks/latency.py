@@ -37,6 +37,7 @@ from torch import nn
 import basisprune as bp
 from basisprune.repro import data, efficiency, models, peer, provenance
 from basisprune.repro.results import write_results
+from basisprune.repro.arguments import ArgumentParser
 
 UNTRAINED = "untrained, for latency only"
 
@@ -128,7 +129,7 @@ def markdown(rows: list[dict[str, Any]], backend: str) -> str:
 
 # --------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="Time pruned models and their inference forms against the unpruned reference (CPU or "
                     "CUDA; eval mode, torch.inference_mode; medians and IQRs over repeated runs).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

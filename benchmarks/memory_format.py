@@ -13,7 +13,6 @@ the ``memory_format`` parameter's default (``channels_last``).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ import basisprune as bp
 from basisprune.repro import models, profiles, provenance
 from basisprune.repro.results import write_results
 from basisprune.repro.train import freeze, set_memory_format
+from basisprune.repro.arguments import ArgumentParser
 
 
 def step_seconds(model: torch.nn.Module, head: str, x: torch.Tensor, y: torch.Tensor, min_run_time: float) -> dict:
@@ -42,7 +42,7 @@ def step_seconds(model: torch.nn.Module, head: str, x: torch.Tensor, y: torch.Te
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="default", help="experiments profile (model, image size, batch)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the book runs one per process)")
     ap.add_argument("--min-run-time", type=float, default=3.0, help="seconds of timing per model and layout")

@@ -16,7 +16,6 @@ a round's seconds are the median step times ``steps per round`` (training batche
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -32,6 +31,7 @@ import basisprune as bp
 from basisprune.repro import models, profiles
 from basisprune.repro.results import write_results
 from basisprune.repro.train import freeze, set_memory_format
+from basisprune.repro.arguments import ArgumentParser
 
 
 def step_seconds(model: torch.nn.Module, head: str, x: torch.Tensor, y: torch.Tensor, min_run_time: float) -> float:
@@ -59,7 +59,7 @@ def at_round(d: torch.nn.Module, kept: dict[str, int], shrink: bool) -> torch.nn
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=Path("data/results/default/basis_pruning-mnist5k-seed0.json"))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the book runs one per process)")
     ap.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per model and repeat")

@@ -26,7 +26,6 @@ and the issue's targets. One thread by default; on a shared machine say so when 
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import statistics
@@ -42,6 +41,7 @@ import basisprune as bp
 from basisprune import bench
 from basisprune.repro import efficiency, models, provenance
 from basisprune.repro.results import write_results
+from basisprune.repro.arguments import ArgumentParser
 
 
 def prune_weakest(model: nn.Module, fraction: float) -> None:
@@ -185,7 +185,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 96, 224])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--depths", type=float, nargs="+", default=[0.3, 0.8], help="fractions of bases pruned")

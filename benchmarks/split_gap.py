@@ -43,6 +43,7 @@ import torch
 from basisprune.repro import data, experiments
 from basisprune.repro.experiments import stops_after
 from basisprune.repro.results import provenance, read_results, write_json
+from basisprune.repro.arguments import ArgumentParser
 
 RUNS = Path("data/calibration/split_gap")
 OUT = Path("data/calibration/split_gap.json")
@@ -241,7 +242,7 @@ def analyze() -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="the rotation runs (missing results files only)")
     r.add_argument("--folds", type=int, nargs="*", default=list(range(data.FOLDS)), choices=range(data.FOLDS))

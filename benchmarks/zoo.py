@@ -21,7 +21,6 @@ so are those over ``--max-params`` parameters (time on a small CPU).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import multiprocessing
@@ -39,6 +38,7 @@ import basisprune as bp
 from basisprune.channel import unsupported_channel_groups
 from basisprune.errors import BasisPruneError, one_line
 from basisprune.repro import provenance as machine
+from basisprune.repro.arguments import ArgumentParser
 
 NUM_CLASSES = 7  # no inner layer of a torchvision model has 7 channels: the head is found by its width
 SIZE = 64
@@ -238,7 +238,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", nargs="*", help="model names (default: every classification model)")
     ap.add_argument("--max-params", type=float, default=MAX_PARAMS, help=f"skip bigger models (default {MAX_PARAMS:g})")
     ap.add_argument("--jobs", type=int, default=1, help="models checked side by side, one thread each")

@@ -4,18 +4,19 @@ Errors the library raises on purpose derive from :class:`BasisPruneError` (bad p
 :class:`ValueError`, missing data and weights also :class:`FileNotFoundError`, corrupt checkpoints
 also :class:`RuntimeError`). The command lines (``basisprune``, ``python -m basisprune_book``) turn
 them, and every :class:`ValueError` and :class:`OSError`, into one line on stderr,
-``basisprune: error: <message>``, and exit status 2; ``--debug`` shows the traceback instead.
+``basisprune: error: <message>``, and exit status 2; ``--debug`` shows the traceback instead
+(their argument parser, with usage errors in the same form, is the harness's
+``basisprune.repro.arguments.ArgumentParser``).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import traceback
-from typing import Any, NoReturn
+from typing import Any
 
 __all__ = [
-    "EXIT_ERROR", "PREFIX", "REPORTED", "ArgumentParser", "BasisPruneError", "ParameterError",
+    "EXIT_ERROR", "PREFIX", "REPORTED", "BasisPruneError", "ParameterError",
     "WorkdirMismatchError", "one_line", "report",
 ]
 
@@ -64,15 +65,3 @@ def report(exc: BaseException, *, debug: bool = False) -> int:
     else:
         print(PREFIX + one_line(exc), file=sys.stderr)
     return EXIT_ERROR
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line, like every other error of the CLI, and
-    that takes no abbreviated options (``--epochs`` must not silently mean ``--epochs-per-round``)."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_ERROR, f"{PREFIX}{message} (see {self.prog} --help)\n")

@@ -46,6 +46,7 @@ from basisprune import errors
 from basisprune.errors import BasisPruneError, ParameterError
 from basisprune.repro.provenance import hardware
 from basisprune.repro import profiles
+from basisprune.repro.arguments import ArgumentParser
 from basisprune.repro.report import RESULTS_ENV, executed_dir, repo_root
 from basisprune.repro.results import write_json, write_text
 
@@ -752,7 +753,7 @@ def _parse_value(text: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = errors.ArgumentParser(prog="python -m basisprune_book", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m basisprune_book", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("execute", help="execute the notebooks with papermill")

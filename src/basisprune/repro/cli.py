@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from .. import errors
 from . import profiles
+from .arguments import ArgumentParser
 from .experiments import EXPERIMENTS, resolve_params, run
 
 __all__ = ["main"]
@@ -43,7 +44,7 @@ def _parse_value(text: str, spec: profiles.Spec) -> Any:
 
 def _parser() -> argparse.ArgumentParser:
     epilog = "experiments: " + ", ".join(sorted(EXPERIMENTS)) + "\n\nparameters (default profile):\n" + profiles.describe()
-    ap = errors.ArgumentParser(
+    ap = ArgumentParser(
         prog="basisprune", description="Basis scaling / channel scaling / double pruning experiments.",
         epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import sweep
+from .arguments import ArgumentParser
 from .results import provenance, read_results, write_json
 
 __all__ = ["TIER_FILE", "SMOKE_OVERRIDES", "gpu_driver", "processor", "run_tier", "load_tier", "tier_rows", "tier_table",
@@ -61,7 +62,7 @@ def processor(hardware: dict[str, Any]) -> str:
 
 def tier_parser(doc: str | None, spec: Path, out: Path) -> argparse.ArgumentParser:
     """The command line a tier runner in ``benchmarks/`` shares: ``--spec``, ``--out``, ``--folder``, ``--workers``."""
-    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spec", type=Path, default=spec)
     ap.add_argument("--out", type=Path, default=out)
     ap.add_argument("--folder", type=Path, default=None, help="sweep folder (default: runs/sweeps/<name>)")
