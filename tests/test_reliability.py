@@ -17,7 +17,7 @@ import torch
 
 import basisprune as bp
 from basisprune import errors, prune
-from basisprune.repro import data, experiments, models, profiles, results, train
+from basisprune.repro import checkpoints, data, experiments, models, profiles, results, train
 from basisprune_book import build as book
 from basisprune.repro.cli import main as cli_main
 from basisprune.repro.results import read_results, strip_volatile
@@ -487,7 +487,7 @@ def test_killed_inside_a_write_resumes_to_the_same_result(target, nth, tmp_path,
     if nth == 1:
         assert not dest.exists()
     else:
-        assert train.load_checkpoint(dest, weights_only=False)["round"] == nth - 2  # the previous round's
+        assert checkpoints.load_checkpoint(dest, weights_only=False)["round"] == nth - 2  # the previous round's
     time.sleep(0.05)  # the rerun starts strictly after the orphan was last written
     rerun = _cli(args)
     assert rerun.returncode == 0, rerun.stderr

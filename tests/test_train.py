@@ -9,18 +9,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from basisprune.repro.checkpoints import CheckpointError, load_checkpoint, restore_streams, save_checkpoint, stream_state
 from basisprune.repro.train import (
-    CheckpointError,
     evaluate,
     freeze,
-    load_checkpoint,
     pick_device,
-    restore_streams,
-    save_checkpoint,
     seed_everything,
     set_bn_mode,
     set_memory_format,
-    stream_state,
     train_epoch,
 )
 

@@ -35,19 +35,16 @@ from ..importance import ScaleMagnitude, TaylorImportance
 from ..measure import basis_savings, measure, output_positions
 from ..prune import PruningRule
 from ..pruner import Pruner
+from .checkpoints import load_checkpoint, restore_streams, save_checkpoint, stream_state
 from .results import Timer, check_writable, clean_stale_temporaries, read_results, to_jsonable, write_json, write_results
 from .train import (
     DivergenceError,
     distillation_loss,
     evaluate,
     freeze,
-    load_checkpoint,
     make_scaler,
     pick_device,
-    restore_streams,
-    save_checkpoint,
     seed_everything,
-    stream_state,
     train_epoch,
 )
 
