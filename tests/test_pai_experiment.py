@@ -9,7 +9,7 @@ import torch
 
 from basisprune import pai
 from basisprune.repro import data, pai_experiment as pe, smallnets
-from basisprune.repro.train import seed_everything
+from basisprune.repro.devices import seed_everything
 
 # Tiny smoke settings: a few hundred images, one epoch, width-4 vgg_small.
 TINY = dict(subset_train=96, subset_test=64, batch_size=32, prune_batch_size=16, synflow_iterations=3)

@@ -10,11 +10,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from basisprune.repro.checkpoints import CheckpointError, load_checkpoint, restore_streams, save_checkpoint, stream_state
+from basisprune.repro.devices import pick_device, seed_everything
 from basisprune.repro.train import (
     evaluate,
     freeze,
-    pick_device,
-    seed_everything,
     set_bn_mode,
     set_memory_format,
     train_epoch,

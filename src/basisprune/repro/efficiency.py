@@ -418,7 +418,7 @@ def peer_comparison(
         is at least ours, or ``None``), ``target_accuracy``, ``budget_epochs`` and the models
         ``peer_model`` and ``reference_model`` (the unpruned transfer model).
     """
-    from .train import seed_everything
+    from .devices import seed_everything
 
     overrides = {k: v for k, v in {"dataset": dataset, "seed": seed, **params}.items() if v is not None}
     p = experiments.resolve_params(experiment, profile, **overrides)

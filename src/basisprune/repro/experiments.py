@@ -36,6 +36,7 @@ from ..measure import basis_savings, measure, output_positions
 from ..prune import PruningRule
 from ..pruner import Pruner
 from .checkpoints import load_checkpoint, restore_streams, save_checkpoint, stream_state
+from .devices import pick_device, seed_everything
 from .results import Timer, check_writable, clean_stale_temporaries, read_results, to_jsonable, write_json, write_results
 from .train import (
     DivergenceError,
@@ -43,8 +44,6 @@ from .train import (
     evaluate,
     freeze,
     make_scaler,
-    pick_device,
-    seed_everything,
     train_epoch,
 )
 

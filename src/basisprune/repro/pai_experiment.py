@@ -71,7 +71,8 @@ from tqdm import tqdm
 
 from .. import pai
 from . import data, experiments, models, profiles, provenance, smallnets
-from .train import evaluate, pick_device, seed_everything, train_epoch
+from .devices import pick_device, seed_everything
+from .train import evaluate, train_epoch
 
 __all__ = [
     "SCRATCH_METHODS",

@@ -203,7 +203,7 @@ SPECS: dict[str, Spec] = {
     "test_split": Spec("str", choices=("fold0", "fold1", "fold2", "fold3", "fold4", "seed")),
     "data_root": Spec("path", optional=True),
     "seed": Spec("int", low=0, high=2**32 - 1),
-    "device": Spec("str"),  # the forms and what this machine has: basisprune.repro.train.pick_device
+    "device": Spec("str"),  # the forms and what this machine has: basisprune.repro.devices.pick_device
     "precision": Spec("str", choices=("auto", "fp32", "bf16", "fp16")),
     "memory_format": Spec("str", choices=("channels_last", "contiguous")),
     "bn_mode": Spec("str", choices=("eval", "train")),
@@ -253,7 +253,7 @@ def validate(p: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from . import data, models
-    from .train import pick_device
+    from .devices import pick_device
 
     p = dict(p)
     if isinstance(p["device"], torch.device):
