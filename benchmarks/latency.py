@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 import basisprune as bp
-from basisprune.repro import data, efficiency, models, peer, provenance
+from basisprune.repro import data, efficiency, models, peer, provenance, speed
 from basisprune.repro.results import write_results
 from basisprune.repro.arguments import ArgumentParser
 
@@ -120,7 +120,7 @@ BACKENDS = {"torch": "PyTorch eager", "compile": "torch.compile", "cudagraph": "
 def markdown(rows: list[dict[str, Any]], backend: str) -> str:
     """One table per backend: per model MFLOPs, FLOP reduction and, per batch size, the median
     ms [p25-p75] and the speedup against the unpruned model."""
-    table = efficiency.latency_pivot(rows, backend)
+    table = speed.latency_pivot(rows, backend)
     if table.empty:
         return ""
     table = table.drop(columns=["params (M)"]).rename(columns={"FLOPs reduction": "FLOPs red."})
@@ -204,18 +204,18 @@ def main(argv: list[str] | None = None) -> int:
     forms, form_summary = {}, []
     if args.forms:
         t0 = time.perf_counter()
-        forms, form_summary = efficiency.inference_forms(
+        forms, form_summary = speed.inference_forms(
             {e["label"]: e["model"] for e in entries}, x, args.form_batch_sizes or sizes, merge=args.merge, memory_format=args.memory_format,
             channel_multiple=args.channel_multiple, threads=args.threads, min_run_time=args.form_min_run_time, device=dev)
         print(f"built {len(forms)} inference forms in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     timed: dict[str, nn.Module] = {}
     for e in entries:
         timed[e["label"]] = e["model"]
-        if e["label"] + efficiency.FORM in forms:
-            timed[e["label"] + efficiency.FORM] = forms[e["label"] + efficiency.FORM]
+        if e["label"] + speed.FORM in forms:
+            timed[e["label"] + speed.FORM] = forms[e["label"] + speed.FORM]
     modes = (["compile"] if args.compile else []) + (["cudagraph"] if dev.type == "cuda" and args.cuda_graphs else [])
     t0 = time.perf_counter()
-    rows = efficiency.speed_table(timed, shape, sizes, threads=args.threads, onnx=args.onnx,
+    rows = speed.speed_table(timed, shape, sizes, threads=args.threads, onnx=args.onnx,
                                   min_run_time=args.min_run_time, min_runs=args.min_runs, rounds=args.rounds,
                                   onnx_repeats=args.onnx_repeats, device=dev, modes=modes)
     timing_s = time.perf_counter() - t0
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     tp = next((e["label"] for e in entries if e["label"].startswith("torch-pruning")), "")
     targets = {}
     for b in backends:
-        for ours, other in ((double, tp), (double + efficiency.FORM, tp + efficiency.FORM)):
+        for ours, other in ((double, tp), (double + speed.FORM, tp + speed.FORM)):
             if ours in timed:
                 targets[f"{b}: {ours}"] = efficiency.speed_targets(
                     rows, ours=ours, pruned=double, peer=other if other in timed else tp, reference="unpruned",

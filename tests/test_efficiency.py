@@ -5,11 +5,10 @@ import statistics
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import basisprune as bp
 from conftest import random_basis_masks
-from basisprune.repro import efficiency, smallnets
+from basisprune.repro import efficiency, smallnets, speed
 
 SHAPE = (3, 12, 12)
 
@@ -44,7 +43,7 @@ def test_speed_table_rows_have_fields_and_reference_speedup_is_one(rounds):
     own (not its timing against itself), and the FLOP columns agree with count_flops."""
     _, small = pruned_compact()
     models = {"ref": tiny_net(), "small": small}
-    rows = efficiency.speed_table(models, SHAPE, batch_sizes=(1, 3), threads=1, onnx=False, rounds=rounds, **QUICK)
+    rows = speed.speed_table(models, SHAPE, batch_sizes=(1, 3), threads=1, onnx=False, rounds=rounds, **QUICK)
     assert [(r["model"], r["batch_size"]) for r in rows] == [("ref", 1), ("ref", 3), ("small", 1), ("small", 3)]
     fields = {"model", "params", "flops", "param_pruning_ratio", "flop_pruning_ratio", "flop_reduction", "batch_size",
               "median_ms", "p25_ms", "p75_ms", "iqr_ms", "runs", "rounds", "threads", "device", "speedup"}
@@ -67,20 +66,20 @@ def test_speed_table_rows_have_fields_and_reference_speedup_is_one(rounds):
 def test_speed_table_onnx_columns():
     """With onnx, every row has ONNX Runtime timings from every round and the reference's ONNX
     speedup is 1."""
-    rows = efficiency.speed_table({"ref": tiny_net(), "copy": tiny_net()}, SHAPE, batch_sizes=(2,), threads=1,
+    rows = speed.speed_table({"ref": tiny_net(), "copy": tiny_net()}, SHAPE, batch_sizes=(2,), threads=1,
                                   onnx=True, onnx_repeats=2, rounds=2, **QUICK)
     for r in rows:
         assert r["onnx_error"] is None and r["onnx_median_ms"] > 0 and r["onnx_exporter"] == "legacy"
         assert len(r["onnx_round_medians_ms"]) == 2
     assert rows[0]["onnx_speedup"] == 1.0
-    assert "b2 speedup" in efficiency.latency_pivot(rows, "onnx").columns
+    assert "b2 speedup" in speed.latency_pivot(rows, "onnx").columns
 
 
 def test_speed_table_refuses_empty_and_bad_rounds():
     with pytest.raises(ValueError, match="empty"):
-        efficiency.speed_table({}, SHAPE)
+        speed.speed_table({}, SHAPE)
     with pytest.raises(ValueError, match="rounds"):
-        efficiency.speed_table({"ref": tiny_net()}, SHAPE, rounds=0)
+        speed.speed_table({"ref": tiny_net()}, SHAPE, rounds=0)
 
 
 def test_lift_pairs_keeps_the_function_and_finds_every_pair():
@@ -89,7 +88,7 @@ def test_lift_pairs_keeps_the_function_and_finds_every_pair():
     d, small = pruned_compact()
     pairs = [n for n, m in small.named_modules() if isinstance(m, nn.Sequential) and len(m) == 2 and n]
     assert pairs, "the fixture should leave at least one kept pair"
-    lifted = efficiency.lift_pairs(small)
+    lifted = speed.lift_pairs(small)
     assert set(bp.basis_layers(lifted)) == set(pairs)
     assert all(l.kept == l.num_bases for l in bp.basis_layers(lifted).values())
     x = torch.randn(4, *SHAPE)
@@ -106,7 +105,7 @@ def test_latency_compact_follows_the_timings(pair_faster):
         return (1.0 if pair_faster else 3.0) if isinstance(module, nn.Sequential) else 2.0
 
     x = torch.randn(1, *SHAPE)
-    out, decisions = efficiency.latency_compact(small, x, batch_sizes=(1, 2), timer=timer)
+    out, decisions = speed.latency_compact(small, x, batch_sizes=(1, 2), timer=timer)
     assert decisions and all(dec["fold"] is (not pair_faster) for dec in decisions)
     assert all(dec["reason"] == ("pair faster" if pair_faster else "latency") for dec in decisions)
     n_pairs = sum(isinstance(m, nn.Sequential) and len(m) == 2 for n, m in out.named_modules() if n)
@@ -117,7 +116,7 @@ def test_latency_compact_follows_the_timings(pair_faster):
 
 def test_latency_compact_without_pairs_is_a_copy():
     net = tiny_net()
-    out, decisions = efficiency.latency_compact(net, torch.randn(1, *SHAPE))
+    out, decisions = speed.latency_compact(net, torch.randn(1, *SHAPE))
     assert decisions == [] and out is not net
     x = torch.randn(2, *SHAPE)
     torch.testing.assert_close(out(x), net(x))
@@ -235,12 +234,12 @@ def test_inference_forms_label_and_summarise():
     the summary counts its folded batch norms."""
     _, small = pruned_compact()
     x = torch.randn(2, *SHAPE)
-    forms, summary = efficiency.inference_forms({"ref": tiny_net(), "small": small}, x, (1, 2), merge="flops",
+    forms, summary = speed.inference_forms({"ref": tiny_net(), "small": small}, x, (1, 2), merge="flops",
                                                 memory_format="contiguous")
-    assert list(forms) == ["ref" + efficiency.FORM, "small" + efficiency.FORM]
+    assert list(forms) == ["ref" + speed.FORM, "small" + speed.FORM]
     assert [s["batch norms folded"] for s in summary] == [1, 1]
     with torch.no_grad():
-        torch.testing.assert_close(forms["small" + efficiency.FORM](x), small(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(forms["small" + speed.FORM](x), small(x), rtol=1e-4, atol=1e-5)
 
 
 def test_speed_table_extra_mode_columns(monkeypatch):
@@ -257,9 +256,9 @@ def test_speed_table_extra_mode_columns(monkeypatch):
 
     monkeypatch.setattr(bench, "latency", fake)
     models = {"ref": tiny_net(), "copy": tiny_net(), "broken": nn.Sequential(tiny_net())}
-    rows = efficiency.speed_table(models, SHAPE, batch_sizes=(1,), threads=1, onnx=False, modes=("compile",), **QUICK)
+    rows = speed.speed_table(models, SHAPE, batch_sizes=(1,), threads=1, onnx=False, modes=("compile",), **QUICK)
     assert rows[0]["compile_speedup"] == 1.0 and rows[1]["compile_median_ms"] > 0
     assert rows[2]["compile_error"].startswith("RuntimeError") and rows[2]["compile_median_ms"] is None
-    assert "b1 speedup" in efficiency.latency_pivot(rows, "compile").columns
+    assert "b1 speedup" in speed.latency_pivot(rows, "compile").columns
     with pytest.raises(ValueError, match="modes"):
-        efficiency.speed_table(models, SHAPE, modes=("turbo",))
+        speed.speed_table(models, SHAPE, modes=("turbo",))

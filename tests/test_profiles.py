@@ -3,13 +3,13 @@
 import pytest
 
 from basisprune.errors import ParameterError
-from basisprune.repro import efficiency, pai_experiment, profiles
+from basisprune.repro import pai_experiment, profiles, speed
 
 
 def test_unknown_profile_is_refused_by_one_check_everywhere():
     """Every entry point that takes a profile name refuses an unknown one with the same ParameterError."""
     calls = [lambda: profiles.get("nope"), lambda: profiles.section("nope", "pai"),
-             lambda: pai_experiment.profile_settings("nope"), lambda: efficiency.timing_settings("nope")]
+             lambda: pai_experiment.profile_settings("nope"), lambda: speed.timing_settings("nope")]
     for call in calls:
         with pytest.raises(ParameterError, match="profile must be one of smoke, default, gpu, paper, got 'nope'"):
             call()
@@ -20,7 +20,7 @@ def test_sections_are_read_from_the_one_table_and_left_out_of_the_parameters(pro
     """The pai and timing settings come from PROFILES (copies), and get() returns no section."""
     params = profiles.get(profile)
     assert not set(profiles.SECTIONS) & set(params)
-    timing = efficiency.timing_settings(profile)
+    timing = speed.timing_settings(profile)
     assert timing == profiles.PROFILES[profile]["timing"]
     timing["rounds"] = -1  # a copy: the table is unchanged
     assert profiles.PROFILES[profile]["timing"]["rounds"] != -1

@@ -290,7 +290,7 @@ SECTIONS = ("pai", "timing")
 # the transfer fine-tuning runs two epochs on 1,800 of the training images at Adam lr 1e-3 instead
 # of the experiments profile's five epochs on all of them (3,600 for mnist5k) at its ``full_lr``
 # 3e-4 (after one epoch at 3e-4 the pruned MobileNetV2 was still at chance accuracy).
-# ``timing`` (efficiency.speed_table): seconds of timing per model, batch size and round (at least),
+# ``timing`` (speed.speed_table): seconds of timing per model, batch size and round (at least),
 # runs per round (at least), untimed warm-up calls, rounds (every model timed once per round, so that
 # a change of load on a shared machine hits all models alike), ONNX Runtime calls; and the per-layer
 # timings of the latency fold rule. The default profile times 2 rounds so that chapter 7 fits the
