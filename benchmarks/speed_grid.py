@@ -39,7 +39,7 @@ from torch import nn
 
 import basisprune as bp
 from basisprune import bench
-from basisprune.repro import efficiency, models, provenance
+from basisprune.repro import comparison, models, provenance
 from basisprune.repro.results import write_results
 from basisprune.repro.arguments import ArgumentParser
 
@@ -97,7 +97,7 @@ def build_forms(ref: nn.Module, head: str, size: int, args) -> tuple[dict[str, d
     info: dict[str, Any] = {}
     if not args.no_peer:
         ratio = 1 - bp.count_flops(deepest, x[:1]) / bp.count_flops(ref, x[:1])
-        tp, tp_info = efficiency.prune_to_flops(ref, x[:1], ratio)
+        tp, tp_info = comparison.prune_to_flops(ref, x[:1], ratio)
         sources["Torch-Pruning"] = tp.eval()
         info["Torch-Pruning"] = {"target_flop_ratio": ratio, **{k: v for k, v in tp_info.items() if k != "model"}}
     forms: dict[str, dict[str, nn.Module]] = {"eager": {}, "onnxruntime": {}}

@@ -8,7 +8,7 @@ from torch import nn
 
 import basisprune as bp
 from conftest import random_basis_masks
-from basisprune.repro import efficiency, smallnets, speed
+from basisprune.repro import comparison, efficiency, smallnets, speed
 
 SHAPE = (3, 12, 12)
 
@@ -129,7 +129,7 @@ def test_peer_at_target_flops_has_at_most_the_target(target):
     ref = smallnets.resnet20(num_classes=4, in_channels=1, width=8)
     x = torch.randn(1, 1, 16, 16)
     before = {k: v.clone() for k, v in ref.state_dict().items()}
-    net, info = efficiency.prune_to_flops(ref, x, target)
+    net, info = comparison.prune_to_flops(ref, x, target)
     flops, flops_ref = bp.count_flops(net, x), bp.count_flops(ref, x)
     assert flops <= (1 - target) * flops_ref
     assert info["flop_pruning_ratio"] >= target
@@ -138,7 +138,7 @@ def test_peer_at_target_flops_has_at_most_the_target(target):
 
 def test_peer_with_nothing_to_prune_is_a_copy():
     ref = tiny_net()
-    net, info = efficiency.prune_to_flops(ref, torch.randn(1, *SHAPE), 0.0)
+    net, info = comparison.prune_to_flops(ref, torch.randn(1, *SHAPE), 0.0)
     assert net is not ref and info["pruning_ratio"] == 0.0
     assert bp.count_params(net) == bp.count_params(ref)
 
@@ -152,10 +152,10 @@ def _record(experiment, hist_len, stages=None, **p):
 
 
 def test_training_epochs_counts_warmup_and_rounds_run():
-    assert efficiency.training_epochs(_record("basis_pruning", 21)) == {"channel": 0, "basis": 25, "total": 25}
+    assert comparison.training_epochs(_record("basis_pruning", 21)) == {"channel": 0, "basis": 25, "total": 25}
     dp = _record("double_pruning", 9, stages={"channel": 13, "basis": 9}, channel_warmup_epochs=2, epochs_per_round=2)
-    assert efficiency.training_epochs(dp) == {"channel": 2 + 24, "basis": 5 + 16, "total": 47}
-    assert efficiency.training_epochs(_record("channel_pruning", 3))["total"] == 7
+    assert comparison.training_epochs(dp) == {"channel": 2 + 24, "basis": 5 + 16, "total": 47}
+    assert comparison.training_epochs(_record("channel_pruning", 3))["total"] == 7
 
 
 def _comparison(ours_s, reached_s, whole_s, acc_ours=0.9, acc_peer=0.9):
@@ -205,11 +205,11 @@ def test_cached_peer_history_prefix():
     """A stored fine-tuning history answers shorter requests (and stop-at-target ones it reaches),
     not longer ones."""
     hist = [{"epoch": e, "accuracy_test": a} for e, a in enumerate([0.1, 0.5, 0.7, 0.8])]
-    assert [h["epoch"] for h in efficiency._prefix(hist, 2, False, 0.9)] == [0, 1, 2]
-    assert [h["epoch"] for h in efficiency._prefix(hist, 3, True, 0.6)] == [0, 1, 2]
-    assert efficiency._covers(hist, 3, False, 0.9) and efficiency._covers(hist, 2, True, 0.95)
-    assert efficiency._covers(hist, 10, True, 0.6)
-    assert not efficiency._covers(hist, 4, False, 0.9) and not efficiency._covers(hist, 5, True, 0.95)
+    assert [h["epoch"] for h in comparison._prefix(hist, 2, False, 0.9)] == [0, 1, 2]
+    assert [h["epoch"] for h in comparison._prefix(hist, 3, True, 0.6)] == [0, 1, 2]
+    assert comparison._covers(hist, 3, False, 0.9) and comparison._covers(hist, 2, True, 0.95)
+    assert comparison._covers(hist, 10, True, 0.6)
+    assert not comparison._covers(hist, 4, False, 0.9) and not comparison._covers(hist, 5, True, 0.95)
 
 
 def test_speed_targets_logic():

@@ -631,7 +631,7 @@ def target_status(verdict: dict[str, Any]) -> str:
 
 
 def without_models(comparison: dict[str, Any]) -> dict[str, Any]:
-    """A peer comparison (:func:`basisprune.repro.efficiency.peer_comparison`) without its models,
+    """A peer comparison (:func:`basisprune.repro.comparison.peer_comparison`) without its models,
     example input and full record: what its results file keeps."""
     return {k: v for k, v in comparison.items() if k not in ("peer_model", "reference_model", "example_input", "record")}
 
