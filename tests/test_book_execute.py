@@ -73,7 +73,7 @@ def test_the_shared_runs_are_the_runs_the_chapters_loop_over():
     """book_runs holds every (experiment, data set, seed) that chapters 2-5 loop over and chapter
     6's transfer targets, each once; double pruning follows the channel run whose stage it reuses."""
     from basisprune.repro import profiles
-    from basisprune.repro.report import book_runs, selection, table_seeds
+    from basisprune.repro.plan import book_runs, selection, table_seeds
 
     for profile in ("smoke", "default"):
         runs = [r for chain in book_runs(profile) for r in chain]
@@ -99,7 +99,7 @@ def test_shared_chains_run_longest_first_and_unknown_ones_before(tmp_path, monke
 
     chains = [(("p", "transfer", "a", 0),), (("p", "channel_pruning", "a", 0), ("p", "double_pruning", "a", 0)),
               (("p", "basis_pruning", "a", 0),), (("p", "basis_pruning", "a", 1),)]
-    monkeypatch.setattr("basisprune.repro.report.book_runs", lambda profile: list(chains))
+    monkeypatch.setattr("basisprune.repro.plan.book_runs", lambda profile: list(chains))
     folder = tmp_path / "data" / "results" / "p"
     folder.mkdir(parents=True)
     for name, c, r in (("transfer-a-seed0", 50, 0), ("double_pruning-a-seed0", 100, 60),

@@ -220,7 +220,7 @@ def execute(
     each), :data:`PARALLEL_FIRST` first, then the longest; ``wall_seconds`` in the record is the
     elapsed time of them all. With ``shared_runs`` (and several jobs, all notebooks, no
     ``parameters``), the experiment runs the chapters share
-    (:func:`basisprune.repro.report.book_runs`) are computed first, side by side in the same pool,
+    (:func:`basisprune.repro.plan.book_runs`) are computed first, side by side in the same pool,
     longest first; the notebooks then load their checkpoints (``runs`` in the record: their times). ``fail_fast`` stops before the next notebook when they run one at a
     time; side by side, every notebook is already queued.
 
@@ -390,10 +390,10 @@ def _chain_label(chain: Sequence[tuple[str, str, str, int]]) -> str:
 
 
 def _prefetch_chains(profile: str, root: Path) -> list[tuple[tuple[str, str, str, int], ...]]:
-    """The chains of :func:`basisprune.repro.report.book_runs`, longest first by the compute and
+    """The chains of :func:`basisprune.repro.plan.book_runs`, longest first by the compute and
     reference seconds of the profile's committed results (a chain's last run includes the stages
     before it); a chain without committed results goes first."""
-    from basisprune.repro.report import book_runs
+    from basisprune.repro.plan import book_runs
 
     def seconds(chain) -> float:
         prof, experiment, dataset, seed = chain[-1]

@@ -15,10 +15,12 @@ from typing import Any
 
 from ..errors import BasisPruneError
 from . import profiles
+from .plan import Run, book_runs, chapter_of, chapter_runs, selection, table_seeds
 
 __all__ = [
     "RESULTS_ENV",
     "book_runs",
+    "chapter_runs",
     "ROOT_ENV",
     "ProjectNotFoundError",
     "ceiling_table",
@@ -99,29 +101,6 @@ def results_dir(profile: str, override: str | os.PathLike | None = None) -> Path
     return path
 
 
-# ------------------------------------------------------------------------------------ tables
-def selection(profile: str, *, datasets=None, seeds=None, dataset=None, seed=None) -> tuple[list[str], list[int]]:
-    """Datasets and seeds a notebook loops over: one ``dataset`` / ``seed`` if given, else the
-    ``datasets`` / ``seeds`` lists if given, else the profile's."""
-
-    p = profiles.get(profile)
-    ds = [dataset] if dataset is not None else list(datasets or p["datasets"])
-    ss = [int(seed)] if seed is not None else [int(s) for s in (seeds or p["seeds"])]
-    return ds, ss
-
-
-def table_seeds(profile: str, *, datasets=None, seeds=None, dataset=None, seed=None) -> dict[str, list[int]]:
-    """Seeds per data set for the main table (notebook 05): one ``seed`` or the ``seeds`` list if
-    given, else the profile's ``table_seeds`` for that data set, else the profile's ``seeds``."""
-
-    p = profiles.get(profile)
-    ds, default = selection(profile, datasets=datasets, seeds=seeds, dataset=dataset, seed=seed)
-    if seed is not None or seeds:
-        return {d: list(default) for d in ds}
-    per = p.get("table_seeds") or {}
-    return {d: [int(s) for s in per.get(d, default)] for d in ds}
-
-
 # ------------------------------------------------------------------------------------ displayed tables
 #: Folder of ``results_dir`` that holds the CSV copy of every table a chapter shows.
 TABLES_DIR = "tables"
@@ -179,37 +158,6 @@ def show_table(table, name: str, results: str | os.PathLike, sources=(), *, coll
     if sources:
         links.append("computed from " + ", ".join(_book_link(Path(s), results) for s in sources))
     display(Markdown("; ".join(links) + "."))
-
-
-#: A run of :func:`basisprune.repro.experiments.run`: (profile, experiment, dataset, seed).
-Run = tuple[str, str, str, int]
-
-
-def book_runs(profile: str) -> list[tuple[Run, ...]]:
-    """The experiment runs that chapters 2-7 read with the profile's own settings, as chains.
-
-    A chain is computed in one process, in order: double pruning follows the channel pruning run
-    whose stage it reuses. The book builder computes these chains side by side before the
-    notebooks that read them (which then load their checkpoints); it is the same list the
-    notebooks loop over: transfer (chapter 2) over the profile's data sets and seeds, channel,
-    basis and double pruning over the main table's seeds (:func:`table_seeds`, a superset of
-    chapters 3, 4 and 7's), and the basis/double targets of chapter 6's transfer comparison.
-    """
-    datasets, seeds = selection(profile)
-    chains: list[tuple[Run, ...]] = [((profile, "transfer", d, s),) for d in datasets for s in seeds]
-    for d, ss in table_seeds(profile).items():
-        for s in ss:
-            chains += [((profile, "channel_pruning", d, s), (profile, "double_pruning", d, s)),
-                       ((profile, "basis_pruning", d, s),)]
-    t = profiles.section(profile, "pai").get("transfer", {})
-    if t.get("run"):
-        ep = t.get("experiments_profile") or profile
-        d = t.get("dataset") or profiles.get(ep)["datasets"][0]
-        for s in t.get("seeds", []):
-            for target in t.get("targets", ()):
-                if not any((ep, target, d, int(s)) in c for c in chains):
-                    chains.append(((ep, target, d, int(s)),))
-    return chains
 
 
 def history_frame(record: dict[str, Any], **labels: Any):
@@ -393,39 +341,48 @@ HISTORY_COLUMNS = ["dataset", "seed", "round", "epochs", "accuracy_test", "refer
 
 
 def chapter_setup(experiment: str, profile: str, *, datasets=None, seeds=None, dataset=None, seed=None, model=None,
-                  image_size=None, overrides=None, results=None) -> tuple[list[str], list[int], dict, dict, Path]:
+                  image_size=None, overrides=None, results=None,
+                  chapter: str | None = None) -> tuple[list[str], list[int], dict, dict, Path]:
     """A chapter's data sets and seeds (:func:`selection`), the parameter overrides every run shares
     (``model``, ``image_size`` and ``overrides``), the parameters of its first run, and the results
     folder (:func:`results_dir` of ``results``); sets the plot and table style and prints one line
-    saying what runs."""
+    saying what runs. ``chapter`` (a key of :data:`basisprune.repro.plan.CHAPTERS`) narrows the data
+    sets and seeds to the first of each where the chapter runs only those (chapter 7), and the line
+    shows the main table's seeds per data set where the chapter runs those (chapter 5)."""
     import pandas as pd
     import seaborn as sns
 
     from . import experiments
+    from .plan import CHAPTERS
 
+    rule = CHAPTERS[chapter].seeds if chapter is not None else "all"
+    shown = table_seeds(profile, datasets=datasets, seeds=seeds, dataset=dataset, seed=seed) if rule == "table" else None
     datasets, seeds = selection(profile, datasets=datasets, seeds=seeds, dataset=dataset, seed=seed)
+    if rule == "first":
+        datasets, seeds = datasets[:1], seeds[:1]
     common = {k: v for k, v in {"model": model, "image_size": image_size}.items() if v is not None} | dict(overrides or {})
     p = experiments.resolve_params(experiment, profile, dataset=datasets[0], seed=seeds[0], **common)
     out_dir = results_dir(profile, results)
     sns.set_theme(context="notebook", style="whitegrid")
     pd.set_option("display.precision", 3)
-    print(f"profile={profile} model={p['model']} image_size={p['image_size']} datasets={datasets} seeds={seeds}")
+    where = (f"dataset={datasets[0]} seed={seeds[0]}" if rule == "first"
+             else f"datasets={datasets} seeds={seeds if shown is None else shown}")
+    print(f"profile={profile} model={p['model']} image_size={p['image_size']} {where}")
     return datasets, seeds, common, p, out_dir
 
 
 def run_pruning(experiment: str, profile: str, datasets, seeds, common: dict, out_dir: Path):
-    """Run one pruning experiment per data set and seed (results file ``<experiment>-<dataset>-seed<seed>.json``
-    in ``out_dir``); prints the rule and the budget. Returns ``(records, history, rule)``: the records by
+    """Run one pruning experiment per data set and seed, as its chapter's plan says (:func:`chapter_runs`;
+    results file ``<experiment>-<dataset>-seed<seed>.json`` in ``out_dir``); prints the rule and the budget. Returns ``(records, history, rule)``: the records by
     ``(dataset, seed)``, their rounds (:func:`history_frame`) and the pruning rule."""
     import pandas as pd
 
     from . import experiments
 
     records = {}
-    for ds in datasets:
-        for s in seeds:
-            records[ds, s] = experiments.run(experiment, profile=profile, dataset=ds, seed=s,
-                                             out=out_dir / f"{experiment}-{ds}-seed{s}.json", **common)
+    for exp, ds, s in chapter_runs(chapter_of(experiment), profile, datasets=datasets, seeds=seeds):
+        records[ds, s] = experiments.run(exp, profile=profile, dataset=ds, seed=s,
+                                         out=out_dir / f"{exp}-{ds}-seed{s}.json", **common)
     first = next(iter(records.values()))
     rule, p = first["rule"], first["params"]
     rounds = p["channel_rounds"] if experiment == "channel_pruning" else p["basis_rounds"]
