@@ -46,7 +46,7 @@ from basisprune import errors
 from basisprune.errors import BasisPruneError, ParameterError
 from basisprune.bench import hardware
 from basisprune.repro import profiles
-from basisprune.repro.report import RESULTS_ENV, executed_dir, repo_root
+from basisprune.repro.paths import RESULTS_ENV, executed_dir, repo_root
 from basisprune.repro.results import write_json, write_text
 
 from . import pages

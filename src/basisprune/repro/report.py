@@ -13,8 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import BasisPruneError
-from . import profiles
+from .paths import RESULTS_ENV, ROOT_ENV, ProjectNotFoundError, executed_dir, repo_root, results_dir
 from .plan import Run, book_runs, chapter_of, chapter_runs, selection, table_seeds
 
 __all__ = [
@@ -40,65 +39,6 @@ __all__ = [
     "show_table",
     "table_seeds",
 ]
-
-RESULTS_ENV = "BASISPRUNE_RESULTS"  # the book builder sets it to <out>/results for the kernels
-ROOT_ENV = "BASISPRUNE_ROOT"
-
-
-class ProjectNotFoundError(BasisPruneError, FileNotFoundError):
-    """No project directory (with ``_toc.yml`` and ``notebooks/``) was found."""
-
-
-# ------------------------------------------------------------------------------------ paths
-def _is_root(path: Path) -> bool:
-    return (path / "_toc.yml").is_file() and (path / "notebooks").is_dir()
-
-
-def repo_root(start: str | os.PathLike | None = None) -> Path:
-    """The project directory (holding ``_toc.yml`` and ``notebooks/``).
-
-    ``$BASISPRUNE_ROOT`` if set; else the first parent of ``start`` (default: the working
-    directory) that holds both; else the checkout this module was imported from (src layout).
-    """
-    env = os.environ.get(ROOT_ENV)
-    if env:
-        return Path(env).expanduser().resolve()
-    here = Path(start or os.getcwd()).resolve()
-    for p in (here, *here.parents):
-        if _is_root(p):
-            return p
-    src = Path(__file__).resolve().parents[3]  # src/basisprune/repro/report.py
-    if _is_root(src):
-        return src
-    raise ProjectNotFoundError(
-        f"cannot find the project directory (with _toc.yml and notebooks/) from {here}; "
-        f"run from the checkout or set ${ROOT_ENV}"
-    )
-
-
-def executed_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
-    """Where ``execute`` puts a profile's executed notebooks by default."""
-    return Path(root or repo_root()) / "notebooks" / "_executed" / profiles.check_profile(profile)
-
-
-def results_dir(profile: str, override: str | os.PathLike | None = None) -> Path:
-    """Where a notebook writes its results JSON (created).
-
-    ``override`` if given; else ``$BASISPRUNE_RESULTS`` (``execute`` sets it to
-    ``<out>/results``); else ``notebooks/_executed/<profile>/results`` of the project; outside a
-    checkout, ``./results/<profile>``.
-    """
-    if override is not None:
-        path = Path(override)
-    elif os.environ.get(RESULTS_ENV):
-        path = Path(os.environ[RESULTS_ENV])
-    else:
-        try:
-            path = executed_dir(profile) / "results"
-        except ProjectNotFoundError:
-            path = Path.cwd() / "results" / profiles.check_profile(profile)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 # ------------------------------------------------------------------------------------ displayed tables

@@ -193,7 +193,7 @@ def seeds_tier_status(recomputed, directory: str | Path | None = None) -> tuple[
     """One sentence about the committed seeds tier (``directory``, default :data:`SEEDS_TIER` in the
     project) and the table of :func:`tier_check` (None when the tier is not committed): how many runs,
     on which processor, and how many of the recomputed table's means fall inside its 95% intervals."""
-    from .report import repo_root
+    from .paths import repo_root
 
     loaded = load_tier(directory if directory is not None else repo_root() / SEEDS_TIER)
     if loaded is None:
