@@ -177,7 +177,7 @@ def extension_gains(summary, baseline: str = "faithful"):
     params and FLOPs pruned and of the test drop, and the per-seed gain (extension minus baseline)."""
     import pandas as pd
 
-    from .report import mean_std
+    from .stats import mean_std
 
     rows = []
     for schedule, g in summary.groupby("schedule", sort=False):

@@ -143,7 +143,7 @@ def tier_table(rows: list[dict[str, Any]]):
     (:func:`basisprune.repro.report.mean_ci`; one seed: the change ± 1.96 paired standard errors)."""
     import pandas as pd
 
-    from .report import mean_ci
+    from .stats import mean_ci
 
     df = pd.DataFrame(rows)
     out = []
@@ -168,7 +168,7 @@ def tier_check(recomputed, rows: list[dict[str, Any]], columns=("change", "param
     """
     import pandas as pd
 
-    from .report import interval
+    from .stats import interval
 
     tier = pd.DataFrame(rows)
     out = []
