@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime as _dt
-import json
 import os
 import re
 import shutil
@@ -43,13 +41,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from basisprune import errors
-from basisprune.errors import BasisPruneError, ParameterError
+from basisprune.errors import ParameterError
 from basisprune.bench import hardware
 from basisprune.repro import profiles
 from basisprune.repro.paths import RESULTS_ENV, executed_dir, repo_root
 from basisprune.repro.results import write_json, write_text
 
 from . import pages
+from .layout import (NOTEBOOK_PATTERN, PROFILES, TIMINGS_FILE, BookError, build_dir, html_dir, notebooks, read_json,
+                     utc_now)
 
 __all__ = [
     "PROFILES",
@@ -63,60 +63,12 @@ __all__ = [
     "main",
 ]
 
-PROFILES = tuple(profiles.PROFILES)
-NOTEBOOK_PATTERN = re.compile(r"^\d\d_[A-Za-z0-9_\-]+\.ipynb$")
 KERNEL_NAME = "python3"
 RUNS_ENV = "BASISPRUNE_RUNS"  # experiments.default_workdir puts checkpoints there
-TIMINGS_FILE = "timings.json"
 TIMINGS_PAGE = "_timings.md"
 PROFILES_PAGE = "_profiles.md"
 CITATION_PAGE = "_citation.md"
 _INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
-
-
-class BookError(BasisPruneError, RuntimeError):
-    """Execution or build failed; the message says which notebook or step."""
-
-
-# ------------------------------------------------------------------------------------ paths
-def notebooks(root: str | os.PathLike | None = None, only: Sequence[str] | None = None) -> list[Path]:
-    """The book's notebooks ``notebooks/NN_*.ipynb``, sorted; ``only`` keeps those whose stem
-    equals, or starts with, one of the given names (``"04"``, ``"04_basis_pruning"``)."""
-    nb_dir = Path(root or repo_root()) / "notebooks"
-    found = sorted(p for p in nb_dir.iterdir() if NOTEBOOK_PATTERN.match(p.name))
-    if only:
-        keys = [o.removesuffix(".ipynb") for o in only]
-        picked = [p for p in found if any(p.stem == k or p.stem.startswith(k) for k in keys)]
-        missing = [k for k in keys if not any(p.stem == k or p.stem.startswith(k) for p in found)]
-        if missing:
-            raise ParameterError(
-                "only", f"only: no notebook matches {missing}; notebooks: {', '.join(p.stem for p in found)}", missing
-            )
-        return picked
-    return found
-
-
-def build_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
-    """The build tree ``_build/src-<profile>`` (sources copied there, then built)."""
-    return Path(root or repo_root()) / "_build" / f"src-{profiles.check_profile(profile)}"
-
-
-def html_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
-    """The built HTML of a profile: ``_build/src-<profile>/_build/html``."""
-    return build_dir(profile, root) / "_build" / "html"
-
-
-# ------------------------------------------------------------------------------------ timings
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
 # ------------------------------------------------------------------------------------ execute
@@ -276,7 +228,7 @@ def execute(
             if NOTEBOOK_PATTERN.match(stale.name) and stale.name not in wanted:
                 stale.unlink()
     timings_path = out / TIMINGS_FILE
-    record = _read_json(timings_path) if only else {}
+    record = read_json(timings_path) if only else {}
     if record.get("profile") not in (None, profile):
         record = {}
     record.setdefault("notebooks", {})
@@ -333,7 +285,7 @@ def execute(
         resumed=bool(resume),
         execute_seconds=round(sum(v["seconds"] for part in ("notebooks", "runs")
                                   for v in record.get(part, {}).values()), 2),
-        executed_utc=_now(),
+        executed_utc=utc_now(),
         hardware=hardware(),
     )
     for stale in ("build_seconds", "total_seconds", "built_utc"):
@@ -363,7 +315,7 @@ def _collect(done, pending: dict, record: dict[str, Any], failures: list[str], p
         task = pending[fut]
         part, name = ("notebooks", task.stem) if isinstance(task, Path) else ("runs", task)
         status, error, seconds = fut.result()
-        record[part][name] = {"seconds": round(seconds, 2), "status": status, "executed_utc": _now()}
+        record[part][name] = {"seconds": round(seconds, 2), "status": status, "executed_utc": utc_now()}
         print(f"[{profile}] {name}: {status} in {seconds:.1f} s", flush=True)
         if error:
             print(f"[{profile}] {name}: {error}", file=sys.stderr, flush=True)
@@ -397,7 +349,7 @@ def _prefetch_chains(profile: str, root: Path) -> list[tuple[tuple[str, str, str
 
     def seconds(chain) -> float:
         prof, experiment, dataset, seed = chain[-1]
-        t = _read_json(root / "data" / "results" / prof / f"{experiment}-{dataset}-seed{seed}.json").get("timings")
+        t = read_json(root / "data" / "results" / prof / f"{experiment}-{dataset}-seed{seed}.json").get("timings")
         if not isinstance(t, dict) or "compute_seconds" not in t:
             return float("inf")
         return float(t["compute_seconds"]) + float(t.get("reference_seconds") or 0.0)
@@ -430,7 +382,7 @@ def _last_seconds(profile: str, root: Path) -> dict[str, float]:
     if not path.exists():
         return {}
     try:
-        return {k: float(v.get("seconds") or 0.0) for k, v in _read_json(path).get("notebooks", {}).items()}
+        return {k: float(v.get("seconds") or 0.0) for k, v in read_json(path).get("notebooks", {}).items()}
     except (ValueError, AttributeError, TypeError):
         return {}
 
@@ -660,7 +612,7 @@ def build(
             f"`python -m basisprune_book execute --profile {profile} --out {executed}` first"
         )
     timings_path = executed / TIMINGS_FILE
-    record = _read_json(timings_path)
+    record = read_json(timings_path)
     failed = [k for k, v in record.get("notebooks", {}).items() if v.get("status") != "ok"]
     if failed:
         raise BookError(f"notebook(s) failed when executed, not building: {', '.join(failed)}")
@@ -714,7 +666,7 @@ def build(
         build_seconds=round(build_seconds, 2),
         # Side by side, the execution took its wall time, not the sum of the notebooks' times.
         total_seconds=round((record.get("wall_seconds") or record.get("execute_seconds", 0.0)) + build_seconds, 2),
-        built_utc=_now(),
+        built_utc=utc_now(),
     )
     write_json(timings_path, record)
     # Second pass: put the measured build time into the timings page (only it is re-rendered).
@@ -738,7 +690,6 @@ def build(
         raise BookError(f"the local MathJax copy is missing from {html / '_static' / 'mathjax'}")
     print(f"[{profile}] HTML: {html}/index.html  (offline: no http(s) scripts or style sheets)")
     return html
-
 
 
 # ------------------------------------------------------------------------------------ CLI
