@@ -7,7 +7,7 @@ import pytest
 
 from basisprune.errors import ParameterError
 from basisprune.repro.experiments import stage_lock
-from basisprune_book.build import execute
+from basisprune_book.execute import execute
 
 
 def _notebook(path, code: str) -> None:
@@ -60,7 +60,7 @@ def test_parallel_order_starts_with_the_chapters_with_work_of_their_own_then_the
     """PARALLEL_FIRST first (in its order), then the rest longest first; nothing lost or repeated."""
     from pathlib import Path
 
-    from basisprune_book.build import _parallel_order
+    from basisprune_book.execute import _parallel_order
 
     nbs = [Path(f"{n}.ipynb") for n in ("01_a", "02_b", "03_c", "04_d", "05_e", "06_f", "07_g")]
     order = [p.stem for p in _parallel_order(nbs, {"03_c": 10.0, "04_d": 30.0, "05_e": 20.0})]
@@ -95,7 +95,7 @@ def test_shared_chains_run_longest_first_and_unknown_ones_before(tmp_path, monke
     chain's last run includes the stages before it); a chain with no results goes first."""
     import json
 
-    from basisprune_book import build
+    from basisprune_book import execute as ex
 
     chains = [(("p", "transfer", "a", 0),), (("p", "channel_pruning", "a", 0), ("p", "double_pruning", "a", 0)),
               (("p", "basis_pruning", "a", 0),), (("p", "basis_pruning", "a", 1),)]
@@ -105,7 +105,7 @@ def test_shared_chains_run_longest_first_and_unknown_ones_before(tmp_path, monke
     for name, c, r in (("transfer-a-seed0", 50, 0), ("double_pruning-a-seed0", 100, 60),
                        ("channel_pruning-a-seed0", 500, 500), ("basis_pruning-a-seed0", 120, 30)):
         (folder / f"{name}.json").write_text(json.dumps({"timings": {"compute_seconds": c, "reference_seconds": r}}))
-    order = [build._chain_label(c) for c in build._prefetch_chains("p", tmp_path)]
+    order = [ex._chain_label(c) for c in ex._prefetch_chains("p", tmp_path)]
     assert order == ["basis-a-seed1", "channel+double-a-seed0", "basis-a-seed0", "transfer-a-seed0"]
 
 
@@ -113,7 +113,7 @@ def test_a_chain_runs_in_order_and_reports_its_failure(monkeypatch):
     """A chain computes its runs in order with each run's own profile, data set and seed; a run that
     raises ends the chain as failed, naming the error (the notebook reading it fails the same way)."""
     from basisprune.repro import experiments
-    from basisprune_book.build import _run_chain
+    from basisprune_book.execute import _run_chain
 
     calls = []
 

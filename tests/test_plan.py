@@ -97,7 +97,7 @@ def test_the_builder_prefetches_every_run_of_the_plan_once(profile):
 
 def test_the_builder_prefetches_what_the_plan_says(tmp_path, monkeypatch):
     """The builder's prefetch is the plan's chains (in some order), whatever the plan holds."""
-    from basisprune_book.build import _prefetch_chains
+    from basisprune_book.execute import _prefetch_chains
 
     assert sorted(_prefetch_chains("smoke", tmp_path)) == sorted(plan.book_runs("smoke"))
     monkeypatch.setitem(plan.CHAPTERS, "04", plan.Chapter(("basis_pruning",), "table"))
