@@ -116,3 +116,17 @@ def test_chapter_runs_follow_the_notebook_parameters():
     assert plan.chapter_runs("07", "default") == [(e, d0, s0) for e in plan.CHAPTERS["07"].experiments]
     with pytest.raises(KeyError, match="chapters"):
         plan.chapter_runs("01", "default")
+
+
+def test_the_seeds_tier_covers_the_main_table_of_the_default_profile():
+    """sweeps/seeds.yaml (the seeds tier) runs chapter 5's experiments on the default profile for at
+    least every data set and seed of the main table (plan.chapter_runs("05", "default")), so the
+    tier widens the book's table rather than measuring something else."""
+    from basisprune.repro import sweep
+
+    spec = sweep.load(Path(__file__).resolve().parents[1] / "sweeps" / "seeds.yaml")
+    cells = sweep.expand(spec)
+    assert {c.profile for c in cells} == {"default"}
+    assert {c.experiment for c in cells} == set(plan.CHAPTERS["05"].experiments)
+    covered = {(c.experiment, c.params["dataset"], c.seed) for c in cells}
+    assert set(plan.chapter_runs("05", "default")) <= covered
