@@ -129,3 +129,17 @@ def test_a_chain_runs_in_order_and_reports_its_failure(monkeypatch):
     status, error, _ = _run_chain((("p", "double_pruning", "a", 0), ("p", "basis_pruning", "a", 0)))
     assert (status, error) == ("failed", "RuntimeError: diverged")
     assert calls[-1] == ("p", "double_pruning", "a", 0)
+
+
+def test_the_book_builder_does_not_import_the_notebook_helpers():
+    """Importing the book builder (its command line and the modules it uses) loads neither
+    basisprune.repro.report nor the plotting and table modules, nor matplotlib or pandas: it needs
+    the repository root (basisprune.repro.paths) and the run plan only."""
+    import subprocess
+    import sys
+
+    code = ("import sys, basisprune_book.cli\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'seaborn', 'pandas')"
+            " or m in ('basisprune.repro.report', 'basisprune.repro.plots', 'basisprune.repro.tables')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
