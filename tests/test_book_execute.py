@@ -7,7 +7,7 @@ import pytest
 
 from basisprune.errors import ParameterError
 from basisprune.repro.experiments import stage_lock
-from basisprune_book.build import execute
+from basisprune_book.execute import execute
 
 
 def _notebook(path, code: str) -> None:
@@ -60,7 +60,7 @@ def test_parallel_order_starts_with_the_chapters_with_work_of_their_own_then_the
     """PARALLEL_FIRST first (in its order), then the rest longest first; nothing lost or repeated."""
     from pathlib import Path
 
-    from basisprune_book.build import _parallel_order
+    from basisprune_book.execute import _parallel_order
 
     nbs = [Path(f"{n}.ipynb") for n in ("01_a", "02_b", "03_c", "04_d", "05_e", "06_f", "07_g")]
     order = [p.stem for p in _parallel_order(nbs, {"03_c": 10.0, "04_d": 30.0, "05_e": 20.0})]
@@ -73,7 +73,7 @@ def test_the_shared_runs_are_the_runs_the_chapters_loop_over():
     """book_runs holds every (experiment, data set, seed) that chapters 2-5 loop over and chapter
     6's transfer targets, each once; double pruning follows the channel run whose stage it reuses."""
     from basisprune.repro import profiles
-    from basisprune.repro.report import book_runs, selection, table_seeds
+    from basisprune.repro.plan import book_runs, selection, table_seeds
 
     for profile in ("smoke", "default"):
         runs = [r for chain in book_runs(profile) for r in chain]
@@ -95,17 +95,17 @@ def test_shared_chains_run_longest_first_and_unknown_ones_before(tmp_path, monke
     chain's last run includes the stages before it); a chain with no results goes first."""
     import json
 
-    from basisprune_book import build
+    from basisprune_book import execute as ex
 
     chains = [(("p", "transfer", "a", 0),), (("p", "channel_pruning", "a", 0), ("p", "double_pruning", "a", 0)),
               (("p", "basis_pruning", "a", 0),), (("p", "basis_pruning", "a", 1),)]
-    monkeypatch.setattr("basisprune.repro.report.book_runs", lambda profile: list(chains))
+    monkeypatch.setattr("basisprune.repro.plan.book_runs", lambda profile: list(chains))
     folder = tmp_path / "data" / "results" / "p"
     folder.mkdir(parents=True)
     for name, c, r in (("transfer-a-seed0", 50, 0), ("double_pruning-a-seed0", 100, 60),
                        ("channel_pruning-a-seed0", 500, 500), ("basis_pruning-a-seed0", 120, 30)):
         (folder / f"{name}.json").write_text(json.dumps({"timings": {"compute_seconds": c, "reference_seconds": r}}))
-    order = [build._chain_label(c) for c in build._prefetch_chains("p", tmp_path)]
+    order = [ex._chain_label(c) for c in ex._prefetch_chains("p", tmp_path)]
     assert order == ["basis-a-seed1", "channel+double-a-seed0", "basis-a-seed0", "transfer-a-seed0"]
 
 
@@ -113,7 +113,7 @@ def test_a_chain_runs_in_order_and_reports_its_failure(monkeypatch):
     """A chain computes its runs in order with each run's own profile, data set and seed; a run that
     raises ends the chain as failed, naming the error (the notebook reading it fails the same way)."""
     from basisprune.repro import experiments
-    from basisprune_book.build import _run_chain
+    from basisprune_book.execute import _run_chain
 
     calls = []
 
@@ -129,3 +129,17 @@ def test_a_chain_runs_in_order_and_reports_its_failure(monkeypatch):
     status, error, _ = _run_chain((("p", "double_pruning", "a", 0), ("p", "basis_pruning", "a", 0)))
     assert (status, error) == ("failed", "RuntimeError: diverged")
     assert calls[-1] == ("p", "double_pruning", "a", 0)
+
+
+def test_the_book_builder_does_not_import_the_notebook_helpers():
+    """Importing the book builder (its command line and the modules it uses) loads neither
+    basisprune.repro.report nor the plotting and table modules, nor matplotlib or pandas: it needs
+    the repository root (basisprune.repro.paths) and the run plan only."""
+    import subprocess
+    import sys
+
+    code = ("import sys, basisprune_book.cli\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'seaborn', 'pandas')"
+            " or m in ('basisprune.repro.report', 'basisprune.repro.plots', 'basisprune.repro.tables')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

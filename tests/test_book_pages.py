@@ -41,7 +41,7 @@ CHROMIUM_FLAGS = (
 
 def _html_dir() -> Path | None:
     try:
-        from basisprune_book import build as book
+        from basisprune_book import layout as book
     except ImportError:
         return None
     try:

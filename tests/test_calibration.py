@@ -87,3 +87,17 @@ def test_extension_gains_are_per_seed_differences_from_the_faithful_run():
     assert g.loc["fold-aware ranking", "gain in params pruned (pts)"] == "20.0 ± 0.0"
     assert g.loc["fold-aware ranking", "change in test drop (pts)"] == "1.00 ± 0.00"
     assert g.loc["faithful", "seeds"] == 2
+
+
+def test_best_within_takes_the_most_pruned_round_inside_the_budget():
+    """best_within keeps the round with the highest parameter pruning ratio among those whose test
+    accuracy is within max_drop of round 0's; a more pruned round outside the budget is passed over."""
+    from basisprune.repro.calibration import best_within
+
+    hist = [{"round": 0, "accuracy_test": 0.90, "param_pruning_ratio": 0.0},
+            {"round": 1, "accuracy_test": 0.895, "param_pruning_ratio": 0.3},
+            {"round": 2, "accuracy_test": 0.85, "param_pruning_ratio": 0.6},
+            {"round": 3, "accuracy_test": 0.891, "param_pruning_ratio": 0.5}]
+    assert best_within(hist, 0.01)["round"] == 3
+    assert best_within(hist, 0.06)["round"] == 2
+    assert best_within(hist, 0.0)["round"] == 0

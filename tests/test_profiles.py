@@ -30,7 +30,7 @@ def test_sections_are_read_from_the_one_table_and_left_out_of_the_parameters(pro
 
 def test_reproduce_chapter_table_shows_every_setting_of_every_profile():
     """The Reproduce chapter's table has a row for each parameter and each setting of each section."""
-    from basisprune_book.build import profiles_markdown
+    from basisprune_book.pages import profiles_markdown
 
     rows = {line.split("|")[1].strip(" `") for line in profiles_markdown().splitlines() if line.startswith("| `")}
     expected = set(profiles.PARAMETERS)

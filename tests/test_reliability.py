@@ -18,7 +18,7 @@ import torch
 import basisprune as bp
 from basisprune import errors, prune
 from basisprune.repro import checkpoints, data, experiments, models, profiles, results, train
-from basisprune_book import build as book
+from basisprune_book import cli, layout, parameters
 from basisprune.repro.cli import main as cli_main
 from basisprune.repro.results import read_results, strip_volatile
 
@@ -259,7 +259,7 @@ def test_bad_notebook_runner_input_is_one_line_exit_2(case, args, names, tmp_pat
     """The notebook runner refuses parameters no selected notebook declares and values of the wrong
     kind before running anything: one line naming the parameter, status 2, no output folder."""
     only = [] if "--only" in args else ["--only", "04"]
-    rc = book.main(["execute", "--profile", "smoke", "--out", str(tmp_path / "nb"), *only, *args])
+    rc = cli.main(["execute", "--profile", "smoke", "--out", str(tmp_path / "nb"), *only, *args])
     err = capsys.readouterr().err
     assert rc == errors.EXIT_ERROR and err.startswith(errors.PREFIX) and err.count("\n") == 1, err
     assert names in err, err
@@ -275,8 +275,8 @@ def test_bad_input_table_is_large_enough():
 def test_notebooks_receive_only_the_parameters_they_declare():
     """With several notebooks, a parameter one of them declares is accepted and injected only
     into the notebooks that declare it (``profile`` into all)."""
-    nbs = book.notebooks(only=["01", "06"])
-    per = book.check_notebook_parameters(nbs, {"profile": "smoke", "n_images": 4, "sparsities": [0.5]})
+    nbs = layout.notebooks(only=["01", "06"])
+    per = parameters.check_notebook_parameters(nbs, {"profile": "smoke", "n_images": 4, "sparsities": [0.5]})
     assert per[nbs[0]] == {"profile": "smoke", "n_images": 4}
     assert per[nbs[1]] == {"profile": "smoke", "sparsities": [0.5]}
 

@@ -1,5 +1,5 @@
-"""``python -m basisprune_book execute|build|html``: see :mod:`basisprune_book.build`."""
+"""``python -m basisprune_book execute|build|html``: see :mod:`basisprune_book.cli`."""
 
-from .build import main
+from .cli import main
 
 raise SystemExit(main())

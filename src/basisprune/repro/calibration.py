@@ -14,7 +14,7 @@ from typing import Any
 from .profiles import PARAMETERS
 from .results import read_results
 
-__all__ = ["load_runs", "label", "run_summary", "stage_curves", "replay_selection", "replay_stop", "extension_gains"]
+__all__ = ["load_runs", "label", "best_within", "first_calibration", "run_summary", "stage_curves", "replay_selection", "replay_stop", "extension_gains"]
 
 #: The schedule parameters a calibration run may change, as they are shown.
 SCHEDULE = ("warmup_epochs", "epochs_per_round", "basis_fraction", "channel_fraction", "lr")
@@ -24,6 +24,45 @@ _IMAGE_SIZE = PARAMETERS["image_size"][0]
 def load_runs(directory: str | Path) -> list[dict[str, Any]]:
     """Every results file in ``directory`` (sorted by name), each with its file stem as ``name``."""
     return [{**read_results(f), "name": f.stem} for f in sorted(Path(directory).glob("*.json"))]
+
+
+def best_within(history: list[dict[str, Any]], max_drop: float) -> dict[str, Any]:
+    """The round of ``history`` that prunes the most parameters while its test accuracy stays within
+    ``max_drop`` of round 0's (the first calibration's rule, before fair references)."""
+    ref = history[0]["accuracy_test"]
+    return max((h for h in history if ref - h["accuracy_test"] <= max_drop), key=lambda h: h["param_pruning_ratio"])
+
+
+#: What tells the first calibration's runs apart, per kind (``<kind>-*.json``), from the file stem and parameters.
+_FIRST_LABELS = {
+    "basis": lambda stem, p: dict(variant=stem.removeprefix("basis-"), bn_mode=p["bn_mode"], scope=p["basis_scope"],
+                                  normalize=p["basis_normalize"], fraction=p["basis_fraction"],
+                                  epochs_per_round=p["epochs_per_round"]),
+    # runs before the option existed ranked channels by |scale|
+    "channel": lambda stem, p: dict(importance=p.get("channel_importance", "magnitude")),
+}
+
+
+def first_calibration(directory: str | Path, kind: str, max_drop: float = 0.01):
+    """The first calibration's ``<kind>-*.json`` runs (``kind``: basis or channel) in ``directory``:
+    ``(curves, summary)``, one row per round (accuracies, pruning ratios, drop from round 0) and one
+    per run (round 0's accuracy, rounds run, parameters pruned at :func:`best_within` ``max_drop``
+    and the commit), each led by what tells the runs apart."""
+    import pandas as pd
+
+    rows, finals = [], []
+    for f in sorted(Path(directory).glob(f"{kind}-*.json")):
+        r = read_results(f)
+        tag = _FIRST_LABELS[kind](f.stem, r["params"])
+        ref = r["history"][0]["accuracy_test"]
+        for h in r["history"]:
+            rows.append({**tag, "round": h["round"], "accuracy_test": h["accuracy_test"],
+                         "accuracy_val": h["accuracy_val"], "param_pruning_ratio": h["param_pruning_ratio"],
+                         "flop_pruning_ratio": h["flop_pruning_ratio"], "drop": ref - h["accuracy_test"]})
+        finals.append({**tag, "reference_accuracy": ref, "rounds_run": len(r["history"]) - 1,
+                       "params_pruned_within_1pt_test": best_within(r["history"], max_drop)["param_pruning_ratio"],
+                       "commit": (r["provenance"]["git"]["commit"] or "")[:8]})
+    return pd.DataFrame(rows), pd.DataFrame(finals)
 
 
 def label(p: dict[str, Any]) -> tuple[str, str]:
@@ -138,7 +177,7 @@ def extension_gains(summary, baseline: str = "faithful"):
     params and FLOPs pruned and of the test drop, and the per-seed gain (extension minus baseline)."""
     import pandas as pd
 
-    from .report import mean_std
+    from .stats import mean_std
 
     rows = []
     for schedule, g in summary.groupby("schedule", sort=False):

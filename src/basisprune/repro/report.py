@@ -1,431 +1,86 @@
-"""What the notebooks call besides the experiments: where results go, which data sets and seeds a
-chapter covers, and the tables, figures and glued numbers of the chapters.
+"""What the notebooks call besides the experiments: one import for a chapter's helpers.
 
-The notebooks hold parameters, one call per experiment, these helpers and glue; the book builder
-(:mod:`basisprune_book`) finds the project with :func:`repo_root` and tells the kernels where to
-write results through ``$BASISPRUNE_RESULTS`` (:func:`results_dir`).
+The chapters' steps live here: :func:`chapter_setup` (data sets, seeds, shared overrides, results
+folder), :func:`run_pruning`, the lines nbval compares (``print_*``) and the glued numbers
+(``glue_*``). The rest is re-exported from the modules that hold it, so a notebook needs only
+``report``: :mod:`~basisprune.repro.paths` (where the project and results are),
+:mod:`~basisprune.repro.plan` (which runs a chapter makes), :mod:`~basisprune.repro.stats`
+(intervals and budget verdicts), :mod:`~basisprune.repro.tables` and :mod:`~basisprune.repro.plots`.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import BasisPruneError
-from . import profiles
+from .paths import RESULTS_ENV, ROOT_ENV, ProjectNotFoundError, executed_dir, repo_root, results_dir
+from .plan import Run, book_runs, chapter_of, chapter_runs, selection, table_seeds
+from .plots import (plot_accuracy_against_size, plot_kept, plot_pai_accuracy, plot_pruning_curves,
+                    plot_speedup_against_flops)
+from .stats import BOOTSTRAP_RESAMPLES, budget_verdict, interval, mean_ci, mean_std
+from .tables import (COLLAPSE_ROWS, HISTORY_COLUMNS, METHODS, TABLES_DIR, accuracy_at, ceiling_table, history_frame,
+                     kept_frame, method_runs, method_table, pareto_front, peer_table, selected_frame, selected_summary,
+                     show_table, target_status, transfer_table, without_models)
 
 __all__ = [
-    "RESULTS_ENV",
-    "book_runs",
-    "ROOT_ENV",
-    "ProjectNotFoundError",
-    "ceiling_table",
-    "executed_dir",
-    "history_frame",
-    "kept_frame",
-    "budget_verdict",
-    "interval",
-    "mean_ci",
-    "mean_std",
-    "plot_pruning_curves",
-    "repo_root",
-    "results_dir",
-    "selected_frame",
-    "selected_summary",
-    "selection",
-    "show_table",
-    "table_seeds",
+    # the chapters' steps (this module)
+    "chapter_setup", "glue_method", "glue_selected", "photo", "pick_dataset", "print_model_check", "print_selected",
+    "print_targets", "run_pruning", "top5",
+    # re-exported
+    "BOOTSTRAP_RESAMPLES", "COLLAPSE_ROWS", "HISTORY_COLUMNS", "METHODS", "RESULTS_ENV", "ROOT_ENV", "TABLES_DIR",
+    "ProjectNotFoundError", "Run", "accuracy_at", "book_runs", "budget_verdict", "ceiling_table", "chapter_of",
+    "chapter_runs", "executed_dir", "history_frame", "interval", "kept_frame", "mean_ci", "mean_std", "method_runs",
+    "method_table", "pareto_front", "peer_table", "plot_accuracy_against_size", "plot_kept", "plot_pai_accuracy",
+    "plot_pruning_curves", "plot_speedup_against_flops", "repo_root", "results_dir", "selected_frame",
+    "selected_summary", "selection", "show_table", "table_seeds", "target_status", "transfer_table", "without_models",
 ]
 
-RESULTS_ENV = "BASISPRUNE_RESULTS"  # the book builder sets it to <out>/results for the kernels
-ROOT_ENV = "BASISPRUNE_ROOT"
 
-
-class ProjectNotFoundError(BasisPruneError, FileNotFoundError):
-    """No project directory (with ``_toc.yml`` and ``notebooks/``) was found."""
-
-
-# ------------------------------------------------------------------------------------ paths
-def _is_root(path: Path) -> bool:
-    return (path / "_toc.yml").is_file() and (path / "notebooks").is_dir()
-
-
-def repo_root(start: str | os.PathLike | None = None) -> Path:
-    """The project directory (holding ``_toc.yml`` and ``notebooks/``).
-
-    ``$BASISPRUNE_ROOT`` if set; else the first parent of ``start`` (default: the working
-    directory) that holds both; else the checkout this module was imported from (src layout).
-    """
-    env = os.environ.get(ROOT_ENV)
-    if env:
-        return Path(env).expanduser().resolve()
-    here = Path(start or os.getcwd()).resolve()
-    for p in (here, *here.parents):
-        if _is_root(p):
-            return p
-    src = Path(__file__).resolve().parents[3]  # src/basisprune/repro/report.py
-    if _is_root(src):
-        return src
-    raise ProjectNotFoundError(
-        f"cannot find the project directory (with _toc.yml and notebooks/) from {here}; "
-        f"run from the checkout or set ${ROOT_ENV}"
-    )
-
-
-def executed_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
-    """Where ``execute`` puts a profile's executed notebooks by default."""
-    return Path(root or repo_root()) / "notebooks" / "_executed" / profiles.check_profile(profile)
-
-
-def results_dir(profile: str, override: str | os.PathLike | None = None) -> Path:
-    """Where a notebook writes its results JSON (created).
-
-    ``override`` if given; else ``$BASISPRUNE_RESULTS`` (``execute`` sets it to
-    ``<out>/results``); else ``notebooks/_executed/<profile>/results`` of the project; outside a
-    checkout, ``./results/<profile>``.
-    """
-    if override is not None:
-        path = Path(override)
-    elif os.environ.get(RESULTS_ENV):
-        path = Path(os.environ[RESULTS_ENV])
-    else:
-        try:
-            path = executed_dir(profile) / "results"
-        except ProjectNotFoundError:
-            path = Path.cwd() / "results" / profiles.check_profile(profile)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-# ------------------------------------------------------------------------------------ tables
-def selection(profile: str, *, datasets=None, seeds=None, dataset=None, seed=None) -> tuple[list[str], list[int]]:
-    """Datasets and seeds a notebook loops over: one ``dataset`` / ``seed`` if given, else the
-    ``datasets`` / ``seeds`` lists if given, else the profile's."""
-
-    p = profiles.get(profile)
-    ds = [dataset] if dataset is not None else list(datasets or p["datasets"])
-    ss = [int(seed)] if seed is not None else [int(s) for s in (seeds or p["seeds"])]
-    return ds, ss
-
-
-def table_seeds(profile: str, *, datasets=None, seeds=None, dataset=None, seed=None) -> dict[str, list[int]]:
-    """Seeds per data set for the main table (notebook 05): one ``seed`` or the ``seeds`` list if
-    given, else the profile's ``table_seeds`` for that data set, else the profile's ``seeds``."""
-
-    p = profiles.get(profile)
-    ds, default = selection(profile, datasets=datasets, seeds=seeds, dataset=dataset, seed=seed)
-    if seed is not None or seeds:
-        return {d: list(default) for d in ds}
-    per = p.get("table_seeds") or {}
-    return {d: [int(s) for s in per.get(d, default)] for d in ds}
-
-
-# ------------------------------------------------------------------------------------ displayed tables
-#: Folder of ``results_dir`` that holds the CSV copy of every table a chapter shows.
-TABLES_DIR = "tables"
-#: Tables longer than this are shown behind a "show the rows" toggle (the CSV has them all).
-COLLAPSE_ROWS = 25
-
-
-def _book_link(path: Path, results: Path) -> str:
-    """A MyST link a reader can open: a {download} of a file the book builder copies (under
-    ``results``, copied to ``notebooks/results/``), else the file's path in the repository."""
-    path = Path(path).resolve()
-    try:
-        rel = path.relative_to(results.resolve())
-    except ValueError:
-        try:
-            rel = path.relative_to(repo_root())
-        except (ValueError, ProjectNotFoundError):
-            rel = Path(path.name)
-        return f"`{rel.as_posix()}{'/' if path.is_dir() else ''}` in the repository"
-    return f"{{download}}`{rel.as_posix()} <results/{rel.as_posix()}>`"
-
-
-def show_table(table, name: str, results: str | os.PathLike, sources=(), *, collapse: bool | None = None) -> None:
-    """Display a chapter's table with, under it, a CSV download of it and the results it comes from.
-
-    ``table`` is a data frame or a pandas ``Styler``; its data (all rows, full precision, the index
-    when it is not the default range) is written to ``<results>/tables/<name>.csv``, which the book
-    builder copies into the book with the results files. ``sources`` are the results files or
-    folders the table is computed from: a file under ``results`` becomes a download, anything else
-    is named by its path in the repository. A table longer than :data:`COLLAPSE_ROWS` rows is shown
-    behind a toggle (``collapse`` forces it either way). The links are MyST Markdown (rendered by the
-    book with ``nb_render_markdown_format: myst``: a missing file fails the build).
-    """
-    import pandas as pd
-    from IPython.display import HTML, Markdown, display
-    from pandas.io.formats.style import Styler
-
-    if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
-        raise ValueError(f"table name must be letters, digits, '_' or '-' (it names a CSV file), got {name!r}")
-    if not isinstance(table, (pd.DataFrame, Styler)):
-        raise TypeError(f"show_table takes a pandas DataFrame or Styler, got {type(table).__name__}")
-    frame = table.data if isinstance(table, Styler) else table
-    results = Path(results)
-    csv = results / TABLES_DIR / f"{name}.csv"
-    csv.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(csv, index=not isinstance(frame.index, pd.RangeIndex))
-    if len(frame) > COLLAPSE_ROWS if collapse is None else collapse:
-        body = table.to_html() if isinstance(table, Styler) else table.to_html(max_rows=None, border=0)
-        display(HTML(f'<details class="table-toggle"><summary>Show the table ({len(frame)} rows, '
-                     f"{frame.shape[1]} columns)</summary>{body}</details>"))
-    else:
-        display(table)
-    links = [f"Download this table: {{download}}`{name}.csv <results/{TABLES_DIR}/{name}.csv>`"]
-    sources = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
-    if sources:
-        links.append("computed from " + ", ".join(_book_link(Path(s), results) for s in sources))
-    display(Markdown("; ".join(links) + "."))
-
-
-#: A run of :func:`basisprune.repro.experiments.run`: (profile, experiment, dataset, seed).
-Run = tuple[str, str, str, int]
-
-
-def book_runs(profile: str) -> list[tuple[Run, ...]]:
-    """The experiment runs that chapters 2-7 read with the profile's own settings, as chains.
-
-    A chain is computed in one process, in order: double pruning follows the channel pruning run
-    whose stage it reuses. The book builder computes these chains side by side before the
-    notebooks that read them (which then load their checkpoints); it is the same list the
-    notebooks loop over: transfer (chapter 2) over the profile's data sets and seeds, channel,
-    basis and double pruning over the main table's seeds (:func:`table_seeds`, a superset of
-    chapters 3, 4 and 7's), and the basis/double targets of chapter 6's transfer comparison.
-    """
-    datasets, seeds = selection(profile)
-    chains: list[tuple[Run, ...]] = [((profile, "transfer", d, s),) for d in datasets for s in seeds]
-    for d, ss in table_seeds(profile).items():
-        for s in ss:
-            chains += [((profile, "channel_pruning", d, s), (profile, "double_pruning", d, s)),
-                       ((profile, "basis_pruning", d, s),)]
-    t = profiles.section(profile, "pai").get("transfer", {})
-    if t.get("run"):
-        ep = t.get("experiments_profile") or profile
-        d = t.get("dataset") or profiles.get(ep)["datasets"][0]
-        for s in t.get("seeds", []):
-            for target in t.get("targets", ()):
-                if not any((ep, target, d, int(s)) in c for c in chains):
-                    chains.append(((ep, target, d, int(s)),))
-    return chains
-
-
-def history_frame(record: dict[str, Any], **labels: Any):
-    """One row per pruning round of a record (or of one stage of it), with ``selected`` marking the
-    round the experiment kept; ``labels`` (dataset, seed, method, ...) become leading columns."""
-    import pandas as pd
-
-    rows = []
-    final_round = record["final"]["round"]
-    for h in record["history"]:
-        row = {k: v for k, v in h.items() if k not in ("kept", "total")}
-        row["selected"] = h["round"] == final_round
-        rows.append({**labels, **row})
-    return pd.DataFrame(rows)
-
-
-def kept_frame(row: dict[str, Any], **labels: Any):
-    """Per-layer kept and total units (bases or channels) of one history row."""
-    import pandas as pd
-
-    return pd.DataFrame(
-        [{**labels, "layer": name, "kept": row["kept"][name], "total": row["total"][name]} for name in row["total"]]
-    )
-
-
-def ceiling_table(names, image_size: int, num_classes: int = 10):
-    """Per architecture (randomly initialised: only shapes matter), its parameters and FLOPs with a
-    ``num_classes`` head and the share basis pruning alone removes at one basis per layer
-    (:func:`basisprune.basis_ceiling`; the classifier is not decomposed)."""
-    import pandas as pd
-    import torch
-
-    from ..measure import basis_ceiling
-    from . import models
-
-    rows = []
-    for name in names:
-        net = models.load(name, num_classes, pretrained=False).eval()
-        x = torch.zeros(1, 3, image_size, image_size)
-        c = basis_ceiling(net, x, exclude=[models.classifier(net)[0]])
-        rows.append({"model": name, "params (M)": c["params_ref"] / 1e6, "FLOPs (M)": c["flops_ref"] / 1e6,
-                     "params pruned at the ceiling (%)": 100 * c["param_pruning_ratio"],
-                     "FLOPs pruned at the ceiling (%)": 100 * c["flop_pruning_ratio"]})
-    return pd.DataFrame(rows)
-
-
-def selected_frame(records: dict[tuple[str, int], dict[str, Any]]):
-    """One row per run ``{(dataset, seed): record}``: the selected round, its fair reference (the
-    unpruned model trained as many epochs) and the run's round 0 (the undertrained warm-up model)."""
-    import pandas as pd
-
-    return pd.DataFrame([
-        {"dataset": ds, "seed": s, **{k: v for k, v in r["final"].items() if k not in ("kept", "total")},
-         "reference_accuracy": r["reference"]["accuracy_test"], "round0_accuracy": r["reference"]["round0_accuracy_test"]}
-        for (ds, s), r in records.items()])
-
-
-def selected_summary(final):
-    """Per data set, the mean over seeds with its 95% interval (:func:`mean_ci`) of a
-    :func:`selected_frame`: accuracy of the fair reference, of round 0 and of the selected round, the
-    change against the reference (one seed: ± 1.96 paired standard errors) with its paired standard
-    error (the mean over seeds), and the pruning ratios."""
-    import pandas as pd
-
-    rows = []
-    for ds, g in final.groupby("dataset", sort=False):
-        rows.append({"dataset": ds,
-                     "reference (%)": mean_ci(g["reference_accuracy"], 100, 1),
-                     "round 0 (%)": mean_ci(g["round0_accuracy"], 100, 1),
-                     "accuracy after (%)": mean_ci(g["accuracy_test"], 100, 1),
-                     "change (pts)": mean_ci(g["accuracy_drop"], -100, 2, se=g["drop_se_test"]),
-                     "paired SE (pts)": f"{100 * float(g['drop_se_test'].mean()):.2f}",
-                     "params pruned (%)": mean_ci(g["param_pruning_ratio"], 100, 1),
-                     "FLOPs pruned (%)": mean_ci(g["flop_pruning_ratio"], 100, 1),
-                     "seeds": g["seed"].nunique()})
-    return pd.DataFrame(rows).set_index("dataset")
-
-
-def plot_pruning_curves(history, title: str):
-    """Test accuracy against parameters and FLOPs pruned, one line per run, the selected rounds
-    ringed, and dashed the fair reference (unpruned, trained as long) at every round."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    plot = history.assign(accuracy=100 * history["accuracy_test"], reference=100 * history["reference_test"],
-                          params_pruned=100 * history["param_pruning_ratio"],
-                          flops_pruned=100 * history["flop_pruning_ratio"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, x, label in zip(axes, ["params_pruned", "flops_pruned"], ["parameters pruned (%)", "FLOPs pruned (%)"]):
-        sns.lineplot(data=plot, x=x, y="accuracy", hue="dataset", style="seed", markers=True, dashes=False,
-                     estimator=None, sort=False, ax=ax, legend=ax is axes[0])
-        for _, g in plot.groupby(["dataset", "seed"]):
-            ax.plot(g[x], g["reference"], ls="--", lw=0.8, color="grey")
-        sel = plot[plot["selected"]]
-        ax.scatter(sel[x], sel["accuracy"], s=160, facecolors="none", edgecolors="black", lw=1.5, zorder=5)
-        ax.set(xlabel=label, ylabel="test accuracy (%)")
-    fig.suptitle(title + " (ringed: selected round; dashed: unpruned reference trained as long)")
-    return fig
-
-
-def _fmt(x: float, digits: int) -> str:
-    text = f"{x:.{digits}f}"
-    return text[1:] if text.startswith("-") and not any(ch in "123456789" for ch in text) else text  # no "-0.0"
-
-
-def mean_std(values, scale: float = 1.0, digits: int = 1) -> str:
-    """``"mean ± std"`` of ``values * scale`` (sample std; just the mean for a single value)."""
-    import numpy as np
-
-    v = np.asarray(list(values), dtype=float) * scale
-    if v.size == 0:
-        return "n/a"
-    if v.size == 1:
-        return _fmt(v[0], digits)
-    return f"{_fmt(v.mean(), digits)} ± {_fmt(v.std(ddof=1), digits)}"
-
-
-#: Bootstrap resamples of :func:`interval` (a fixed generator: the book's numbers do not move).
-BOOTSTRAP_RESAMPLES = 10_000
-
-
-def interval(values, se=None) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the mean of ``values`` and its 95% interval.
-
-    Several values (one per seed): the percentile bootstrap over them (:data:`BOOTSTRAP_RESAMPLES`
-    resamples, generator seeded with 0). With three seeds it is narrower than the truth (it cannot
-    look past the three values); the seeds tier is there for that. One value with its standard error
-    ``se`` (a paired drop): mean ± 1.96 se. One value without: no interval (low = high = NaN).
-    """
-    import numpy as np
-
-    v = np.asarray(list(values), dtype=float)
-    if v.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    m = float(v.mean())
-    if v.size == 1:
-        if se is None:
-            return m, float("nan"), float("nan")
-        half = 1.96 * float(np.asarray(list(se), dtype=float).mean())
-        return m, m - half, m + half
-    rng = np.random.default_rng(0)
-    boots = v[rng.integers(0, v.size, (BOOTSTRAP_RESAMPLES, v.size))].mean(1)
-    return m, float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
-
-
-def mean_ci(values, scale: float = 1.0, digits: int = 1, se=None) -> str:
-    """``"mean [low, high]"`` of ``values * scale`` with the 95% interval of :func:`interval` (``se``:
-    the standard errors of the values, used when there is one); just the mean when there is none."""
-    import math
-
-    vals = [float(x) * scale for x in values]
-    m, lo, hi = interval(vals, None if se is None else [float(x) * abs(scale) for x in se])
-    if math.isnan(m):
-        return "n/a"
-    if math.isnan(lo):
-        return _fmt(m, digits)
-    return f"{_fmt(m, digits)} [{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
-
-
-def budget_verdict(change, max_drop: float, se=None) -> str:
-    """Where a row's accuracy change (negative: a loss, as a fraction) stands against the budget
-    ``max_drop``, judged by its 95% interval (:func:`interval`): ``"within"`` when the whole
-    interval loses less than the budget, ``"beyond"`` when it loses more, ``"unresolved"`` when it
-    straddles the budget or there is no interval."""
-    import math
-
-    _, lo, hi = interval(change, se)
-    if math.isnan(lo):
-        return "unresolved"
-    if lo > -max_drop:
-        return "within"
-    if hi < -max_drop:
-        return "beyond"
-    return "unresolved"
-
-
-# ------------------------------------------------------------------------- pruning chapters (3, 4)
-#: The columns of a pruning chapter's round-by-round table.
-HISTORY_COLUMNS = ["dataset", "seed", "round", "epochs", "accuracy_test", "reference_test", "accuracy_drop",
-                   "drop_se_test", "accuracy_val", "drop_val", "param_pruning_ratio", "flop_pruning_ratio", "selected"]
-
-
+# ------------------------------------------------------------------------- pruning chapters (2-5, 7)
 def chapter_setup(experiment: str, profile: str, *, datasets=None, seeds=None, dataset=None, seed=None, model=None,
-                  image_size=None, overrides=None, results=None) -> tuple[list[str], list[int], dict, dict, Path]:
+                  image_size=None, overrides=None, results=None,
+                  chapter: str | None = None) -> tuple[list[str], list[int], dict, dict, Path]:
     """A chapter's data sets and seeds (:func:`selection`), the parameter overrides every run shares
     (``model``, ``image_size`` and ``overrides``), the parameters of its first run, and the results
     folder (:func:`results_dir` of ``results``); sets the plot and table style and prints one line
-    saying what runs."""
+    saying what runs. ``chapter`` (a key of :data:`basisprune.repro.plan.CHAPTERS`) narrows the data
+    sets and seeds to the first of each where the chapter runs only those (chapter 7), and the line
+    shows the main table's seeds per data set where the chapter runs those (chapter 5)."""
     import pandas as pd
     import seaborn as sns
 
     from . import experiments
+    from .plan import CHAPTERS
 
+    rule = CHAPTERS[chapter].seeds if chapter is not None else "all"
+    shown = table_seeds(profile, datasets=datasets, seeds=seeds, dataset=dataset, seed=seed) if rule == "table" else None
     datasets, seeds = selection(profile, datasets=datasets, seeds=seeds, dataset=dataset, seed=seed)
+    if rule == "first":
+        datasets, seeds = datasets[:1], seeds[:1]
     common = {k: v for k, v in {"model": model, "image_size": image_size}.items() if v is not None} | dict(overrides or {})
     p = experiments.resolve_params(experiment, profile, dataset=datasets[0], seed=seeds[0], **common)
     out_dir = results_dir(profile, results)
     sns.set_theme(context="notebook", style="whitegrid")
     pd.set_option("display.precision", 3)
-    print(f"profile={profile} model={p['model']} image_size={p['image_size']} datasets={datasets} seeds={seeds}")
+    where = (f"dataset={datasets[0]} seed={seeds[0]}" if rule == "first"
+             else f"datasets={datasets} seeds={seeds if shown is None else shown}")
+    print(f"profile={profile} model={p['model']} image_size={p['image_size']} {where}")
     return datasets, seeds, common, p, out_dir
 
 
 def run_pruning(experiment: str, profile: str, datasets, seeds, common: dict, out_dir: Path):
-    """Run one pruning experiment per data set and seed (results file ``<experiment>-<dataset>-seed<seed>.json``
-    in ``out_dir``); prints the rule and the budget. Returns ``(records, history, rule)``: the records by
-    ``(dataset, seed)``, their rounds (:func:`history_frame`) and the pruning rule."""
+    """Run one pruning experiment per data set and seed, as its chapter's plan says (:func:`chapter_runs`;
+    results file ``<experiment>-<dataset>-seed<seed>.json`` in ``out_dir``); prints the rule and the
+    budget. Returns ``(records, history, rule)``: the records by ``(dataset, seed)``, their rounds
+    (:func:`history_frame`) and the pruning rule."""
     import pandas as pd
 
     from . import experiments
 
     records = {}
-    for ds in datasets:
-        for s in seeds:
-            records[ds, s] = experiments.run(experiment, profile=profile, dataset=ds, seed=s,
-                                             out=out_dir / f"{experiment}-{ds}-seed{s}.json", **common)
+    for exp, ds, s in chapter_runs(chapter_of(experiment), profile, datasets=datasets, seeds=seeds):
+        records[ds, s] = experiments.run(exp, profile=profile, dataset=ds, seed=s,
+                                         out=out_dir / f"{exp}-{ds}-seed{s}.json", **common)
     first = next(iter(records.values()))
     rule, p = first["rule"], first["params"]
     rounds = p["channel_rounds"] if experiment == "channel_pruning" else p["basis_rounds"]
@@ -433,23 +88,6 @@ def run_pruning(experiment: str, profile: str, datasets, seeds, common: dict, ou
     print("budget: max_drop =", p["max_drop"], "| stop_drop =", p["stop_drop"], "| rounds =", rounds)
     history = pd.concat([history_frame(r, dataset=ds, seed=s) for (ds, s), r in records.items()], ignore_index=True)
     return records, history, rule
-
-
-def plot_kept(record: dict[str, Any], dataset: str, seed: int, unit: str):
-    """Bar chart of the kept and total ``unit`` (bases or channels) per layer at the selected round."""
-    import matplotlib.pyplot as plt
-
-    final = record["final"]
-    kept = kept_frame(final)
-    fig, ax = plt.subplots(figsize=(max(8, 0.25 * len(kept)), 3.8))
-    ax.bar(kept["layer"], kept["total"], color="lightgrey", label="total")
-    ax.bar(kept["layer"], kept["kept"], color="tab:blue", label="kept")
-    ax.set_yscale("log")
-    ax.set(ylabel=unit, xlabel="", title=f"{dataset}, seed {seed}, round {final['round']}: "
-           f"{kept['kept'].sum():,} of {kept['total'].sum():,} {unit} kept")
-    ax.tick_params(axis="x", labelrotation=90, labelsize=7)
-    ax.legend()
-    return fig
 
 
 def print_selected(records: dict[tuple[str, int], dict[str, Any]]) -> None:
@@ -479,104 +117,6 @@ def glue_selected(prefix: str, final, summary, dataset: str) -> None:
 
 
 # ------------------------------------------------------------------------- double pruning (chapter 5)
-#: The methods of chapter 5's main table, in its order.
-METHODS = ["channel pruning", "basis pruning", "double: channel stage", "double pruning"]
-
-
-def _stage_row(method: str, ds: str, s: int, final: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
-    return {"dataset": ds, "method": method, "seed": s, "before": final["reference_test"],
-            "round0": reference["round0_accuracy_test"], "after": final["accuracy_test"],
-            "change": -final["accuracy_drop"], "se": final["drop_se_test"], "params": final["params"],
-            "flops": final["flops"], "params_pruned": final["param_pruning_ratio"],
-            "flops_pruned": final["flop_pruning_ratio"], "ref_params": reference["params"], "ref_flops": reference["flops"]}
-
-
-def method_runs(records: dict[tuple[str, str, int], dict[str, Any]]):
-    """One row per run ``{(experiment, dataset, seed): record}`` and method of :data:`METHODS` (double
-    pruning gives two: its channel stage and its result): the selected round's accuracy, its fair
-    reference (``before``), round 0, the change with its paired standard error, sizes and ratios."""
-    import pandas as pd
-
-    rows = []
-    for (exp, ds, s), r in records.items():
-        if exp == "double_pruning":
-            rows.append(_stage_row("double: channel stage", ds, s, r["stages"]["channel"]["final"], r["reference"]))
-            rows.append(_stage_row("double pruning", ds, s, r["final"], r["reference"]))
-        else:
-            rows.append(_stage_row(exp.replace("_", " "), ds, s, r["final"], r["reference"]))
-    runs = pd.DataFrame(rows)
-    runs["method"] = pd.Categorical(runs["method"], METHODS)
-    return runs
-
-
-def method_table(runs, datasets, max_drop: float | None = None):
-    """Chapter 5's main table: per data set (in the order of ``datasets``) and method, the mean over
-    seeds of :func:`method_runs`' columns with its 95% interval (:func:`mean_ci`; the change of a
-    single run: ± 1.96 paired standard errors), and where the change stands against ``max_drop``
-    (:func:`budget_verdict`) when it is given."""
-    import pandas as pd
-
-    out = []
-    for (ds, m), g in runs.groupby(["dataset", "method"], sort=True, observed=True):
-        out.append({"dataset": ds, "method": m,
-                    "reference (%)": mean_ci(g["before"], 100, 1),
-                    "round 0 (%)": mean_ci(g["round0"], 100, 1),
-                    "accuracy after (%)": mean_ci(g["after"], 100, 1),
-                    "change (pts)": mean_ci(g["change"], 100, 2, se=g["se"]),
-                    "paired SE (pts)": f"{100 * g['se'].mean():.2f}",
-                    "params (M)": mean_ci(g["params"], 1e-6, 3),
-                    "FLOPs (M)": mean_ci(g["flops"], 1e-6, 2),
-                    "params pruned (%)": mean_ci(g["params_pruned"], 100, 1),
-                    "FLOPs pruned (%)": mean_ci(g["flops_pruned"], 100, 1),
-                    "seeds": g["seed"].nunique(),
-                    **({} if max_drop is None else {"budget": budget_verdict(g["change"], max_drop, se=g["se"])})})
-    ds_order = {d: i for i, d in enumerate(datasets)}
-    return pd.DataFrame(out).sort_values("dataset", key=lambda c: c.map(ds_order), kind="stable").reset_index(drop=True)
-
-
-def pareto_front(df):
-    """The rows of ``df`` (``params``, ``accuracy``) that no smaller model beats in accuracy."""
-    import numpy as np
-
-    df = df.sort_values(["params", "accuracy"], ascending=[True, False])
-    best, keep = -np.inf, []
-    for i, row in df.iterrows():
-        if row["accuracy"] > best:
-            keep.append(i)
-            best = row["accuracy"]
-    return df.loc[keep]
-
-
-def plot_accuracy_against_size(history, runs, datasets, title: str):
-    """Test accuracy against parameters, per data set: every round of every run (thin), each method's
-    Pareto front (thick) and the selected rounds (stars; double pruning's is its result)."""
-    import matplotlib.pyplot as plt
-
-    curves = history.copy()
-    curves.loc[curves["method"].str.startswith("double"), "method"] = "double pruning"
-    curves = curves[curves["method"].isin(["channel pruning", "basis pruning", "double pruning"])]
-    curves = curves.assign(accuracy=100 * curves["accuracy_test"], params_m=curves["params"] / 1e6)
-    palette = {"channel pruning": "tab:orange", "basis pruning": "tab:blue", "double pruning": "tab:green"}
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.2), squeeze=False, sharey=False)
-    for ax, ds in zip(axes[0], datasets):
-        c = curves[curves["dataset"] == ds]
-        for m, g in c.groupby("method"):
-            for s, gs in g.groupby("seed"):
-                ax.plot(gs["params_m"], gs["accuracy"], "o-", ms=3, lw=0.6, alpha=0.45, color=palette[m])
-            front = pareto_front(g[["params_m", "accuracy"]].rename(columns={"params_m": "params"}))
-            ax.step(front["params"], front["accuracy"], where="post", color=palette[m], lw=2, label=m)
-            sel = g[g["selected"]]
-            if m == "double pruning":  # the basis stage's selected round (each stage has its own)
-                sel = runs[(runs["dataset"] == ds) & (runs["method"] == "double pruning")].assign(
-                    params_m=lambda d: d["params"] / 1e6, accuracy=lambda d: 100 * d["after"])
-            ax.scatter(sel["params_m"], sel["accuracy"], s=90, marker="*", color=palette[m], edgecolors="black", zorder=5)
-        ax.set_xscale("log")
-        ax.set(title=ds, xlabel="parameters (millions, log scale)", ylabel="test accuracy (%)")
-        ax.legend(fontsize=8)
-    fig.suptitle(title + " (stars: selected rounds)")
-    return fig
-
-
 def pick_dataset(candidates, datasets, fallback: str) -> str:
     """The first of ``candidates`` among ``datasets``, else ``fallback``."""
     return next((d for d in candidates if d in datasets), fallback)
@@ -620,54 +160,7 @@ def top5(logits, categories) -> list[str]:
     return [f"{categories[i]} ({p:.0%})" for p, i in zip(*logits.softmax(-1).topk(5))]
 
 
-def accuracy_at(runs, method: str, sparsity: float):
-    """Test accuracies (one per seed) of ``method`` at ``sparsity`` in chapter 6's scratch runs."""
-    return runs[(runs["method"] == method) & (runs["sparsity"] == sparsity)]["accuracy_test"]
-
-
-def target_status(verdict: dict[str, Any]) -> str:
-    """``met``, ``not met`` or ``not measured`` for one of chapter 7's target verdicts."""
-    return {True: "met", False: "not met", None: "not measured"}[verdict["met"]]
-
-
-def without_models(comparison: dict[str, Any]) -> dict[str, Any]:
-    """A peer comparison (:func:`basisprune.repro.comparison.peer_comparison`) without its models,
-    example input and full record: what its results file keeps."""
-    return {k: v for k, v in comparison.items() if k not in ("peer_model", "reference_model", "example_input", "record")}
-
-
 # ------------------------------------------------------------------------------ efficiency (chapter 7)
-def plot_speedup_against_flops(rows, onnx: bool, title: str):
-    """Measured speedup against FLOP reduction of every model of a speed table, with the ideal line
-    and target (a)'s half of it; PyTorch and, with ``onnx``, ONNX Runtime."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
-
-    plot = pd.DataFrame(rows)
-    frames = [plot.assign(backend="PyTorch", measured=plot["speedup"])]
-    if onnx and plot["onnx_speedup"].notna().any():
-        frames.append(plot.assign(backend="ONNX Runtime", measured=plot["onnx_speedup"]))
-    plot = pd.concat(frames, ignore_index=True).dropna(subset=["measured"])
-    plot["batch"] = plot["batch_size"].astype(str)
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    sns.scatterplot(data=plot, x="flop_reduction", y="measured", hue="model", style="batch", size="backend",
-                    sizes={"PyTorch": 90, "ONNX Runtime": 40}, ax=ax)
-    hi = max(plot["flop_reduction"].max(), plot["measured"].max(), 1.0) * 1.3
-    lo = min(plot["measured"].min(), 0.5) / 1.3
-    ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="ideal: speedup = FLOP reduction")
-    ax.plot([lo, hi], [lo / 2, hi / 2], color="black", lw=1, ls="--", label="target (a): half of it")
-    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(0.8, hi)
-    ax.set_ylim(lo, hi)
-    ax.set(xlabel="FLOP reduction  $F_{ref}/F = 1/(1-\\mathrm{FLOP\\ ratio})$", ylabel="measured speedup", title=title)
-    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
-    fig.tight_layout()
-    return fig
-
-
 def print_model_check(rows, peers: dict[str, Any], form: str) -> None:
     """Rounded sizes of the models whose layers do not depend on timings, and each peer comparison's
     accuracies and epochs (what nbval compares)."""
@@ -681,32 +174,6 @@ def print_model_check(rows, peers: dict[str, Any], form: str) -> None:
         print(f"{n}: ours accuracy {round(c['ours']['accuracy_test'], 2)}; Torch-Pruning FLOPs pruned "
               f"{round(c['peer']['flop_pruning_ratio'], 2)}, epochs {c['peer']['epochs_run']} of {c['peer']['epochs']}, "
               f"accuracy {round(c['peer']['accuracy_test'], 2)}")
-
-
-def peer_table(comparison: dict[str, Any], rows, onnx: bool, form: str):
-    """Our double-pruned model (compact, latency fold, inference form) beside Torch-Pruning's at the
-    same FLOPs (and its inference form): accuracy, size, training and latency per batch size."""
-    import pandas as pd
-
-    c = comparison
-    peer_rows = []
-    for label, who, acc in (("double pruning", "ours", c["ours"]["accuracy_test"]),
-                            ("double pruning, latency fold", "ours", c["ours"]["accuracy_test"]),
-                            ("double pruning" + form, "ours", c["ours"]["accuracy_test"]),
-                            ("Torch-Pruning, double's FLOPs", "peer", c["peer"]["accuracy_test"]),
-                            ("Torch-Pruning, double's FLOPs" + form, "peer", c["peer"]["accuracy_test"])):
-        src = c[who]
-        row = {"model": label, "accuracy": acc, "params": src["params"], "FLOPs": src["flops"],
-               "FLOPs pruned": src["flop_pruning_ratio"],
-               "training": (f"{c['ours']['epochs']['total']} epochs, scales + classifier" if who == "ours"
-                            else f"{c['peer']['epochs_run']} epochs, all weights")}
-        for r in rows:
-            if r["model"] == label:
-                row[f"b{r['batch_size']} ms"] = r["median_ms"]
-                if onnx and r.get("onnx_median_ms") is not None:
-                    row[f"b{r['batch_size']} ORT ms"] = r["onnx_median_ms"]
-        peer_rows.append(row)
-    return pd.DataFrame(peer_rows).set_index("model")
 
 
 def print_targets(verdict, folded_verdict, form_targets, slower, where: str) -> None:
@@ -728,62 +195,3 @@ def print_targets(verdict, folded_verdict, form_targets, slower, where: str) -> 
     for v in slower:
         print(f"  {v['model']:30s} {v['slower_median_at'] or 'none'} (clearly, quartiles apart: "
               f"{v['clearly_slower_at'] or 'none'}); lowest speedup {v['min_speedup']:.2f}x")
-
-
-# ------------------------------------------------------------------- pruning at initialization (chapter 6)
-def plot_pai_accuracy(runs, order, title: str):
-    """Test accuracy against sparsity (log scale of the weights kept) of chapter 6's scratch runs, one
-    line per method of ``order`` (mean and std over seeds), the dense baseline dashed."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    pruned = runs[runs["method"] != "dense"].assign(accuracy=lambda d: 100 * d["accuracy_test"],
-                                                    kept_pct=lambda d: (100 * (1 - d["sparsity"])).round(6))
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    sns.lineplot(data=pruned, x="kept_pct", y="accuracy", hue="method", hue_order=order, style="method",
-                 style_order=order, markers=True, dashes=False, errorbar="sd", err_style="bars", ax=ax)
-    dense = runs.loc[runs["method"] == "dense", "accuracy_test"]
-    if len(dense):
-        ax.axhline(100 * dense.mean(), color="black", ls="--", lw=1, label="dense")
-    ax.set_xscale("log")
-    ticks = sorted(pruned["kept_pct"].unique())
-    ax.set_xticks(ticks, [f"{round(100 - k, 4):g}%" for k in ticks])
-    ax.minorticks_off()
-    ax.invert_xaxis()  # sparser to the right
-    ax.set(xlabel="sparsity (% of prunable weights removed; log scale of the weights kept)",
-           ylabel="test accuracy (%)", title=title)
-    ax.legend(fontsize=8, ncol=2)
-    return fig
-
-
-def transfer_table(targets_used, transfer_rows):
-    """Chapter 6's transfer table: per target and method (the pruning runs that set the targets
-    first), parameters kept, sparsity and test accuracy over seeds; prints what was fine-tuned.
-    An empty frame (and a line saying so) when the comparison did not run."""
-    import pandas as pd
-
-    rows = []
-    for s, targets in targets_used.items():
-        for label, t in targets.items():
-            if t["experiment"] is not None:
-                rows.append({"target": label, "method": label, "seed": s, "params": t["final_params"],
-                             "sparsity": None, "accuracy_test": t["accuracy_test"]})
-    for r in transfer_rows:
-        rows.append({"target": r["target"], "method": r["method"], "seed": r["seed"], "params": r["params_nonzero"],
-                     "sparsity": r["sparsity"], "accuracy_test": r["accuracy_test"]})
-    transfer_df = pd.DataFrame(rows)
-    if not len(transfer_df):
-        print("transfer comparison skipped in this profile")
-        return pd.DataFrame()
-    ref_params = transfer_rows[0]["params_reference"]
-    table = (transfer_df.groupby(["target", "method"], sort=False)
-             .agg(params=("params", lambda v: f"{v.mean() / 1e6:.3f} M"),
-                  params_kept=("params", lambda v: f"{100 * v.mean() / ref_params:.1f}%"),
-                  sparsity=("sparsity", lambda v: "" if v.isna().all() else f"{100 * v.mean():.1f}%"),
-                  accuracy=("accuracy_test", lambda v: mean_std(v, 100, 1)),
-                  seeds=("seed", "nunique"))
-             .reset_index())
-    r0 = transfer_rows[0]
-    print(f"{r0['model']} on {r0['dataset']} at {r0['image_size']} px: {ref_params:,} parameters before pruning; "
-          f"fine-tuning {r0['epochs']} epoch(s), Adam lr {r0['lr']}, BatchNorm {r0['bn_mode']}")
-    return table

@@ -144,7 +144,7 @@ def tier_table(rows: list[dict[str, Any]]):
     (:func:`basisprune.repro.report.mean_ci`; one seed: the change ± 1.96 paired standard errors)."""
     import pandas as pd
 
-    from .report import mean_ci
+    from .stats import mean_ci
 
     df = pd.DataFrame(rows)
     out = []
@@ -169,7 +169,7 @@ def tier_check(recomputed, rows: list[dict[str, Any]], columns=("change", "param
     """
     import pandas as pd
 
-    from .report import interval
+    from .stats import interval
 
     tier = pd.DataFrame(rows)
     out = []
@@ -194,7 +194,7 @@ def seeds_tier_status(recomputed, directory: str | Path | None = None) -> tuple[
     """One sentence about the committed seeds tier (``directory``, default :data:`SEEDS_TIER` in the
     project) and the table of :func:`tier_check` (None when the tier is not committed): how many runs,
     on which processor, and how many of the recomputed table's means fall inside its 95% intervals."""
-    from .report import repo_root
+    from .paths import repo_root
 
     loaded = load_tier(directory if directory is not None else repo_root() / SEEDS_TIER)
     if loaded is None:

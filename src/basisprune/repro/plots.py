@@ -1,0 +1,137 @@
+"""The chapters' figures (matplotlib and seaborn, imported when a figure is drawn): pruning curves,
+kept units per layer, accuracy against size with each method's Pareto front, measured speedup
+against FLOP reduction, and pruning at initialization's accuracy against sparsity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .tables import kept_frame, pareto_front
+
+__all__ = ["plot_accuracy_against_size", "plot_kept", "plot_pai_accuracy", "plot_pruning_curves",
+           "plot_speedup_against_flops"]
+
+
+def plot_pruning_curves(history, title: str):
+    """Test accuracy against parameters and FLOPs pruned, one line per run, the selected rounds
+    ringed, and dashed the fair reference (unpruned, trained as long) at every round."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    plot = history.assign(accuracy=100 * history["accuracy_test"], reference=100 * history["reference_test"],
+                          params_pruned=100 * history["param_pruning_ratio"],
+                          flops_pruned=100 * history["flop_pruning_ratio"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, x, label in zip(axes, ["params_pruned", "flops_pruned"], ["parameters pruned (%)", "FLOPs pruned (%)"]):
+        sns.lineplot(data=plot, x=x, y="accuracy", hue="dataset", style="seed", markers=True, dashes=False,
+                     estimator=None, sort=False, ax=ax, legend=ax is axes[0])
+        for _, g in plot.groupby(["dataset", "seed"]):
+            ax.plot(g[x], g["reference"], ls="--", lw=0.8, color="grey")
+        sel = plot[plot["selected"]]
+        ax.scatter(sel[x], sel["accuracy"], s=160, facecolors="none", edgecolors="black", lw=1.5, zorder=5)
+        ax.set(xlabel=label, ylabel="test accuracy (%)")
+    fig.suptitle(title + " (ringed: selected round; dashed: unpruned reference trained as long)")
+    return fig
+
+
+def plot_kept(record: dict[str, Any], dataset: str, seed: int, unit: str):
+    """Bar chart of the kept and total ``unit`` (bases or channels) per layer at the selected round."""
+    import matplotlib.pyplot as plt
+
+    final = record["final"]
+    kept = kept_frame(final)
+    fig, ax = plt.subplots(figsize=(max(8, 0.25 * len(kept)), 3.8))
+    ax.bar(kept["layer"], kept["total"], color="lightgrey", label="total")
+    ax.bar(kept["layer"], kept["kept"], color="tab:blue", label="kept")
+    ax.set_yscale("log")
+    ax.set(ylabel=unit, xlabel="", title=f"{dataset}, seed {seed}, round {final['round']}: "
+           f"{kept['kept'].sum():,} of {kept['total'].sum():,} {unit} kept")
+    ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+    ax.legend()
+    return fig
+
+
+def plot_accuracy_against_size(history, runs, datasets, title: str):
+    """Test accuracy against parameters, per data set: every round of every run (thin), each method's
+    Pareto front (thick) and the selected rounds (stars; double pruning's is its result)."""
+    import matplotlib.pyplot as plt
+
+    curves = history.copy()
+    curves.loc[curves["method"].str.startswith("double"), "method"] = "double pruning"
+    curves = curves[curves["method"].isin(["channel pruning", "basis pruning", "double pruning"])]
+    curves = curves.assign(accuracy=100 * curves["accuracy_test"], params_m=curves["params"] / 1e6)
+    palette = {"channel pruning": "tab:orange", "basis pruning": "tab:blue", "double pruning": "tab:green"}
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.2), squeeze=False, sharey=False)
+    for ax, ds in zip(axes[0], datasets):
+        c = curves[curves["dataset"] == ds]
+        for m, g in c.groupby("method"):
+            for s, gs in g.groupby("seed"):
+                ax.plot(gs["params_m"], gs["accuracy"], "o-", ms=3, lw=0.6, alpha=0.45, color=palette[m])
+            front = pareto_front(g[["params_m", "accuracy"]].rename(columns={"params_m": "params"}))
+            ax.step(front["params"], front["accuracy"], where="post", color=palette[m], lw=2, label=m)
+            sel = g[g["selected"]]
+            if m == "double pruning":  # the basis stage's selected round (each stage has its own)
+                sel = runs[(runs["dataset"] == ds) & (runs["method"] == "double pruning")].assign(
+                    params_m=lambda d: d["params"] / 1e6, accuracy=lambda d: 100 * d["after"])
+            ax.scatter(sel["params_m"], sel["accuracy"], s=90, marker="*", color=palette[m], edgecolors="black", zorder=5)
+        ax.set_xscale("log")
+        ax.set(title=ds, xlabel="parameters (millions, log scale)", ylabel="test accuracy (%)")
+        ax.legend(fontsize=8)
+    fig.suptitle(title + " (stars: selected rounds)")
+    return fig
+
+
+def plot_speedup_against_flops(rows, onnx: bool, title: str):
+    """Measured speedup against FLOP reduction of every model of a speed table, with the ideal line
+    and target (a)'s half of it; PyTorch and, with ``onnx``, ONNX Runtime."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    plot = pd.DataFrame(rows)
+    frames = [plot.assign(backend="PyTorch", measured=plot["speedup"])]
+    if onnx and plot["onnx_speedup"].notna().any():
+        frames.append(plot.assign(backend="ONNX Runtime", measured=plot["onnx_speedup"]))
+    plot = pd.concat(frames, ignore_index=True).dropna(subset=["measured"])
+    plot["batch"] = plot["batch_size"].astype(str)
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    sns.scatterplot(data=plot, x="flop_reduction", y="measured", hue="model", style="batch", size="backend",
+                    sizes={"PyTorch": 90, "ONNX Runtime": 40}, ax=ax)
+    hi = max(plot["flop_reduction"].max(), plot["measured"].max(), 1.0) * 1.3
+    lo = min(plot["measured"].min(), 0.5) / 1.3
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="ideal: speedup = FLOP reduction")
+    ax.plot([lo, hi], [lo / 2, hi / 2], color="black", lw=1, ls="--", label="target (a): half of it")
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(0.8, hi)
+    ax.set_ylim(lo, hi)
+    ax.set(xlabel="FLOP reduction  $F_{ref}/F = 1/(1-\\mathrm{FLOP\\ ratio})$", ylabel="measured speedup", title=title)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_pai_accuracy(runs, order, title: str):
+    """Test accuracy against sparsity (log scale of the weights kept) of chapter 6's scratch runs, one
+    line per method of ``order`` (mean and std over seeds), the dense baseline dashed."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    pruned = runs[runs["method"] != "dense"].assign(accuracy=lambda d: 100 * d["accuracy_test"],
+                                                    kept_pct=lambda d: (100 * (1 - d["sparsity"])).round(6))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    sns.lineplot(data=pruned, x="kept_pct", y="accuracy", hue="method", hue_order=order, style="method",
+                 style_order=order, markers=True, dashes=False, errorbar="sd", err_style="bars", ax=ax)
+    dense = runs.loc[runs["method"] == "dense", "accuracy_test"]
+    if len(dense):
+        ax.axhline(100 * dense.mean(), color="black", ls="--", lw=1, label="dense")
+    ax.set_xscale("log")
+    ticks = sorted(pruned["kept_pct"].unique())
+    ax.set_xticks(ticks, [f"{round(100 - k, 4):g}%" for k in ticks])
+    ax.minorticks_off()
+    ax.invert_xaxis()  # sparser to the right
+    ax.set(xlabel="sparsity (% of prunable weights removed; log scale of the weights kept)",
+           ylabel="test accuracy (%)", title=title)
+    ax.legend(fontsize=8, ncol=2)
+    return fig
