@@ -1,10 +1,14 @@
-"""Pruning-at-initialization experiments (the library behind ``notebooks/06_pruning_at_init``).
+"""Pruning-at-initialization experiments (chapter 6, ``notebooks/06_pruning_at_init``).
 
-Three experiments, each a function the notebook calls; their settings come from
-the ``pai`` section of :data:`basisprune.repro.profiles.PROFILES` and keyword overrides, validated before
-any data is loaded or model built (``ValueError`` naming the allowed values).
+Three experiments of :data:`basisprune.repro.experiments.EXPERIMENTS`, run like the others with
+:func:`basisprune.repro.experiments.run` (results file with provenance, checkpoint workdir, resume;
+the CLI and sweeps): ``pai_scratch`` (:func:`scratch`), ``pai_transfer`` (:func:`transfer`) and
+``pai_cost`` (:func:`cost`). Their settings are the ``pai`` section of the profile
+(:data:`basisprune.repro.profiles.PAI`), validated by :func:`basisprune.repro.profiles.pai_params`
+before any data is loaded or model built.
 
-:func:`from_scratch` -- a small CNN from :mod:`basisprune.repro.smallnets` is built from a seed,
+:func:`scratch` -- for one seed, every method at every sparsity (and the unpruned baseline),
+each through :func:`from_scratch`: a small CNN from :mod:`basisprune.repro.smallnets` is built from a seed,
 pruned at initialization with :func:`basisprune.pai.prune` on a few training batches, the masks
 are attached with :func:`basisprune.pai.apply_masks` (pruned weights stay exactly zero), the
 network is trained and scored on the test set. Method ``"dense"`` (sparsity 0) is the unpruned
@@ -13,7 +17,8 @@ epochs):
 
 * data: Fashion-MNIST, a seeded class-stratified training subset (the seed draws it and its
   order), a fixed test subset (drawn with seed 0, the same for every run), grayscale repeated to
-  three channels, normalised with Fashion-MNIST's mean 0.2860 and std 0.3530;
+  three channels, normalised with Fashion-MNIST's mean 0.2860 and std 0.3530
+  (:data:`basisprune.repro.data.STATS`);
 * training: SGD with Nesterov momentum 0.9, weight decay 5e-4 and a one-cycle schedule (15 %
   linear warm-up to ``lr``, cosine decay, stepped every batch), BatchNorm in train mode
   (``optimizer="adamw"`` selects AdamW instead).  SGD rather than Adam: in our one-epoch trials on
@@ -33,7 +38,7 @@ epochs):
   scores, same top-k, the empty layer included), is trained and scored as usual (typically chance
   accuracy), and is flagged ``layer_collapse=True``.
 
-:func:`transfer` -- ProsPr and SNIP (any method of :data:`basisprune.pai.METHODS`) on the
+:func:`transfer` -- for one seed, ProsPr and SNIP (any method of :data:`basisprune.pai.METHODS`) on the
 pretrained transfer model of :mod:`basisprune.repro.experiments` (mobilenet_v2 in the ``smoke`` and
 ``default`` profiles), at the parameter count that basis pruning or double pruning reached, then
 fine-tuned (all weights train, masks kept) and scored on the same test set.  *Equal parameter
@@ -49,7 +54,7 @@ which is ``1 - final/reference`` over the prunable weights up to the 1.5 % of no
 parameters of mobilenet_v2.  The sparse count does not include the indices a sparse format would
 store, so it flatters unstructured pruning.
 
-:func:`prune_cost` -- wall time of one method's whole pruning step (scores and top-k, SynFlow's
+:func:`cost` -- for every method, :func:`prune_cost`: wall time of one method's whole pruning step (scores and top-k, SynFlow's
 rounds included), the median of ``repeats`` runs, in the ProsPr paper's ResNet-20 setting
 (3x32x32 inputs, batch 128, M = 3 inner steps) on random inputs and labels (the cost does not
 depend on the pixel values), with :func:`basisprune.bench.hardware` naming the machine.
@@ -57,11 +62,10 @@ depend on the pixel values), with :func:`basisprune.bench.hardware` naming the m
 
 from __future__ import annotations
 
-import copy
-import math
 import statistics
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,23 +74,23 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .. import bench, pai
-from . import data, experiments, models, profiles, smallnets
-from .train import evaluate, pick_device, seed_everything, train_epoch
+from . import data, models, profiles, smallnets
+from .train import evaluate, load_checkpoint, pick_device, save_checkpoint, seed_everything, train_epoch
 
 __all__ = [
     "SCRATCH_METHODS",
     "TRANSFER_TARGETS",
-    "profile_settings",
-    "transfer_comparison",
-    "from_scratch",
-    "scratch_grid",
+    "LOADERS",
     "accuracy_table",
+    "chapter_runs",
+    "cost",
+    "from_scratch",
     "matched_sparsity",
-    "transfer_targets",
+    "prune_cost",
+    "scratch",
     "transfer",
     "transfer_many",
-    "prune_cost",
-    "cost_table",
+    "transfer_targets",
 ]
 
 DENSE = "dense"
@@ -96,117 +100,21 @@ SCRATCH_METHODS: tuple[str, ...] = (DENSE, *pai.METHODS)
 TRANSFER_TARGETS: dict[str, str] = {"basis_pruning": "basis pruning", "double_pruning": "double pruning"}
 """Experiments whose final parameter count :func:`transfer` can be matched to, with their labels."""
 
-FASHION_MNIST_MEAN = (0.2860,) * 3
-FASHION_MNIST_STD = (0.3530,) * 3
-OPTIMIZERS = ("sgd", "adamw")
 
-_GRID_KEYS = ("methods", "sparsities", "seeds")
+# ------------------------------------------------------------------------------ chapter 6
+def chapter_runs(experiment: str, profile: str, settings: Mapping[str, Any], out_dir: str | Path) -> list[dict]:
+    """Chapter 6's runs of one experiment (``pai_scratch``, ``pai_transfer`` or ``pai_cost``) through
+    :func:`basisprune.repro.experiments.run`: one per seed of ``settings`` (a part of the ``pai``
+    section, :func:`basisprune.repro.profiles.pai_settings`; the cost experiment: seed 0), none when
+    its ``run`` is false; results files ``<experiment>-seed<seed>.json`` in ``out_dir``. Returns
+    the records in seed order."""
+    from . import experiments
 
-
-# ------------------------------------------------------------------------------- validation
-def profile_settings(profile: str = "default", section: str = "scratch", **overrides: Any) -> dict[str, Any]:
-    """A copy of ``profiles.section(profile, "pai")[section]`` with ``overrides`` applied (``None`` keeps the
-    profile's value), validated.  Raises ``ValueError`` listing the allowed names/values."""
-    sections = profiles.section(profile, "pai")
-    if section not in sections:
-        raise ValueError(f"unknown section {section!r}; allowed: {', '.join(sections)}")
-    s = copy.deepcopy(sections[section])
-    unknown = sorted(set(overrides) - set(s))
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown} for {section}; allowed: {sorted(s)}")
-    s.update({k: v for k, v in overrides.items() if v is not None})
-    {"scratch": _check_scratch, "transfer": _check_transfer, "cost": _check_cost}[section](s)
-    return s
-
-
-def _int(s: Mapping[str, Any], key: str, lo: int, none_ok: bool = False) -> None:
-    v = s[key]
-    if v is None and none_ok:
-        return
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{key} must be an integer >= {lo}{' or None' if none_ok else ''}, got {v!r}")
-
-
-def _positive(s: Mapping[str, Any], key: str, none_ok: bool = False) -> None:
-    v = s[key]
-    if v is None and none_ok:
-        return
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{key} must be a positive number{' or None' if none_ok else ''}, got {v!r}")
-
-
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return seed
-
-
-def _check_methods(methods: Sequence[str], allowed: Sequence[str], what: str = "method") -> None:
-    bad = [m for m in methods if m not in allowed]
-    if bad:
-        raise ValueError(f"unknown {what}(s) {bad}; allowed: {', '.join(allowed)}")
-
-
-def _check_scratch(s: dict[str, Any]) -> None:
-    if s["dataset"] not in data.available():
-        raise ValueError(f"unknown dataset {s['dataset']!r}; allowed: {', '.join(data.available())}")
-    if s["net"] not in smallnets.NAMES:
-        raise ValueError(f"unknown net {s['net']!r}; allowed: {', '.join(smallnets.NAMES)}")
-    if s["optimizer"] not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {s['optimizer']!r}; allowed: {', '.join(OPTIMIZERS)}")
-    for k, lo in (("image_size", 8), ("width", 1), ("batch_size", 2), ("epochs", 1), ("prune_batch_size", 2),
-                  ("steps", 0), ("synflow_iterations", 1)):
-        _int(s, k, lo)
-    for k in ("subset_train", "subset_test"):
-        _int(s, k, 10, none_ok=True)
-    for k in ("lr", "inner_lr"):
-        _positive(s, k)
-    if not (isinstance(s["momentum"], (int, float)) and 0 <= s["momentum"] < 1):
-        raise ValueError(f"momentum must be in [0, 1), got {s['momentum']!r}")
-    if not (isinstance(s["weight_decay"], (int, float)) and s["weight_decay"] >= 0):
-        raise ValueError(f"weight_decay must be >= 0, got {s['weight_decay']!r}")
-    pick_device(s["device"])
-    _check_methods(s["methods"], SCRATCH_METHODS)
-    for sp in s["sparsities"]:
-        pai.check_sparsity(sp, "each sparsity")
-    for seed in s["seeds"]:
-        _check_seed(seed)
-
-
-def _check_transfer(s: dict[str, Any]) -> None:
-    profiles.check_profile(s["experiments_profile"])
-    _check_methods(s["methods"], pai.METHODS)
-    _check_methods(s["targets"], list(TRANSFER_TARGETS), "target")
-    if not isinstance(s["fixed"], Mapping):
-        raise ValueError(f"fixed must be a mapping label -> sparsity, got {s['fixed']!r}")
-    for sp in s["fixed"].values():
-        pai.check_sparsity(sp, "each fixed sparsity")
-    for seed in s["seeds"]:
-        _check_seed(seed)
-    if s["model"] is not None and s["model"] not in models.available():
-        raise ValueError(f"unknown model {s['model']!r}; allowed: {', '.join(models.available())}")
-    if s["dataset"] is not None and s["dataset"] not in data.available():
-        raise ValueError(f"unknown dataset {s['dataset']!r}; allowed: {', '.join(data.available())}")
-    _int(s, "epochs", 1, none_ok=True)
-    _int(s, "prune_batch_size", 2, none_ok=True)
-    _int(s, "steps", 0)
-    for k in ("subset_train", "subset_test"):
-        _int(s, k, 10, none_ok=True)
-    _positive(s, "lr", none_ok=True)
-    _positive(s, "inner_lr")
-    if s["bn_mode"] not in ("train", "eval"):
-        raise ValueError(f"bn_mode must be 'train' or 'eval', got {s['bn_mode']!r}")
-
-
-def _check_cost(s: dict[str, Any]) -> None:
-    if s["model"] not in smallnets.NAMES:
-        raise ValueError(f"unknown model {s['model']!r}; allowed: {', '.join(smallnets.NAMES)}")
-    for k, lo in (("width", 1), ("batch", 1), ("steps", 0), ("image_size", 8), ("repeats", 1), ("warmup", 0),
-                  ("synflow_iterations", 1)):
-        _int(s, k, lo)
-    pai.check_sparsity(s["sparsity"])
-    pick_device(s["device"])
-    _check_methods(s["methods"], pai.METHODS)
+    if not settings.get("run", True):
+        return []
+    params = {k: v for k, v in settings.items() if k not in profiles.PAI_LOOPS}
+    return [experiments.run(experiment, profile=profile, seed=seed, out=Path(out_dir) / f"{experiment}-seed{seed}.json",
+                            **params) for seed in settings.get("seeds", [0])]
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -291,9 +199,27 @@ def _fit_one_cycle(model: nn.Module, loader, s: Mapping[str, Any], device: torch
     return loss
 
 
-def _scratch_data(s: Mapping[str, Any], seed: int):
-    """Seeded training loader (subset and order from ``seed``) and the fixed test loader (seed 0)."""
-    common = dict(mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD) if s["dataset"] == "fashion_mnist" else {}
+def _ck(workdir: Path | None, name: str) -> Path | None:
+    return None if workdir is None else workdir / name
+
+
+def _resumed(workdir: Path | None, name: str, compute) -> Any:
+    """``compute()``'s result, kept in ``workdir/name``: a rerun loads it instead (resume)."""
+    ck = _ck(workdir, name)
+    if ck is not None and ck.exists():
+        return load_checkpoint(ck, weights_only=False)["result"]
+    result = compute()
+    if ck is not None:
+        save_checkpoint(ck, result=result)
+    return result
+
+
+# ------------------------------------------------------------------------------- data (Context)
+def scratch_loaders(s: Mapping[str, Any]) -> tuple[dict[str, DataLoader], int]:
+    """A scratch run's loaders and classes: the training loader (subset and order from the seed) and
+    the fixed test loader (subset drawn with seed 0), normalised with the data set's own statistics."""
+    seed = s["seed"]
+    common = dict(zip(("mean", "std"), data.STATS[s["dataset"]])) if s["dataset"] in data.STATS else {}
     train_set = data.load(s["dataset"], "train", s["image_size"], s["subset_train"], seed=seed, val_fraction=0.0,
                           **common)
     g = torch.Generator().manual_seed(int(seed))
@@ -301,18 +227,48 @@ def _scratch_data(s: Mapping[str, Any], seed: int):
                        drop_last=len(train_set) % s["batch_size"] == 1)
     test_set = data.load(s["dataset"], "test", s["image_size"], s["subset_test"], seed=0, **common)
     test = DataLoader(test_set, batch_size=max(256, s["batch_size"]), shuffle=False)
-    return train, test
+    return {"train": train, "test": test}, data.num_classes(s["dataset"])
+
+
+def _transfer_params(s: Mapping[str, Any]) -> dict[str, Any]:
+    """The experiments parameters a transfer run shares with basis/double pruning."""
+    from . import experiments
+
+    ep = profiles.get(s["experiments_profile"])
+    ds = s["dataset"] or ep["datasets"][0]
+    over = {k: s[k] for k in ("model",) if s[k] is not None}
+    return experiments.resolve_params("basis_pruning", s["experiments_profile"], dataset=ds, seed=s["seed"], **over)
+
+
+def transfer_loaders(s: Mapping[str, Any]) -> tuple[dict[str, DataLoader], int]:
+    """A transfer run's loaders and classes: basis/double pruning's data (its model's normalisation),
+    with the transfer settings' subsets where they are set."""
+    p = _transfer_params(s)
+    mean, std = models.normalization(p["model"])
+    loaders = data.make_loaders(
+        p["dataset"], p["image_size"], p["batch_size"],
+        subset_train=s["subset_train"] if s["subset_train"] is not None else p["subset_train"],
+        subset_test=s["subset_test"] if s["subset_test"] is not None else p["subset_test"],
+        seed=s["seed"], mean=mean, std=std, root=p["data_root"], val_fraction=p["val_fraction"],
+    )
+    return loaders, data.num_classes(p["dataset"], p["data_root"])
+
+
+#: How :class:`basisprune.repro.experiments.Context` builds each experiment's loaders (the cost
+#: experiment has none: random inputs).
+LOADERS = {"pai_scratch": scratch_loaders, "pai_transfer": transfer_loaders, "pai_cost": lambda s: ({}, 10)}
 
 
 # ------------------------------------------------------------------------------ from scratch
-def from_scratch(method: str, sparsity: float, seed: int, profile: str = "default", *,
-                 return_model: bool = False, **overrides: Any) -> dict[str, Any]:
+def from_scratch(ctx, method: str, sparsity: float, *, return_model: bool = False) -> dict[str, Any]:
     """Prune a freshly initialised small CNN with ``method`` at ``sparsity``, train it, score it.
 
-    ``method``: one of :data:`SCRATCH_METHODS` (``"dense"`` needs ``sparsity=0``); ``sparsity``:
-    the fraction of prunable weights (every Conv2d/Linear weight) removed, in [0, 1); ``seed``
-    fixes the initialisation (identical across methods), the training subset and its order;
-    ``overrides``: settings of ``profiles.section(profile, "pai")["scratch"]``.
+    ``ctx``: the run's :class:`~basisprune.repro.experiments.Context` (``pai_scratch``: its
+    settings and loaders; the training loader's generator must be at the state the context made
+    it in, :func:`scratch` restores it); ``method``: one of :data:`SCRATCH_METHODS` (``"dense"``
+    needs ``sparsity=0``); ``sparsity``: the fraction of prunable weights (every Conv2d/Linear
+    weight) removed, in [0, 1). The seed fixes the initialisation (identical across methods), the
+    training subset and its order.
 
     Returns ``method, sparsity, seed, accuracy_test, density_kept, prune_seconds, train_seconds``
     plus ``loss_test``, ``kept_weights``, ``prunable_weights``, ``params_total``,
@@ -324,14 +280,10 @@ def from_scratch(method: str, sparsity: float, seed: int, profile: str = "defaul
     sparsity = pai.check_sparsity(sparsity)
     if method == DENSE and sparsity != 0.0:
         raise ValueError(f"method 'dense' is the unpruned baseline: sparsity must be 0, got {sparsity}")
-    seed = _check_seed(seed)
-    s = profile_settings(profile, "scratch", **overrides)
-    device = pick_device(s["device"])
-
-    train_loader, test_loader = _scratch_data(s, seed)
+    s, device, seed = ctx.p, ctx.device, ctx.p["seed"]
+    train_loader, test_loader = ctx.loaders["train"], ctx.loaders["test"]
     seed_everything(seed)
-    num_classes = data.num_classes(s["dataset"])
-    model = smallnets.build(s["net"], num_classes, 3, width=s["width"]).to(device)
+    model = smallnets.build(s["net"], ctx.num_classes, 3, width=s["width"]).to(device)
     prunable, _ = _prunable_counts(model)
     params_total = sum(p.numel() for p in model.parameters())
 
@@ -380,21 +332,22 @@ def from_scratch(method: str, sparsity: float, seed: int, profile: str = "defaul
     return out
 
 
-def scratch_grid(profile: str = "default", *, methods: Sequence[str] | None = None,
-                 sparsities: Sequence[float] | None = None, seeds: Sequence[int] | None = None,
-                 dense: bool = True, progress: bool = True, **overrides: Any) -> list[dict[str, Any]]:
-    """:func:`from_scratch` over methods x sparsities x seeds (the profile's unless given), plus the
-    dense baseline per seed (``dense=True``).  Everything is validated before the first run."""
-    s = profile_settings(profile, "scratch", methods=methods, sparsities=sparsities, seeds=seeds, **overrides)
-    runs = [(DENSE, 0.0, seed) for seed in s["seeds"]] if dense else []
-    runs += [(m, float(sp), seed) for seed in s["seeds"] for sp in s["sparsities"] for m in s["methods"] if m != DENSE]
-    extra = {k: v for k, v in overrides.items() if k not in _GRID_KEYS}
-    out = []
-    bar = tqdm(runs, desc="from scratch", disable=not progress, dynamic_ncols=True)
-    for m, sp, seed in bar:
-        bar.set_postfix_str(f"{m} {sp:.0%} seed {seed}")
-        out.append(from_scratch(m, sp, seed, profile, **extra))
-    return out
+def scratch(ctx, workdir: Path | None) -> dict[str, Any]:
+    """Experiment ``pai_scratch``: the dense baseline, then every method of the settings at every
+    sparsity (sparsity by sparsity), each :func:`from_scratch` from the same initial weights and
+    training order. ``runs``: one record each; each is kept in the workdir as it finishes."""
+    s = ctx.p
+    order = ctx.loaders["train"].generator.get_state()
+    cells = [(DENSE, 0.0)] + [(m, float(sp)) for sp in s["sparsities"] for m in s["methods"] if m != DENSE]
+    runs = []
+    for m, sp in tqdm(cells, desc=f"from scratch, seed {s['seed']}", dynamic_ncols=True):
+
+        def one(m=m, sp=sp) -> dict[str, Any]:
+            ctx.loaders["train"].generator.set_state(order)  # every run trains on the same order
+            return from_scratch(ctx, m, sp)
+
+        runs.append(_resumed(workdir, f"pai-scratch-{m}-{sp:g}.pt", one))
+    return {"runs": runs}
 
 
 def accuracy_table(records: Iterable[Mapping[str, Any]], digits: int = 1):
@@ -430,31 +383,22 @@ def matched_sparsity(model: nn.Module, final_params: int | float) -> dict[str, f
             "reference": prunable + rest}
 
 
-def _transfer_params(s: Mapping[str, Any], seed: int) -> dict[str, Any]:
-    """The experiments parameters a transfer run shares with basis/double pruning."""
-    ep = profiles.get(s["experiments_profile"])
-    ds = s["dataset"] or ep["datasets"][0]
-    over = {k: s[k] for k in ("model",) if s[k] is not None}
-    return experiments.resolve_params("basis_pruning", s["experiments_profile"], dataset=ds, seed=seed, **over)
-
-
-def transfer_targets(profile: str = "default", seed: int = 0, *, targets: Sequence[str] | None = None,
-                     **overrides: Any) -> dict[str, dict[str, Any]]:
+def transfer_targets(s: Mapping[str, Any], shape_model: nn.Module) -> dict[str, dict[str, Any]]:
     """Run (or resume from checkpoints) basis/double pruning and turn their final parameter counts
-    into sparsities for :func:`transfer` (see :func:`matched_sparsity`).
+    into sparsities (see :func:`matched_sparsity`); ``s``: a ``pai_transfer`` run's settings,
+    ``shape_model``: the transfer model (only its parameter shapes count).
 
-    Calls ``experiments.run(target, profile=<experiments profile>, dataset=..., seed=seed)`` with
+    Calls ``experiments.run(target, profile=<experiments profile>, dataset=..., seed=...)`` with
     the same parameters as chapters 4 and 5, so their checkpoints are reused when those ran first.
     Returns ``{label: {sparsity, final_params, reference_params, accuracy_test, ...}}``, plus the
-    ``fixed`` sparsities of the profile.
+    ``fixed`` sparsities of the settings.
     """
-    seed = _check_seed(seed)
-    s = profile_settings(profile, "transfer", targets=targets, **overrides)
-    p = _transfer_params(s, seed)
-    shape_model = models.load(p["model"], data.num_classes(p["dataset"], p["data_root"]), pretrained=False)
+    from . import experiments
+
+    p = _transfer_params(s)
     out: dict[str, dict[str, Any]] = {}
     for target in s["targets"]:
-        rec = experiments.run(target, profile=s["experiments_profile"], dataset=p["dataset"], seed=seed,
+        rec = experiments.run(target, profile=s["experiments_profile"], dataset=p["dataset"], seed=s["seed"],
                               **({"model": s["model"]} if s["model"] else {}))
         m = matched_sparsity(shape_model, rec["final"]["params"])
         out[TRANSFER_TARGETS[target]] = {
@@ -472,26 +416,30 @@ def transfer_targets(profile: str = "default", seed: int = 0, *, targets: Sequen
     return out
 
 
-def transfer_comparison(profile: str = "default", **overrides: Any) -> tuple[dict[int, dict], list[dict[str, Any]]]:
-    """Chapter 6's transfer comparison: for every seed of the profile's ``transfer`` settings (with
-    ``overrides``), the basis/double pruning targets (:func:`transfer_targets`) and every method
-    pruned to their sparsities (:func:`transfer_many`). Returns ``(targets by seed, rows)``; both
-    empty when the settings' ``run`` is false."""
-    s = profile_settings(profile, "transfer", **overrides)
-    rows: list[dict[str, Any]] = []
-    targets_used: dict[int, dict] = {}
-    if s["run"]:
-        for seed in s["seeds"]:
-            targets = transfer_targets(profile, seed=seed, **overrides)
-            targets_used[seed] = targets
-            for m in tqdm(s["methods"], desc=f"transfer seed {seed}"):
-                rows += transfer_many(m, {k: v["sparsity"] for k, v in targets.items()}, seed, profile, **overrides)
-    return targets_used, rows
+def transfer(ctx, workdir: Path | None) -> dict[str, Any]:
+    """Experiment ``pai_transfer``: the targets (:func:`transfer_targets`), then every method of the
+    settings pruned to their sparsities and fine-tuned (:func:`transfer_many`), each method from the
+    loaders' starting state; ``targets`` and ``runs`` (each method's records kept in the workdir)."""
+    s = ctx.p
+    p = _transfer_params(s)
+    order = ctx.loaders["train"].generator.get_state()
+    shape_model = models.load(p["model"], ctx.num_classes, pretrained=False)
+    targets = transfer_targets(s, shape_model)
+    runs: list[dict[str, Any]] = []
+    for m in tqdm(s["methods"], desc=f"transfer seed {s['seed']}"):
+
+        def one(m=m) -> list[dict[str, Any]]:
+            ctx.loaders["train"].generator.set_state(order)
+            return transfer_many(ctx, m, {k: v["sparsity"] for k, v in targets.items()})
+
+        runs += _resumed(workdir, f"pai-transfer-{m}.pt", one)
+    return {"targets": targets, "runs": runs}
 
 
-def transfer_many(method: str, sparsities: Mapping[str, float], seed: int, profile: str = "default",
-                  **overrides: Any) -> list[dict[str, Any]]:
-    """:func:`transfer` at several labelled sparsities, scoring the pretrained model once.
+def transfer_many(ctx, method: str, sparsities: Mapping[str, float]) -> list[dict[str, Any]]:
+    """Prune the pretrained transfer model with ``method`` at several labelled sparsities, fine-tune
+    all weights (masks kept; Adam, BatchNorm in train mode, as the full fine-tuning baseline of
+    chapter 2) and score each; ``ctx``: a ``pai_transfer`` run's context.
 
     For every method but SynFlow (whose rounds depend on the sparsity) the masks of all
     sparsities come from one call of :func:`basisprune.pai.scores` and
@@ -504,19 +452,11 @@ def transfer_many(method: str, sparsities: Mapping[str, float], seed: int, profi
     if not isinstance(sparsities, Mapping) or not sparsities:
         raise ValueError("sparsities must be a non-empty mapping label -> sparsity")
     sp = {str(k): pai.check_sparsity(v) for k, v in sparsities.items()}
-    seed = _check_seed(seed)
-    s = profile_settings(profile, "transfer", **overrides)
-    p = _transfer_params(s, seed)
+    s, seed, loaders = ctx.p, ctx.p["seed"], ctx.loaders
+    p = _transfer_params(s)
     device = pick_device(p["device"])
     seed_everything(seed)
-    mean, std = models.normalization(p["model"])
-    loaders = data.make_loaders(
-        p["dataset"], p["image_size"], p["batch_size"],
-        subset_train=s["subset_train"] if s["subset_train"] is not None else p["subset_train"],
-        subset_test=s["subset_test"] if s["subset_test"] is not None else p["subset_test"],
-        seed=seed, mean=mean, std=std, root=p["data_root"], val_fraction=p["val_fraction"],
-    )
-    num_classes = data.num_classes(p["dataset"], p["data_root"])
+    num_classes = ctx.num_classes
     epochs = s["epochs"] if s["epochs"] is not None else p["transfer_epochs"]
     lr = s["lr"] if s["lr"] is not None else p["full_lr"]
     pbs = s["prune_batch_size"] or p["batch_size"]
@@ -578,20 +518,6 @@ def transfer_many(method: str, sparsities: Mapping[str, float], seed: int, profi
     return out
 
 
-def transfer(method: str, sparsity: float, seed: int, profile: str = "default", **overrides: Any) -> dict[str, Any]:
-    """Prune the pretrained transfer model with ``method`` at ``sparsity``, fine-tune all weights
-    (masks kept; Adam, BatchNorm in train mode, as the full fine-tuning baseline of chapter 2) for
-    the profile's epochs at the profile's ``lr`` (``None``: the experiments profile's ``full_lr``),
-    and score it.
-
-    The data, model and seed are those of basis/double pruning in the experiments profile named by
-    ``profiles.section(profile, "pai")["transfer"]["experiments_profile"]``; ``overrides`` are settings of
-    that section.  Returns ``method, target, sparsity, seed, accuracy_val, accuracy_test,
-    density_kept, params_nonzero, params_reference, prune_seconds, train_seconds, ...``.
-    """
-    return transfer_many(method, {f"{100 * pai.check_sparsity(sparsity):g}%": sparsity}, seed, profile, **overrides)[0]
-
-
 # -------------------------------------------------------------------------------------- cost
 def _hardware_name(device: torch.device, hw: Mapping[str, Any]) -> str:
     if device.type == "cuda":
@@ -612,11 +538,9 @@ def prune_cost(method: str, repeats: int = 5, model: str = "resnet20", batch: in
     ``times_seconds``, the settings, ``hardware`` (:func:`basisprune.bench.hardware`) and
     ``hardware_name``.
     """
-    s = {"model": model, "width": width, "batch": batch, "steps": steps, "image_size": image_size,
-         "repeats": repeats, "warmup": warmup, "sparsity": sparsity, "synflow_iterations": synflow_iterations,
-         "device": device, "methods": [method]}
-    _check_cost(s)
-    _check_seed(seed)
+    profiles.pai_params("cost", model=model, width=width, batch=batch, steps=steps, image_size=image_size,
+                        repeats=repeats, warmup=warmup, sparsity=sparsity, synflow_iterations=synflow_iterations,
+                        device=device, methods=[method], seed=seed)  # bad input: one line, before any work
     dev = pick_device(device)
     torch.manual_seed(seed)
     net = smallnets.build(model, 10, 3, width=width).to(dev)
@@ -648,9 +572,11 @@ def prune_cost(method: str, repeats: int = 5, model: str = "resnet20", batch: in
     }
 
 
-def cost_table(profile: str = "default", *, progress: bool = True, **overrides: Any) -> list[dict[str, Any]]:
-    """:func:`prune_cost` for every method of ``profiles.section(profile, "pai")["cost"]`` (with overrides)."""
-    s = profile_settings(profile, "cost", **overrides)
+def cost(ctx, workdir: Path | None) -> dict[str, Any]:
+    """Experiment ``pai_cost``: :func:`prune_cost` for every method of the settings (each kept in
+    the workdir as it finishes); ``methods``: one record each."""
+    s = ctx.p
     kw = {k: s[k] for k in ("repeats", "model", "batch", "steps", "width", "image_size", "sparsity", "warmup",
-                            "synflow_iterations", "device")}
-    return [prune_cost(m, **kw) for m in tqdm(s["methods"], desc="pruning cost", disable=not progress)]
+                            "synflow_iterations", "device", "seed")}
+    return {"methods": [_resumed(workdir, f"pai-cost-{m}.pt", lambda m=m: prune_cost(m, **kw))
+                        for m in tqdm(s["methods"], desc="pruning cost")]}
