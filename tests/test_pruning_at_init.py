@@ -1,5 +1,5 @@
-"""Tests for basisprune.repro.pruning_at_init: the pruning-at-initialization experiments (chapter 6),
-run through experiments.run like the others."""
+"""Tests for basisprune.repro.pruning_at_init, pai_transfer and pai_cost: the pruning-at-initialization
+experiments (chapter 6), run through experiments.run like the others."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from basisprune import pai
-from basisprune.repro import cli, data, experiments, pruning_at_init as pe, smallnets
+from basisprune.repro import cli, data, experiments, pai_cost, pai_transfer, pruning_at_init as pe, smallnets
 from basisprune.repro.results import read_results
 from basisprune.repro.train import seed_everything
 
@@ -164,12 +164,12 @@ def test_layer_collapse_is_flagged_not_fatal():
     net = smallnets.vgg_small(10, 3, width=4)
     with torch.no_grad():
         net.features[3].weight.mul_(1e-6)  # second conv: tiny weights, lowest magnitudes
-    masks, collapsed = pe._prune(net, "magnitude", 0.9, None, {})
+    masks, collapsed = pe.prune_with_collapse(net, "magnitude", 0.9, None, {})
     assert collapsed
     assert masks["features.3.weight"].sum() == 0
     total = sum(m.numel() for m in masks.values())
     assert sum(int(m.sum()) for m in masks.values()) == round(0.1 * total)
-    masks, collapsed = pe._prune(net, "magnitude", 0.01, None, {})  # 47 of its 144 weights go
+    masks, collapsed = pe.prune_with_collapse(net, "magnitude", 0.01, None, {})  # 47 of its 144 weights go
     assert not collapsed
 
 
@@ -178,20 +178,20 @@ def test_matched_sparsity_equal_parameter_count():
     net = smallnets.resnet20(10, 3, width=4)
     total = sum(p.numel() for p in net.parameters())
     prunable = sum(dict(net.named_parameters())[n].numel() for n in pai.prunable_weights(net))
-    m = pe.matched_sparsity(net, 0.3 * total)
+    m = pai_transfer.matched_sparsity(net, 0.3 * total)
     assert m["reference"] == total and m["prunable"] == prunable
     assert m["kept"] + m["non_prunable"] == round(0.3 * total)
     assert m["sparsity"] == pytest.approx(1 - m["kept"] / prunable)
-    assert pe.matched_sparsity(net, total)["sparsity"] == 0.0
+    assert pai_transfer.matched_sparsity(net, total)["sparsity"] == 0.0
     with pytest.raises(ValueError, match="prunable weights"):
-        pe.matched_sparsity(net, total - prunable)  # nothing left to keep
+        pai_transfer.matched_sparsity(net, total - prunable)  # nothing left to keep
     with pytest.raises(ValueError, match="prunable weights"):
-        pe.matched_sparsity(net, total + 10)
+        pai_transfer.matched_sparsity(net, total + 10)
 
 
 def test_prune_cost_tiny():
     """prune_cost reports the median of its timed calls and names the hardware."""
-    r = pe.prune_cost("prospr", repeats=3, model="resnet20", batch=2, steps=1, width=2, image_size=8, sparsity=0.5)
+    r = pai_cost.prune_cost("prospr", repeats=3, model="resnet20", batch=2, steps=1, width=2, image_size=8, sparsity=0.5)
     assert len(r["times_seconds"]) == 3
     assert min(r["times_seconds"]) <= r["median_seconds"] <= max(r["times_seconds"])
     assert r["hardware"]["cpu_model"] and r["hardware_name"]

@@ -5,7 +5,8 @@
 * ``basis_pruning``: basis scaling, iterative Taylor-importance basis pruning.
 * ``double_pruning``: channel pruning, compaction, then basis pruning of what remains.
 * ``pai_scratch``, ``pai_transfer``, ``pai_cost``: pruning at initialization (chapter 6,
-  :mod:`basisprune.repro.pruning_at_init`); their parameters are the profile's ``pai`` settings
+  :mod:`basisprune.repro.pruning_at_init`, :mod:`~basisprune.repro.pai_transfer`,
+  :mod:`~basisprune.repro.pai_cost`); their parameters are the profile's ``pai`` settings
   (:func:`basisprune.repro.profiles.pai_params`).
 
 Pretrained weights stay frozen in every pruning pipeline: only scaling factors and the classifier
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import data, models, profiles, pruning_at_init
+from . import data, models, pai_cost, pai_transfer, profiles, pruning_at_init
 from ..channel import add_channel_scales, channel_scales, l1_penalty
 from ..compact import compact, save_model
 from ..decompose import basis_layers, decompose
@@ -54,7 +55,7 @@ from .train import (
     train_epoch,
 )
 
-__all__ = ["EXPERIMENTS", "FINGERPRINT_FILE", "PAI_EXPERIMENTS", "STAGE_CHECKPOINTS", "Context", "context", "run",
+__all__ = ["EXPERIMENTS", "FINGERPRINT_FILE", "LOADERS", "PAI_EXPERIMENTS", "STAGE_CHECKPOINTS", "Context", "context", "run",
            "resolve_params", "default_workdir", "fingerprint", "select_round", "stops_after"]
 
 
@@ -73,7 +74,7 @@ class Context:
     :mod:`basisprune.repro.efficiency`, which starts its peer from the same transfer model).
 
     ``loaders``: how to build ``(loaders, num_classes)`` from ``p`` when the run's data is not the
-    transfer model's (the pruning-at-initialization experiments, :data:`pruning_at_init.LOADERS`).
+    transfer model's (the pruning-at-initialization experiments, :data:`LOADERS`).
     """
 
     def __init__(self, p: dict[str, Any], loaders: Callable[[dict[str, Any]], tuple[dict, int]] | None = None):
@@ -657,13 +658,20 @@ EXPERIMENTS: dict[str, Callable[[Context, Path | None], dict[str, Any]]] = {
     "basis_pruning": basis_pruning,
     "double_pruning": double_pruning,
     "pai_scratch": pruning_at_init.scratch,
-    "pai_transfer": pruning_at_init.transfer,
-    "pai_cost": pruning_at_init.cost,
+    "pai_transfer": pai_transfer.transfer,
+    "pai_cost": pai_cost.cost,
 }
 
 #: The pruning-at-initialization experiments and the part of the profile's ``pai`` settings that
 #: holds their parameters.
 PAI_EXPERIMENTS: dict[str, str] = {"pai_scratch": "scratch", "pai_transfer": "transfer", "pai_cost": "cost"}
+
+#: How :class:`Context` builds the loaders (and number of classes) of the experiments whose data is
+#: not the transfer model's (the cost experiment has none: random inputs).
+LOADERS: dict[str, Callable[[dict[str, Any]], tuple[dict, int]]] = {
+    "pai_scratch": pruning_at_init.scratch_loaders, "pai_transfer": pai_transfer.transfer_loaders,
+    "pai_cost": lambda p: ({}, 10),
+}
 
 
 # ------------------------------------------------------------------------------ entry point
@@ -710,7 +718,7 @@ def _code_hash() -> str:
 def context(experiment: str, profile: str = "default", **params: Any) -> Context:
     """The :class:`Context` of one run of ``experiment`` (its data loaded, nothing trained or
     written): what :func:`run` hands the experiment; for tests and notebooks that call one step."""
-    return Context(resolve_params(experiment, profile, **params), pruning_at_init.LOADERS.get(experiment))
+    return Context(resolve_params(experiment, profile, **params), LOADERS.get(experiment))
 
 
 def fingerprint(p: dict[str, Any]) -> dict[str, Any]:
@@ -806,7 +814,7 @@ def run(experiment: str, *, profile: str = "default", out: str | Path | None = N
         _check_workdir(wd, fp)
     timings: dict[str, float] = {}
     with Timer(timings, "total_seconds"):
-        ctx = Context(p, pruning_at_init.LOADERS.get(experiment))
+        ctx = Context(p, LOADERS.get(experiment))
         data.check_labels(ctx.loaders, ctx.num_classes)
         if wd is not None:
             _open_workdir(wd, fp)
