@@ -211,10 +211,10 @@ def profiles_markdown() -> str:
         for part, settings in profiles.section(n, "pai").items():
             for k, v in settings.items():
                 values[n][f"pai.{part}.{k}"] = v
-                section_help[f"pai.{part}.{k}"] = f"chapter 6, {part} (`pai_experiment`)"
+                section_help[f"pai.{part}.{k}"] = f"chapter 6, {part} (`pai_{part}`)"
         for k, v in profiles.section(n, "timing").items():
             values[n][f"timing.{k}"] = v
-            section_help[f"timing.{k}"] = "chapter 7, latency timing (`efficiency`)"
+            section_help[f"timing.{k}"] = "chapter 7, latency timing (`speed`)"
     keys += list(section_help)
 
     def cell(v: Any) -> str:

@@ -114,11 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out
         if out is None:
             p = resolve_params(args.experiment, args.profile, **params)
-            out = Path("results") / f"{args.experiment}-{p['model']}-{p['dataset']}-s{p['seed']}.json"
+            what = "-".join(str(p[k]) for k in ("model", "net", "dataset") if p.get(k))  # pai runs lack some
+            out = Path("results") / f"{args.experiment}-{what}-s{p['seed']}.json"
         record = run(args.experiment, profile=args.profile, out=out, workdir=args.workdir, **params)
     except errors.REPORTED as exc:
         return errors.report(exc, debug=args.debug)
-    summary = record.get("final") or record.get("baselines")
+    summary = next((record[k] for k in ("final", "baselines", "runs", "methods") if record.get(k)), None)
     print(json.dumps({"out": str(out), "summary": summary}, indent=2, default=str)[:4000])
     return 0
 

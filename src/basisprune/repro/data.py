@@ -120,6 +120,10 @@ _INFO: dict[str, _Info] = {
     "imagefolder": _Info(None, "your own root/{train,test}[/val] ImageFolder trees"),
 }
 
+#: Per-channel mean and std of data sets whose own statistics an experiment normalises with
+#: (chapter 6's networks trained from scratch); pretrained models use their ImageNet statistics.
+STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {"fashion_mnist": ((0.2860,) * 3, (0.3530,) * 3)}
+
 DOWNLOADABLE = ("fashion_mnist", "mnist", "cifar10", "cifar100")
 """Data sets that torchvision may download into ``root`` when they are not found there."""
 

@@ -4,6 +4,10 @@
 * ``channel_pruning``: channel scaling with L1, iterative channel removal.
 * ``basis_pruning``: basis scaling, iterative Taylor-importance basis pruning.
 * ``double_pruning``: channel pruning, compaction, then basis pruning of what remains.
+* ``pai_scratch``, ``pai_transfer``, ``pai_cost``: pruning at initialization (chapter 6,
+  :mod:`basisprune.repro.pruning_at_init`, :mod:`~basisprune.repro.pai_transfer`,
+  :mod:`~basisprune.repro.pai_cost`); their parameters are the profile's ``pai`` settings
+  (:func:`basisprune.repro.profiles.pai_params`).
 
 Pretrained weights stay frozen in every pruning pipeline: only scaling factors and the classifier
 train. Each round is checkpointed under ``workdir``; a killed run started again resumes from the
@@ -26,7 +30,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import data, models, profiles
+from . import data, models, pai_cost, pai_transfer, profiles, pruning_at_init
 from ..channel import add_channel_scales, channel_scales, l1_penalty
 from ..compact import compact, save_model
 from ..decompose import basis_layers, decompose
@@ -47,8 +51,8 @@ from .train import (
     train_epoch,
 )
 
-__all__ = ["EXPERIMENTS", "FINGERPRINT_FILE", "STAGE_CHECKPOINTS", "Context", "run", "resolve_params", "default_workdir",
-           "fingerprint", "select_round", "stops_after"]
+__all__ = ["EXPERIMENTS", "FINGERPRINT_FILE", "LOADERS", "PAI_EXPERIMENTS", "STAGE_CHECKPOINTS", "Context", "context", "run",
+           "resolve_params", "default_workdir", "fingerprint", "select_round", "stops_after"]
 
 
 #: The checkpoint files of each pruning experiment's stages in its workdir, in the order they are
@@ -63,23 +67,30 @@ STAGE_CHECKPOINTS: dict[str, tuple[str, ...]] = {
 # ------------------------------------------------------------------------------------ setup
 class Context:
     """Data, loaders, example input and gradient scaler shared by the stages of one run (and by
-    :mod:`basisprune.repro.efficiency`, which starts its peer from the same transfer model)."""
+    :mod:`basisprune.repro.efficiency`, which starts its peer from the same transfer model).
 
-    def __init__(self, p: dict[str, Any]):
+    ``loaders``: how to build ``(loaders, num_classes)`` from ``p`` when the run's data is not the
+    transfer model's (the pruning-at-initialization experiments, :data:`LOADERS`).
+    """
+
+    def __init__(self, p: dict[str, Any], loaders: Callable[[dict[str, Any]], tuple[dict, int]] | None = None):
         self.p = p
-        self.device = pick_device(p["device"])
+        self.device = pick_device(p.get("device", "auto"))  # pai_transfer: its experiments profile's
         seed_everything(p["seed"])
-        mean, std = models.normalization(p["model"])
-        self.loaders = data.make_loaders(
-            p["dataset"], p["image_size"], p["batch_size"], subset_train=p["subset_train"],
-            subset_test=p["subset_test"], seed=p["seed"], mean=mean, std=std, root=p["data_root"],
-            val_fraction=p["val_fraction"], test_split=p["test_split"],
-        )
-        self.num_classes = data.num_classes(p["dataset"], p["data_root"])
-        self.example = next(iter(self.loaders["test"]))[0][:1].to(self.device)
+        if loaders is None:
+            mean, std = models.normalization(p["model"])
+            self.loaders = data.make_loaders(
+                p["dataset"], p["image_size"], p["batch_size"], subset_train=p["subset_train"],
+                subset_test=p["subset_test"], seed=p["seed"], mean=mean, std=std, root=p["data_root"],
+                val_fraction=p["val_fraction"], test_split=p["test_split"],
+            )
+            self.num_classes = data.num_classes(p["dataset"], p["data_root"])
+        else:
+            self.loaders, self.num_classes = loaders(p)
+        self.example = next(iter(self.loaders["test"]))[0][:1].to(self.device) if "test" in self.loaders else None
         # One gradient scaler for the whole run (float16 only): a fresh one per epoch restarts its
         # scale search and skips steps each time.
-        self.scaler = make_scaler(p["precision"], self.device)
+        self.scaler = make_scaler(p.get("precision", "fp32"), self.device)
 
     def fresh_model(self) -> nn.Module:
         """The transfer model: pretrained backbone, new head initialised from the run's seed."""
@@ -642,6 +653,20 @@ EXPERIMENTS: dict[str, Callable[[Context, Path | None], dict[str, Any]]] = {
     "channel_pruning": channel_pruning,
     "basis_pruning": basis_pruning,
     "double_pruning": double_pruning,
+    "pai_scratch": pruning_at_init.scratch,
+    "pai_transfer": pai_transfer.transfer,
+    "pai_cost": pai_cost.cost,
+}
+
+#: The pruning-at-initialization experiments and the part of the profile's ``pai`` settings that
+#: holds their parameters.
+PAI_EXPERIMENTS: dict[str, str] = {"pai_scratch": "scratch", "pai_transfer": "transfer", "pai_cost": "cost"}
+
+#: How :class:`Context` builds the loaders (and number of classes) of the experiments whose data is
+#: not the transfer model's (the cost experiment has none: random inputs).
+LOADERS: dict[str, Callable[[dict[str, Any]], tuple[dict, int]]] = {
+    "pai_scratch": pruning_at_init.scratch_loaders, "pai_transfer": pai_transfer.transfer_loaders,
+    "pai_cost": lambda p: ({}, 10),
 }
 
 
@@ -650,6 +675,7 @@ def resolve_params(experiment: str, profile: str = "default", **params: Any) -> 
     """The profile's parameters with ``params`` applied, validated before any work starts.
 
     ``None`` for a parameter means the profile's value (except where None is a value of its own).
+    The pruning-at-initialization experiments take the settings of their ``pai`` part instead.
     Raises :class:`~basisprune.errors.ParameterError` (a ValueError) naming the parameter and
     what it allows (see :func:`basisprune.repro.profiles.validate`); nothing is loaded or written.
     """
@@ -657,6 +683,8 @@ def resolve_params(experiment: str, profile: str = "default", **params: Any) -> 
         raise ParameterError("experiment", f"experiment must be one of {sorted(EXPERIMENTS)} (known experiments), "
                              f"got {experiment!r}", experiment)
     profiles.check_profile(profile)
+    if experiment in PAI_EXPERIMENTS:
+        return profiles.pai_params(PAI_EXPERIMENTS[experiment], profile, **params)
     unknown = sorted(set(params) - set(profiles.PARAMETERS))
     if unknown:
         raise ParameterError(unknown[0], f"unknown parameter(s) {unknown}; allowed: {sorted(profiles.PARAMETERS)}")
@@ -681,6 +709,12 @@ def _code_hash() -> str:
     for path in sorted(root.rglob("*.py")):
         h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:12]
+
+
+def context(experiment: str, profile: str = "default", **params: Any) -> Context:
+    """The :class:`Context` of one run of ``experiment`` (its data loaded, nothing trained or
+    written): what :func:`run` hands the experiment; for tests and notebooks that call one step."""
+    return Context(resolve_params(experiment, profile, **params), LOADERS.get(experiment))
 
 
 def fingerprint(p: dict[str, Any]) -> dict[str, Any]:
@@ -776,7 +810,7 @@ def run(experiment: str, *, profile: str = "default", out: str | Path | None = N
         _check_workdir(wd, fp)
     timings: dict[str, float] = {}
     with Timer(timings, "total_seconds"):
-        ctx = Context(p)
+        ctx = Context(p, LOADERS.get(experiment))
         data.check_labels(ctx.loaders, ctx.num_classes)
         if wd is not None:
             _open_workdir(wd, fp)

@@ -4,8 +4,10 @@ One table, :data:`PROFILES`, for everything a profile sets. Every experiment par
 default here (:data:`PARAMETERS`); a profile overrides some of them, and a caller (notebook, CLI)
 overrides any. ``datasets`` and ``seeds`` are what notebooks loop over. Besides the experiment
 parameters each profile has two sections (:data:`SECTIONS`, read with :func:`section`): ``pai``,
-the pruning-at-initialization settings of chapter 6 (:mod:`basisprune.repro.pai_experiment`), and
-``timing``, how long chapter 7 times things (:mod:`basisprune.repro.efficiency`).
+the settings of chapter 6's pruning-at-initialization experiments
+(:mod:`basisprune.repro.pruning_at_init`; one default per setting in :data:`PAI`, a profile sets
+only what differs, :func:`pai_params` validates them with the same :class:`Spec`), and ``timing``,
+how long chapter 7 times things (:mod:`basisprune.repro.efficiency`).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import math
 import numbers
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import ParameterError
 from ..pai import METHODS as PAI_METHODS
 
-__all__ = ["PARAMETERS", "PROFILES", "SECTIONS", "SPECS", "Spec", "check_profile", "get", "describe", "section", "validate"]
+__all__ = ["PAI", "PAI_LOOPS", "PARAMETERS", "PROFILES", "SECTIONS", "SPECS", "Spec", "check_profile", "get", "describe",
+           "pai_params", "pai_settings", "section", "validate"]
 
 # name -> (default, help). The defaults are the `default` profile's values.
 PARAMETERS: dict[str, tuple[Any, str]] = {
@@ -78,7 +81,9 @@ class Spec:
     """What one parameter accepts: a kind, an optional range or list of choices, and None or not.
 
     ``kind`` is ``"bool"``, ``"int"`` (bools refused), ``"float"`` (ints accepted, made float;
-    infinities and NaN refused), ``"str"`` or ``"path"`` (a str or os.PathLike). ``low``/``high``
+    infinities and NaN refused), ``"str"``, ``"path"`` (a str or os.PathLike), ``"list"`` (a list
+    or tuple of values each checked by ``item``) or ``"mapping"`` (string labels to values checked
+    by ``item``). ``low``/``high``
     bound numbers (open bounds with ``low_open``/``high_open``); ``choices`` is a tuple of allowed
     strings or a function returning them (for lists only known at run time).
     """
@@ -91,6 +96,7 @@ class Spec:
     choices: tuple[str, ...] | Callable[[], Sequence[str]] | None = None
     optional: bool = False
     choices_name: str = ""  # "known models": how a message refers to a long list of choices
+    item: Spec | None = None  # what each element of a list or mapping accepts
 
     def allowed(self) -> list[str]:
         return list(self.choices() if callable(self.choices) else self.choices or ())
@@ -99,6 +105,8 @@ class Spec:
         """What is allowed, in words (e.g. ``a number in (0, 1)``, ``an integer >= 1 or None``)."""
         if self.kind == "bool":
             text = "true or false"
+        elif self.kind in ("list", "mapping"):
+            text = ("a list of " if self.kind == "list" else "a mapping of labels to ") + self.item.describe()
         elif self.kind == "path":
             text = "a folder path"
         elif self.choices is not None:
@@ -129,6 +137,14 @@ class Spec:
             if not isinstance(value, bool):
                 self._fail(name, value)
             return value
+        if self.kind == "list":
+            if not isinstance(value, (list, tuple)):
+                self._fail(name, value)
+            return [self.item.check(f"{name}[{i}]", v) for i, v in enumerate(value)]
+        if self.kind == "mapping":
+            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+                self._fail(name, value)
+            return {k: self.item.check(f"{name}[{k!r}]", v) for k, v in value.items()}
         if self.kind == "int":
             if isinstance(value, bool) or not _is_int(value):
                 self._fail(name, value)
@@ -278,18 +294,98 @@ _ALL_SPARSITIES = [0.5, 0.8, 0.9, 0.95, 0.98]
 #: The sections of a profile that are not experiment parameters (:func:`get` leaves them out).
 SECTIONS = ("pai", "timing")
 
-# ``pai``: ``scratch`` is pai_experiment.from_scratch (``methods``, ``sparsities`` and ``seeds`` are
-# the grid scratch_grid runs); ``transfer`` is transfer_many and the notebook's transfer comparison
-# (``None`` means the value of the experiments profile ``experiments_profile``: dataset, model,
-# subsets, ``epochs`` = its ``transfer_epochs``, ``lr`` = its ``full_lr``, ``prune_batch_size`` = its
-# ``batch_size``; ``targets`` are matched to TRANSFER_TARGETS records, ``fixed`` are extra labelled
-# sparsities); ``cost`` is prune_cost / cost_table. The default profile's ``pai`` is sized for 2 CPU
-# cores: Fashion-MNIST at 28 px, 2,000 training
-# images, one epoch, vgg_small at width 8 (18.4k prunable weights), SynFlow with 20 rounds instead
-# of 100, pruning batches of 64, the cost table's median of 3 calls per method;
-# the transfer fine-tuning runs two epochs on 1,800 of the training images at Adam lr 1e-3 instead
-# of the experiments profile's five epochs on all of them (3,600 for mnist5k) at its ``full_lr``
-# 3e-4 (after one epoch at 3e-4 the pruned MobileNetV2 was still at chance accuracy).
+
+def _smallnets() -> list[str]:
+    from . import smallnets
+
+    return list(smallnets.NAMES)
+
+
+def _profiles() -> list[str]:
+    return list(PROFILES)
+
+
+_SPARSITY = Spec("float", low=0.0, high=1.0, high_open=True)
+_POSITIVE = Spec("float", low=0.0, low_open=True)
+_SEEDS = Spec("list", item=SPECS["seed"])
+_PAI_METHODS = Spec("list", item=Spec("str", choices=PAI_METHODS))
+_PAI_SUBSET = Spec("int", low=10, optional=True)
+
+#: Chapter 6's pruning-at-initialization experiments (:mod:`basisprune.repro.pruning_at_init`): per
+#: part, setting -> (default, what it accepts). The defaults are the ``default`` profile's, sized for
+#: 2 CPU cores; a profile's ``pai`` section sets only what differs (:func:`section` merges them).
+#: ``scratch`` (experiment ``pai_scratch``): a small CNN trained from scratch, Fashion-MNIST at 28 px,
+#: 2,000 training images, one epoch, vgg_small at width 8 (18.4k prunable weights), SynFlow with 20
+#: rounds instead of the official 100; ``methods`` x ``sparsities`` (plus the dense baseline) is
+#: one run's grid. ``transfer`` (``pai_transfer``): ``None`` means the value of the experiments
+#: profile ``experiments_profile`` (dataset, model, subsets, ``epochs`` = its ``transfer_epochs``,
+#: ``lr`` = its ``full_lr``, ``prune_batch_size`` = its ``batch_size``); ``targets`` are the pruning
+#: experiments whose final parameter counts set the sparsities, ``fixed`` extra labelled
+#: sparsities. Its default fine-tunes two epochs on 1,800 of the training images at Adam lr 1e-3
+#: instead of the experiments profile's epochs on all of them at its ``full_lr`` 3e-4 (after one
+#: epoch at 3e-4 the pruned MobileNetV2 was still at chance accuracy). ``cost`` (``pai_cost``): the
+#: pruning step's wall time in the ProsPr paper's ResNet-20 setting, the median of ``repeats`` calls.
+PAI: dict[str, dict[str, tuple[Any, Spec]]] = {
+    "scratch": {
+        "dataset": ("fashion_mnist", SPECS["dataset"]),
+        "image_size": (28, Spec("int", low=8)),
+        "net": ("vgg_small", Spec("str", choices=_smallnets, choices_name="small networks")),
+        "width": (8, Spec("int", low=1)),
+        "subset_train": (2000, _PAI_SUBSET),
+        "subset_test": (2000, _PAI_SUBSET),
+        "batch_size": (32, Spec("int", low=2)),
+        "epochs": (1, Spec("int", low=1)),
+        "optimizer": ("sgd", Spec("str", choices=("sgd", "adamw"))),
+        "lr": (0.1, _POSITIVE),
+        "momentum": (0.9, Spec("float", low=0.0, high=1.0, high_open=True)),
+        "weight_decay": (5e-4, Spec("float", low=0.0)),
+        "prune_batch_size": (64, Spec("int", low=2)),
+        "steps": (3, Spec("int", low=0)),
+        "inner_lr": (0.1, _POSITIVE),
+        "synflow_iterations": (20, Spec("int", low=1)),
+        "device": ("cpu", SPECS["device"]),
+        "methods": (list(PAI_METHODS), Spec("list", item=Spec("str", choices=("dense", *PAI_METHODS)))),
+        "sparsities": (list(_ALL_SPARSITIES), Spec("list", item=_SPARSITY)),
+        "seeds": ([0, 1, 2], _SEEDS),
+    },
+    "transfer": {
+        "run": (True, Spec("bool")),
+        "experiments_profile": ("default", Spec("str", choices=_profiles, choices_name="profiles")),
+        "dataset": (None, Spec("str", choices=_datasets, choices_name="known datasets", optional=True)),
+        "model": (None, Spec("str", choices=_models, choices_name="known models", optional=True)),
+        "seeds": ([0], _SEEDS),
+        "methods": (["prospr", "snip"], _PAI_METHODS),
+        "targets": (["basis_pruning", "double_pruning"],
+                    Spec("list", item=Spec("str", choices=("basis_pruning", "double_pruning")))),
+        "fixed": ({}, Spec("mapping", item=_SPARSITY)),
+        "epochs": (2, Spec("int", low=1, optional=True)),
+        "lr": (1e-3, Spec("float", low=0.0, low_open=True, optional=True)),
+        "subset_train": (1800, _PAI_SUBSET),
+        "subset_test": (None, _PAI_SUBSET),
+        "prune_batch_size": (64, Spec("int", low=2, optional=True)),
+        "steps": (3, Spec("int", low=0)),
+        "inner_lr": (0.1, _POSITIVE),
+        "bn_mode": ("train", SPECS["bn_mode"]),
+    },
+    "cost": {
+        "model": ("resnet20", Spec("str", choices=_smallnets, choices_name="small networks")),
+        "width": (16, Spec("int", low=1)),
+        "batch": (128, Spec("int", low=1)),
+        "steps": (3, Spec("int", low=0)),
+        "image_size": (32, Spec("int", low=8)),
+        "repeats": (3, Spec("int", low=1)),
+        "warmup": (0, Spec("int", low=0)),
+        "sparsity": (0.9, _SPARSITY),
+        "synflow_iterations": (100, Spec("int", low=1)),
+        "device": ("cpu", SPECS["device"]),
+        "methods": (list(PAI_METHODS), _PAI_METHODS),
+    },
+}
+
+#: Settings of a ``pai`` part that say what a notebook loops over (like a profile's ``seeds``), not
+#: parameters of one run: a run has one ``seed`` (default 0) instead.
+PAI_LOOPS = ("seeds", "run")
+
 # ``timing`` (speed.speed_table): seconds of timing per model, batch size and round (at least),
 # runs per round (at least), untimed warm-up calls, rounds (every model timed once per round, so that
 # a change of load on a shared machine hits all models alike), ONNX Runtime calls; and the per-layer
@@ -316,25 +412,12 @@ PROFILES: dict[str, dict[str, Any]] = {
         "max_drop": 0.5,  # smoke exercises the pruned code paths; its accuracies mean nothing
         "device": "cpu",
         "pai": {
-            "scratch": {
-                "dataset": "fashion_mnist", "image_size": 28, "net": "vgg_small", "width": 4,
-                "subset_train": 256, "subset_test": 256, "batch_size": 32, "epochs": 1,
-                "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
-                "prune_batch_size": 32, "steps": 3, "inner_lr": 0.1, "synflow_iterations": 10,
-                "device": "cpu",
-                "methods": ["prospr", "snip"], "sparsities": [0.5, 0.9], "seeds": [0],
-            },
-            "transfer": {
-                "run": True, "experiments_profile": "smoke", "dataset": None, "model": None, "seeds": [0],
-                "methods": ["prospr", "snip"], "targets": [], "fixed": {"fixed 50%": 0.5},
-                "epochs": 1, "lr": None, "subset_train": 128, "subset_test": None,
-                "prune_batch_size": 16, "steps": 3, "inner_lr": 0.1, "bn_mode": "train",
-            },
-            "cost": {
-                "model": "resnet20", "width": 4, "batch": 16, "steps": 3, "image_size": 32,
-                "repeats": 3, "warmup": 0, "sparsity": 0.9, "synflow_iterations": 10, "device": "cpu",
-                "methods": list(PAI_METHODS),
-            },
+            "scratch": {"width": 4, "subset_train": 256, "subset_test": 256, "prune_batch_size": 32,
+                        "synflow_iterations": 10, "methods": ["prospr", "snip"], "sparsities": [0.5, 0.9],
+                        "seeds": [0]},
+            "transfer": {"experiments_profile": "smoke", "targets": [], "fixed": {"fixed 50%": 0.5}, "epochs": 1,
+                         "lr": None, "subset_train": 128, "prune_batch_size": 16},
+            "cost": {"width": 4, "batch": 16, "synflow_iterations": 10},
         },
         "timing": {"min_run_time": 0.02, "min_runs": 3, "warmup": 1, "rounds": 1, "onnx": False, "onnx_repeats": 5,
                    "fold_min_run_time": 0.003, "fold_min_runs": 3},
@@ -351,27 +434,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         # epoch cost more than training on 4,000.
         "per_dataset": {"mnist5k": {"val_fraction": 0.3},
                         "fashion_mnist": {"subset_train": 4000, "subset_test": 2000, "val_fraction": 0.05}},
-        "pai": {
-            "scratch": {
-                "dataset": "fashion_mnist", "image_size": 28, "net": "vgg_small", "width": 8,
-                "subset_train": 2000, "subset_test": 2000, "batch_size": 32, "epochs": 1,
-                "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
-                "prune_batch_size": 64, "steps": 3, "inner_lr": 0.1, "synflow_iterations": 20,
-                "device": "cpu",
-                "methods": list(PAI_METHODS), "sparsities": list(_ALL_SPARSITIES), "seeds": [0, 1, 2],
-            },
-            "transfer": {
-                "run": True, "experiments_profile": "default", "dataset": None, "model": None, "seeds": [0],
-                "methods": ["prospr", "snip"], "targets": ["basis_pruning", "double_pruning"], "fixed": {},
-                "epochs": 2, "lr": 1e-3, "subset_train": 1800, "subset_test": None,
-                "prune_batch_size": 64, "steps": 3, "inner_lr": 0.1, "bn_mode": "train",
-            },
-            "cost": {
-                "model": "resnet20", "width": 16, "batch": 128, "steps": 3, "image_size": 32,
-                "repeats": 3, "warmup": 0, "sparsity": 0.9, "synflow_iterations": 100, "device": "cpu",
-                "methods": list(PAI_METHODS),
-            },
-        },
+        "pai": {"scratch": {}, "transfer": {}, "cost": {}},  # the defaults of PAI
         "timing": {"min_run_time": 0.2, "min_runs": 5, "warmup": 3, "rounds": 2, "onnx": True, "onnx_repeats": 30,
                    "fold_min_run_time": 0.02, "fold_min_runs": 5},
     },
@@ -408,25 +471,12 @@ PROFILES: dict[str, dict[str, Any]] = {
         "channel_rounds": 20,
         "device": "cuda",
         "pai": {
-            "scratch": {
-                "dataset": "fashion_mnist", "image_size": 32, "net": "resnet20", "width": 16,
-                "subset_train": None, "subset_test": None, "batch_size": 128, "epochs": 30,
-                "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
-                "prune_batch_size": 128, "steps": 3, "inner_lr": 0.1, "synflow_iterations": 100,
-                "device": "auto",
-                "methods": list(PAI_METHODS), "sparsities": list(_ALL_SPARSITIES), "seeds": [0, 1, 2],
-            },
-            "transfer": {
-                "run": True, "experiments_profile": "paper", "dataset": None, "model": None, "seeds": [0, 1, 2],
-                "methods": ["prospr", "snip"], "targets": ["basis_pruning", "double_pruning"], "fixed": {},
-                "epochs": None, "lr": None, "subset_train": None, "subset_test": None,
-                "prune_batch_size": None, "steps": 3, "inner_lr": 0.1, "bn_mode": "train",
-            },
-            "cost": {
-                "model": "resnet20", "width": 16, "batch": 128, "steps": 3, "image_size": 32,
-                "repeats": 5, "warmup": 1, "sparsity": 0.9, "synflow_iterations": 100, "device": "auto",
-                "methods": list(PAI_METHODS),
-            },
+            "scratch": {"image_size": 32, "net": "resnet20", "width": 16, "subset_train": None, "subset_test": None,
+                        "batch_size": 128, "epochs": 30, "prune_batch_size": 128, "synflow_iterations": 100,
+                        "device": "auto"},
+            "transfer": {"experiments_profile": "paper", "seeds": [0, 1, 2], "epochs": None, "lr": None,
+                         "subset_train": None, "prune_batch_size": None},
+            "cost": {"repeats": 5, "warmup": 1, "device": "auto"},
         },
         "timing": {"min_run_time": 0.5, "min_runs": 7, "warmup": 3, "rounds": 3, "onnx": True, "onnx_repeats": 50,
                    "fold_min_run_time": 0.05, "fold_min_runs": 7},
@@ -448,10 +498,50 @@ def check_profile(profile: Any) -> str:
 
 
 def section(profile: str, name: str) -> dict[str, Any]:
-    """A copy of one of a profile's :data:`SECTIONS` (``pai`` or ``timing``)."""
+    """A copy of one of a profile's :data:`SECTIONS` (``pai`` or ``timing``); ``pai`` with every
+    setting, the profile's values over the defaults of :data:`PAI`."""
     if name not in SECTIONS:
         raise ParameterError("section", f"section must be one of {', '.join(SECTIONS)}, got {name!r}", name)
-    return copy.deepcopy(PROFILES[check_profile(profile)][name])
+    own = copy.deepcopy(PROFILES[check_profile(profile)][name])
+    if name != "pai":
+        return own
+    return {part: {k: copy.deepcopy(v) for k, (v, _) in specs.items()} | own.get(part, {})
+            for part, specs in PAI.items()}
+
+
+def pai_settings(part: str, profile: str = "default", **overrides: Any) -> dict[str, Any]:
+    """One part of the profile's ``pai`` section (``scratch``, ``transfer`` or ``cost``) with
+    ``overrides`` applied (``None`` keeps the profile's value), each setting checked by its
+    :class:`Spec` and the device against this machine. Raises :class:`ParameterError` naming the
+    setting and what it allows."""
+    if part not in PAI:
+        raise ParameterError("part", f"part must be one of {', '.join(PAI)}, got {part!r}", part)
+    s = section(profile, "pai")[part]
+    specs = {k: spec for k, (_, spec) in PAI[part].items()} | {"seed": SPECS["seed"]}
+    unknown = sorted(set(overrides) - set(s) - {"seed"})
+    if unknown:
+        raise ParameterError(unknown[0], f"unknown setting(s) {unknown} of pai {part}; allowed: {sorted(s)}")
+    s.update({k: v for k, v in overrides.items() if v is not None})
+    out = {k: specs[k].check(k, v) for k, v in s.items()}
+    if "device" in out:
+        from .devices import pick_device
+
+        try:
+            pick_device(out["device"])
+        except ValueError as e:
+            raise ParameterError("device", str(e), out["device"]) from None
+    return out
+
+
+def pai_params(part: str, profile: str = "default", **params: Any) -> dict[str, Any]:
+    """The parameters of one run of a ``pai`` part: :func:`pai_settings` without what notebooks
+    loop over (:data:`PAI_LOOPS`), plus a ``seed`` (default 0)."""
+    unknown = sorted(set(params) & set(PAI_LOOPS))
+    if unknown:
+        raise ParameterError(unknown[0], f"{unknown[0]} is what a notebook loops over, not a parameter of one run; "
+                             "give seed")
+    s = pai_settings(part, profile, **{"seed": 0} | params)
+    return {k: v for k, v in s.items() if k not in PAI_LOOPS}
 
 
 def get(profile: str = "default", dataset: str | None = None) -> dict[str, Any]:
