@@ -10,7 +10,7 @@ from basisprune.repro import plan, profiles
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 #: The calls that make experiment runs: each must take its experiment, data set and seed from the plan.
-RUN_CALLS = {("experiments", "run"), ("efficiency", "timed_run")}
+RUN_CALLS = {("experiments", "run"), ("comparison", "timed_run")}
 
 
 def _code(path: Path) -> ast.Module:
@@ -60,7 +60,7 @@ def _runs_of(path: Path) -> list[tuple[str | None, str | None]]:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_a_notebook_makes_its_runs_from_its_chapter_of_the_plan(path):
-    """Every run a notebook makes (experiments.run, efficiency.timed_run) loops over its own chapter
+    """Every run a notebook makes (experiments.run, comparison.timed_run) loops over its own chapter
     of the plan (report.chapter_runs("NN", ...)) or goes through report.run_pruning with the
     experiment its chapter runs; a chapter of the plan makes runs. So a notebook's runs are the
     plan's, which the book builder prefetches."""
