@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
+import pickle
 import shutil
 import socket
 from dataclasses import dataclass
@@ -376,26 +377,43 @@ def _idx_pools(name: str, root: Path, download: bool | None) -> tuple[_Pool, _Po
     return _pools_from_idx(files, classes, f"{name}:{files['train-images-idx3-ubyte'].parent}")
 
 
+def _cifar_files(cls, folder: Path) -> list[Path]:
+    return [folder / f for f, _ in cls.train_list + cls.test_list] + [folder / cls.meta["filename"]]
+
+
+def _read_cifar(cls, folder: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Images (N, 3, 32, 32) uint8, labels and class names from the python pickle batches in ``folder``.
+
+    Reads what torchvision's CIFAR classes read, without their MD5 check of every file: present
+    files are used as they are (as for the IDX data sets), so a copy placed by hand or a stand-in
+    loads; a download still goes through torchvision, which checks the archive it fetched.
+    """
+    xs, ys = [], []
+    for fname, _md5 in cls.train_list if train else cls.test_list:
+        with open(folder / fname, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        xs.append(np.asarray(entry["data"], dtype=np.uint8))
+        ys.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+    with open(folder / cls.meta["filename"], "rb") as f:
+        classes = list(pickle.load(f, encoding="latin1")[cls.meta["key"]])
+    x = torch.from_numpy(np.vstack(xs).reshape(-1, 3, 32, 32)).contiguous()
+    return x, torch.as_tensor(ys, dtype=torch.int64), classes
+
+
 def _cifar_pools(name: str, root: Path, download: bool | None) -> tuple[_Pool, _Pool]:
     import torchvision.datasets as tvd
 
     cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
-
-    def build():
-        return cls(str(root), train=True, download=False), cls(str(root), train=False, download=False)
-
-    try:
-        tr, te = build()
-    except RuntimeError as e:  # "Dataset not found or corrupted."
+    folder = root / cls.base_folder
+    if not all(f.is_file() for f in _cifar_files(cls, folder)):
         looked = f"no {cls.base_folder} under {root}" if root.exists() else f"data_root {root} does not exist"
         if not _download_allowed(download):
-            raise _unavailable(name, root, looked, "downloads are off") from e
+            raise _unavailable(name, root, looked, "downloads are off")
         _run_download(name, root, lambda: (cls(str(root), train=True, download=True), cls(str(root), train=False, download=True)))
-        tr, te = build()
     pools = []
-    for ds in (tr, te):
-        x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-        pools.append(_Pool(x, torch.as_tensor(ds.targets, dtype=torch.int64), list(ds.classes), f"{name}:{root / cls.base_folder}"))
+    for train in (True, False):
+        x, y, classes = _read_cifar(cls, folder, train)
+        pools.append(_Pool(x, y, classes, f"{name}:{folder}"))
     return pools[0], pools[1]
 
 
@@ -480,8 +498,10 @@ def is_local(name: str, root: str | os.PathLike | None = None) -> bool:
             name == "fashion_mnist" and assets.fashion_mnist_debian_dir() is not None
         )
     if name in ("cifar10", "cifar100"):
-        folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
-        return (r / folder).is_dir()
+        import torchvision.datasets as tvd
+
+        cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+        return all(f.is_file() for f in _cifar_files(cls, r / cls.base_folder))
     try:
         _imagefolder_dirs(root)
         return True
