@@ -52,10 +52,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .. import errors
-from . import assets
-from .assets import AssetUnavailableError
-from ..errors import ParameterError
+from ... import errors
+from .. import assets
+from ..assets import AssetUnavailableError
+from ...errors import ParameterError
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -895,7 +895,3 @@ def main(argv: list[str] | None = None) -> int:
     except errors.REPORTED as e:  # one line, status 2, like the other command lines
         return errors.report(e)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
