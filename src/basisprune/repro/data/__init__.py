@@ -55,6 +55,7 @@ from torch.utils.data import DataLoader, Dataset
 from ... import errors
 from .. import assets
 from ..assets import AssetUnavailableError
+from .splits import split_positions, stratified_choice, subset_positions
 from ...errors import ParameterError
 
 __all__ = [
@@ -432,7 +433,7 @@ def _fold_positions(y: np.ndarray, n_test: int, fold: int) -> np.ndarray:
     rng = np.random.default_rng([PARTITION_SEED, 7])
     rest = np.arange(len(y), dtype=np.int64)
     for _ in range(fold + 1):
-        test = rest[_stratified_choice(y[rest], n_test, rng)]
+        test = rest[stratified_choice(y[rest], n_test, rng)]
         rest = np.setdiff1d(rest, test)
     return test
 
@@ -507,62 +508,6 @@ def is_local(name: str, root: str | os.PathLike | None = None) -> bool:
         return True
     except (ValueError, DataUnavailableError):
         return False
-
-
-# ------------------------------------------------------------------------------- splitting
-def _stratified_choice(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted positions of ``n`` items drawn per class in proportion to class frequency."""
-    labels = np.asarray(labels)
-    if n <= 0:
-        return np.zeros(0, dtype=np.int64)
-    if n >= len(labels):
-        return np.arange(len(labels), dtype=np.int64)
-    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    quota = counts * (n / counts.sum())
-    take = np.floor(quota).astype(np.int64)
-    short = n - int(take.sum())
-    if short:
-        order = np.lexsort((rng.random(len(classes)), -(quota - take)))  # largest remainders first
-        take[order[:short]] += 1
-    chosen = [rng.permutation(np.flatnonzero(inverse == k))[: take[k]] for k in range(len(classes))]
-    return np.sort(np.concatenate(chosen)).astype(np.int64)
-
-
-_TAGS = {"val": 1, "train": 2, "subset-val": 3, "subset-test": 4}
-
-
-def _rng(seed: int, tag: str) -> np.random.Generator:
-    return np.random.default_rng([int(seed), _TAGS[tag]])
-
-
-def _split_positions(
-    name: str, split: str, train_labels: np.ndarray, test_len: int, seed: int, val_fraction: float, has_val: bool = False
-) -> np.ndarray:
-    if split == "test" or (split == "val" and has_val):
-        return np.arange(test_len, dtype=np.int64)
-    if has_val:  # imagefolder with its own val/: train is all of train/
-        return np.arange(len(train_labels), dtype=np.int64)
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    n_val = int(round(val_fraction * len(train_labels)))
-    if split == "val" and n_val == 0:
-        raise ValueError(f"val_fraction={val_fraction} leaves no images in the {name} val split")
-    val = _stratified_choice(train_labels, n_val, _rng(seed, "val"))
-    if split == "val":
-        return val
-    return np.setdiff1d(np.arange(len(train_labels), dtype=np.int64), val)
-
-
-def _subset_positions(name: str, split: str, labels: np.ndarray, subset: int | None, seed: int) -> np.ndarray:
-    n = len(labels)
-    if subset is None:
-        return np.arange(n, dtype=np.int64)
-    if isinstance(subset, bool) or not isinstance(subset, (int, np.integer)) or subset <= 0:
-        raise ParameterError("subset", f"subset must be a positive int, got {subset!r}", subset)
-    if subset > n:
-        raise ParameterError("subset", f"subset={subset} is larger than the {name} {split} split, which has {n} images", subset)
-    tag = {"train": "train", "val": "subset-val", "test": "subset-test"}[split]
-    return _stratified_choice(labels, int(subset), _rng(seed, tag))
 
 
 # --------------------------------------------------------------------------------- dataset
@@ -714,8 +659,8 @@ def _load_imagefolder(split, image_size, subset, root, mean, std, seed, val_frac
     if folder.classes != train_classes:
         raise ValueError(f"class folders of {dirs[src_split]} differ from those of {dirs['train']}")
     labels = np.asarray(folder.targets)
-    pos = _split_positions("imagefolder", split, labels, len(labels), seed, val_fraction, has_val=has_val)
-    pos = pos[_subset_positions("imagefolder", split, labels[pos], subset, seed)]
+    pos = split_positions("imagefolder", split, labels, len(labels), seed, val_fraction, has_val=has_val)
+    pos = pos[subset_positions("imagefolder", split, labels[pos], subset, seed)]
     geometry = T.Compose([T.Lambda(lambda im: im.convert("RGB")), T.Resize(image_size), T.CenterCrop(image_size)])
     meta = dict(name="imagefolder", split=split, image_size=image_size, classes=folder.classes, source=f"imagefolder:{dirs[src_split]}")
     if len(pos) * 3 * image_size**2 <= MATERIALIZE_BYTES:
@@ -770,8 +715,8 @@ def load(
     train_pool, test_pool = _pools(name, root, download, fold)
     pool = test_pool if split == "test" else train_pool
     labels = pool.labels.numpy()
-    pos = _split_positions(name, split, train_pool.labels.numpy(), len(test_pool.labels), seed, val_fraction)
-    pos = pos[_subset_positions(name, split, labels[pos], subset, seed)]
+    pos = split_positions(name, split, train_pool.labels.numpy(), len(test_pool.labels), seed, val_fraction)
+    pos = pos[subset_positions(name, split, labels[pos], subset, seed)]
     it = torch.from_numpy(pos)
     return ImageTensorDataset(
         pool.images[it],
