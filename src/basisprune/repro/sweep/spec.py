@@ -31,8 +31,8 @@ BACKENDS = ("local", "slurm", "submitit-local")
 _SPEC_KEYS = ("name", "experiment", "profile", "params", "seeds", "folder", "backend", "local", "slurm")
 
 # Backend option -> what it accepts (:class:`basisprune.repro.profiles.Spec`, the parameters' validator).
-# ``setup`` (a list) and ``additional_parameters`` (a mapping) name the Spec of their elements in
-# _LISTS/_MAPPINGS. submitit-local reads the slurm section too and uses what its executor has
+# For ``setup`` (a list, _LISTS) and ``additional_parameters`` (a mapping, _MAPPINGS) the Spec is that of
+# each element. submitit-local reads the slurm section too and uses what its executor has
 # (timeout_min, gpus_per_node, setup).
 _POS_INT, _NONNEG_INT = profiles.Spec("int", low=1), profiles.Spec("int", low=0)
 _STR, _NUMBER = profiles.Spec("str"), profiles.Spec("float")
@@ -142,13 +142,14 @@ def _grid(source: str, where: str, raw: Any,
     return grid, seeds
 
 
-def _check_option(source: str, where: str, name: str, spec: profiles.Spec, value: Any) -> None:
-    """``value`` checked by ``spec`` (a string also non-empty), or one line naming ``where``."""
+def _check_option(source: str, where: str, name: str, spec: profiles.Spec, value: Any, nonempty: bool = True) -> None:
+    """``value`` checked by ``spec`` (a string also non-empty unless ``nonempty`` is False), or one line
+    naming ``where``."""
     try:
         spec.check(name, value)
     except ValueError as e:
         raise _fail(source, where, str(e)) from None
-    if value == "":
+    if nonempty and value == "":
         raise _fail(source, where, f"{name} must be a non-empty string, got ''")
 
 
@@ -167,7 +168,7 @@ def _options(source: str, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 if not isinstance(value, list):
                     raise _fail(source, where, f"{key} must be a list of strings, got {value!r}")
                 for i, item in enumerate(value):
-                    _check_option(source, f"{where}[{i}]", f"{key}[{i}]", allowed[key], item)
+                    _check_option(source, f"{where}[{i}]", f"{key}[{i}]", allowed[key], item, nonempty=False)
             elif key in _MAPPINGS:
                 if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
                     raise _fail(source, where, f"{key} must be a mapping of sbatch option to value, got {value!r}")
