@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from basisprune.repro import assets, data
+from basisprune.repro.data import splits
 
 MNIST5K_SPLITS = {"train": 3600, "val": 400, "test": 1000}
 
@@ -228,10 +229,10 @@ def test_num_classes_of_known_sets():
 @settings(max_examples=60, deadline=None)
 @given(labels=st.lists(st.integers(0, 4), min_size=1, max_size=80), frac=st.floats(0, 1), seed=st.integers(0, 2**16))
 def test_stratified_choice_draws_n_distinct_items_proportionally(labels, frac, seed):
-    """_stratified_choice returns exactly n distinct positions, each class within one of its share."""
+    """stratified_choice returns exactly n distinct positions, each class within one of its share."""
     y = np.asarray(labels)
     n = int(round(frac * len(y)))
-    pos = data._stratified_choice(y, n, np.random.default_rng(seed))
+    pos = splits.stratified_choice(y, n, np.random.default_rng(seed))
     assert len(pos) == n == len(set(pos.tolist())) and (pos < len(y)).all()
     for c in np.unique(y):
         share = n * (y == c).sum() / len(y)

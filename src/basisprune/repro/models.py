@@ -242,12 +242,12 @@ def check_pretrained(name: str) -> None:
 
     Cheap file checks only: nothing is loaded, copied or downloaded.
     """
-    _check_name(name)
-    if name == LITE0:
+    base = _check_name(name)  # vgg16_gap's weights are vgg16's
+    if base == LITE0:
         if assets.efficientnet_lite0_weights_file() is None:
             raise _lite0_missing()
         return
-    w = _weights_enum(name, None)
+    w = _weights_enum(base, None)
     filename = os.path.basename(urlparse(w.url).path)
     if (assets.hub_checkpoint_dir() / filename).is_file():
         return

@@ -118,9 +118,7 @@ def run(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, *, backend: str
     elif backend or folder:
         raise ValueError("give backend and folder in the spec when passing a SweepSpec")
     if workers is not None:
-        check, what = _OPTIONS["local"]["workers"]
-        if not check(workers):
-            raise ValueError(f"workers must be {what}, got {workers!r}")
+        _OPTIONS["local"]["workers"].check("workers", workers)  # ParameterError (a ValueError): one line
         local = {**spec.options["local"], "workers": workers}
         spec = dataclasses.replace(spec, options={**spec.options, "local": local})
     cells = expand(spec)

@@ -30,23 +30,23 @@ BACKENDS = ("local", "slurm", "submitit-local")
 
 _SPEC_KEYS = ("name", "experiment", "profile", "params", "seeds", "folder", "backend", "local", "slurm")
 
-# Backend option -> (check, what it must be). submitit-local reads the slurm section too and uses
-# what its executor has (timeout_min, gpus_per_node, setup).
-_POS_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a positive integer")
-_NONNEG_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer")
-_POS_NUM = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a positive number")
-_STR = (lambda v: isinstance(v, str) and v != "", "a non-empty string")
-_STR_LIST = (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of strings")
-_STR_MAP = (lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, (str, int, float))
-                                                   for k, x in v.items()), "a mapping of sbatch option to value")
-_OPTIONS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+# Backend option -> what it accepts (:class:`basisprune.repro.profiles.Spec`, the parameters' validator).
+# For ``setup`` (a list, _LISTS) and ``additional_parameters`` (a mapping, _MAPPINGS) the Spec is that of
+# each element. submitit-local reads the slurm section too and uses what its executor has
+# (timeout_min, gpus_per_node, setup).
+_POS_INT, _NONNEG_INT = profiles.Spec("int", low=1), profiles.Spec("int", low=0)
+_STR, _NUMBER = profiles.Spec("str"), profiles.Spec("float")
+_OPTIONS: dict[str, dict[str, profiles.Spec]] = {
     "local": {"workers": _POS_INT},
     "slurm": {
         "partition": _STR, "gpus_per_node": _NONNEG_INT, "cpus_per_task": _POS_INT, "timeout_min": _POS_INT,
-        "mem_gb": _POS_NUM, "array_parallelism": _POS_INT, "max_num_timeout": _NONNEG_INT, "account": _STR,
-        "qos": _STR, "constraint": _STR, "setup": _STR_LIST, "additional_parameters": _STR_MAP,
+        "mem_gb": profiles.Spec("float", low=0, low_open=True), "array_parallelism": _POS_INT,
+        "max_num_timeout": _NONNEG_INT, "account": _STR, "qos": _STR, "constraint": _STR, "setup": _STR,
+        "additional_parameters": _STR,
     },
 }
+_LISTS = {"setup"}  # a list of shell lines, each a string
+_MAPPINGS = {"additional_parameters"}  # sbatch option -> value: a string, or a number (_NUMBER)
 
 _DEVICE = re.compile(r"^(auto|cpu|mps(:0)?|cuda(:\d+)?)$", re.IGNORECASE)
 
@@ -142,19 +142,41 @@ def _grid(source: str, where: str, raw: Any,
     return grid, seeds
 
 
+def _check_option(source: str, where: str, name: str, spec: profiles.Spec, value: Any, nonempty: bool = True) -> None:
+    """``value`` checked by ``spec`` (a string also non-empty unless ``nonempty`` is False), or one line
+    naming ``where``."""
+    try:
+        spec.check(name, value)
+    except ValueError as e:
+        raise _fail(source, where, str(e)) from None
+    if nonempty and value == "":
+        raise _fail(source, where, f"{name} must be a non-empty string, got ''")
+
+
 def _options(source: str, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ``local`` and ``slurm`` sections as given, each option checked (:data:`_OPTIONS`)."""
     out: dict[str, dict[str, Any]] = {}
     for section, allowed in _OPTIONS.items():
         given = raw.get(section) or {}
         if not isinstance(given, dict):
             raise _fail(source, section, f"expected a mapping of options, got {given!r}")
         for key, value in given.items():
+            where = f"{section}.{key}"
             if key not in allowed:
-                raise _fail(source, f"{section}.{key}",
-                            f"unknown {section} option {key!r}; allowed: {', '.join(sorted(allowed))}")
-            check, what = allowed[key]
-            if not check(value):
-                raise _fail(source, f"{section}.{key}", f"must be {what}, got {value!r}")
+                raise _fail(source, where, f"unknown {section} option {key!r}; allowed: {', '.join(sorted(allowed))}")
+            if key in _LISTS:
+                if not isinstance(value, list):
+                    raise _fail(source, where, f"{key} must be a list of strings, got {value!r}")
+                for i, item in enumerate(value):
+                    _check_option(source, f"{where}[{i}]", f"{key}[{i}]", allowed[key], item, nonempty=False)
+            elif key in _MAPPINGS:
+                if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                    raise _fail(source, where, f"{key} must be a mapping of sbatch option to value, got {value!r}")
+                for k, item in value.items():
+                    number = isinstance(item, (int, float)) and not isinstance(item, bool)
+                    _check_option(source, f"{where}.{k}", k, _NUMBER if number else allowed[key], item)
+            else:
+                _check_option(source, where, key, allowed[key], value)
         out[section] = dict(given)
     return out
 

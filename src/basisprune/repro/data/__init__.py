@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
+import pickle
 import shutil
 import socket
 from dataclasses import dataclass
@@ -51,10 +52,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .. import errors
-from . import assets
-from .assets import AssetUnavailableError
-from ..errors import ParameterError
+from ... import errors
+from .. import assets
+from ..assets import AssetUnavailableError
+from .dataset import IMAGENET_MEAN, IMAGENET_STD, MATERIALIZE_BYTES, ImageTensorDataset, check_image_size, check_norm
+from .splits import split_positions, stratified_choice, subset_positions
+from ...errors import ParameterError
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -76,8 +79,6 @@ __all__ = [
     "main",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLITS = ("train", "val", "test")
 
 PARTITION_SEED = 0
@@ -90,9 +91,6 @@ the partition every result before ``test_split`` existed was scored on."""
 TEST_SPLITS = tuple(f"fold{k}" for k in range(FOLDS)) + ("seed",)
 """Values of the ``test_split`` parameter: one fixed fold, or ``seed`` (fold ``seed`` mod 5)."""
 
-MATERIALIZE_BYTES = 1 << 30
-"""Pre-resize a split in memory when its uint8 (float for digits) storage fits in this many bytes;
-larger splits are resized batch by batch on access."""
 
 DOWNLOAD_TIMEOUT_S = 15.0
 """Socket timeout while downloading, so that a blocked network fails instead of hanging."""
@@ -380,26 +378,43 @@ def _idx_pools(name: str, root: Path, download: bool | None) -> tuple[_Pool, _Po
     return _pools_from_idx(files, classes, f"{name}:{files['train-images-idx3-ubyte'].parent}")
 
 
+def _cifar_files(cls, folder: Path) -> list[Path]:
+    return [folder / f for f, _ in cls.train_list + cls.test_list] + [folder / cls.meta["filename"]]
+
+
+def _read_cifar(cls, folder: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Images (N, 3, 32, 32) uint8, labels and class names from the python pickle batches in ``folder``.
+
+    Reads what torchvision's CIFAR classes read, without their MD5 check of every file: present
+    files are used as they are (as for the IDX data sets), so a copy placed by hand or a stand-in
+    loads; a download still goes through torchvision, which checks the archive it fetched.
+    """
+    xs, ys = [], []
+    for fname, _md5 in cls.train_list if train else cls.test_list:
+        with open(folder / fname, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        xs.append(np.asarray(entry["data"], dtype=np.uint8))
+        ys.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+    with open(folder / cls.meta["filename"], "rb") as f:
+        classes = list(pickle.load(f, encoding="latin1")[cls.meta["key"]])
+    x = torch.from_numpy(np.vstack(xs).reshape(-1, 3, 32, 32)).contiguous()
+    return x, torch.as_tensor(ys, dtype=torch.int64), classes
+
+
 def _cifar_pools(name: str, root: Path, download: bool | None) -> tuple[_Pool, _Pool]:
     import torchvision.datasets as tvd
 
     cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
-
-    def build():
-        return cls(str(root), train=True, download=False), cls(str(root), train=False, download=False)
-
-    try:
-        tr, te = build()
-    except RuntimeError as e:  # "Dataset not found or corrupted."
+    folder = root / cls.base_folder
+    if not all(f.is_file() for f in _cifar_files(cls, folder)):
         looked = f"no {cls.base_folder} under {root}" if root.exists() else f"data_root {root} does not exist"
         if not _download_allowed(download):
-            raise _unavailable(name, root, looked, "downloads are off") from e
+            raise _unavailable(name, root, looked, "downloads are off")
         _run_download(name, root, lambda: (cls(str(root), train=True, download=True), cls(str(root), train=False, download=True)))
-        tr, te = build()
     pools = []
-    for ds in (tr, te):
-        x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-        pools.append(_Pool(x, torch.as_tensor(ds.targets, dtype=torch.int64), list(ds.classes), f"{name}:{root / cls.base_folder}"))
+    for train in (True, False):
+        x, y, classes = _read_cifar(cls, folder, train)
+        pools.append(_Pool(x, y, classes, f"{name}:{folder}"))
     return pools[0], pools[1]
 
 
@@ -418,7 +433,7 @@ def _fold_positions(y: np.ndarray, n_test: int, fold: int) -> np.ndarray:
     rng = np.random.default_rng([PARTITION_SEED, 7])
     rest = np.arange(len(y), dtype=np.int64)
     for _ in range(fold + 1):
-        test = rest[_stratified_choice(y[rest], n_test, rng)]
+        test = rest[stratified_choice(y[rest], n_test, rng)]
         rest = np.setdiff1d(rest, test)
     return test
 
@@ -484,173 +499,15 @@ def is_local(name: str, root: str | os.PathLike | None = None) -> bool:
             name == "fashion_mnist" and assets.fashion_mnist_debian_dir() is not None
         )
     if name in ("cifar10", "cifar100"):
-        folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
-        return (r / folder).is_dir()
+        import torchvision.datasets as tvd
+
+        cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+        return all(f.is_file() for f in _cifar_files(cls, r / cls.base_folder))
     try:
         _imagefolder_dirs(root)
         return True
     except (ValueError, DataUnavailableError):
         return False
-
-
-# ------------------------------------------------------------------------------- splitting
-def _stratified_choice(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted positions of ``n`` items drawn per class in proportion to class frequency."""
-    labels = np.asarray(labels)
-    if n <= 0:
-        return np.zeros(0, dtype=np.int64)
-    if n >= len(labels):
-        return np.arange(len(labels), dtype=np.int64)
-    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    quota = counts * (n / counts.sum())
-    take = np.floor(quota).astype(np.int64)
-    short = n - int(take.sum())
-    if short:
-        order = np.lexsort((rng.random(len(classes)), -(quota - take)))  # largest remainders first
-        take[order[:short]] += 1
-    chosen = [rng.permutation(np.flatnonzero(inverse == k))[: take[k]] for k in range(len(classes))]
-    return np.sort(np.concatenate(chosen)).astype(np.int64)
-
-
-_TAGS = {"val": 1, "train": 2, "subset-val": 3, "subset-test": 4}
-
-
-def _rng(seed: int, tag: str) -> np.random.Generator:
-    return np.random.default_rng([int(seed), _TAGS[tag]])
-
-
-def _split_positions(
-    name: str, split: str, train_labels: np.ndarray, test_len: int, seed: int, val_fraction: float, has_val: bool = False
-) -> np.ndarray:
-    if split == "test" or (split == "val" and has_val):
-        return np.arange(test_len, dtype=np.int64)
-    if has_val:  # imagefolder with its own val/: train is all of train/
-        return np.arange(len(train_labels), dtype=np.int64)
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    n_val = int(round(val_fraction * len(train_labels)))
-    if split == "val" and n_val == 0:
-        raise ValueError(f"val_fraction={val_fraction} leaves no images in the {name} val split")
-    val = _stratified_choice(train_labels, n_val, _rng(seed, "val"))
-    if split == "val":
-        return val
-    return np.setdiff1d(np.arange(len(train_labels), dtype=np.int64), val)
-
-
-def _subset_positions(name: str, split: str, labels: np.ndarray, subset: int | None, seed: int) -> np.ndarray:
-    n = len(labels)
-    if subset is None:
-        return np.arange(n, dtype=np.int64)
-    if isinstance(subset, bool) or not isinstance(subset, (int, np.integer)) or subset <= 0:
-        raise ParameterError("subset", f"subset must be a positive int, got {subset!r}", subset)
-    if subset > n:
-        raise ParameterError("subset", f"subset={subset} is larger than the {name} {split} split, which has {n} images", subset)
-    tag = {"train": "train", "val": "subset-val", "test": "subset-test"}[split]
-    return _stratified_choice(labels, int(subset), _rng(seed, tag))
-
-
-# --------------------------------------------------------------------------------- dataset
-def _check_image_size(image_size: int) -> int:
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-    return int(image_size)
-
-
-def _check_norm(values: Sequence[float], what: str) -> torch.Tensor:
-    t = torch.as_tensor(tuple(float(v) for v in values), dtype=torch.float32)
-    if t.numel() == 1:
-        t = t.repeat(3)
-    if t.numel() != 3:
-        raise ValueError(f"{what} needs 3 values (one per RGB channel), got {tuple(values)}")
-    if what == "std" and bool((t <= 0).any()):
-        raise ValueError(f"std must be positive, got {tuple(values)}")
-    return t.view(3, 1, 1)
-
-
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear antialiased resize of a (N, C, H, W) uint8 or float batch to (N, C, size, size)."""
-    if x.shape[-2:] == (size, size):
-        return x
-    import torchvision.transforms.v2.functional as TF
-
-    return TF.resize(x, [size, size], antialias=True)
-
-
-class ImageTensorDataset(Dataset):
-    """``(image, label)`` pairs from in-memory images, normalised on access.
-
-    Attributes: ``name``, ``split``, ``image_size``, ``classes``, ``targets`` (int64 tensor),
-    ``indices`` (positions in the source split: train/val index the official train set, test the
-    test set), ``source`` (where the data came from), ``mean``/``std``.
-    """
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        targets: torch.Tensor,
-        image_size: int,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        *,
-        classes: Sequence[str] = (),
-        indices: np.ndarray | None = None,
-        name: str = "",
-        split: str = "",
-        source: str = "",
-    ):
-        if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"images must be (N, 1 or 3, H, W), got {tuple(images.shape)}")
-        if len(images) != len(targets):
-            raise ValueError(f"{len(images)} images but {len(targets)} targets")
-        self.image_size = _check_image_size(image_size)
-        self.mean_t = _check_norm(mean, "mean")
-        self.std_t = _check_norm(std, "std")
-        self.mean = tuple(float(v) for v in mean) if len(mean) == 3 else (float(mean[0]),) * 3
-        self.std = tuple(float(v) for v in std) if len(std) == 3 else (float(std[0]),) * 3
-        n, c = images.shape[:2]
-        nbytes = n * c * self.image_size**2 * images.element_size()
-        self.materialized = nbytes <= MATERIALIZE_BYTES
-        if self.materialized and images.shape[-2:] != (self.image_size,) * 2:
-            images = torch.cat([_resize(chunk, self.image_size) for chunk in images.split(4096)]) if n else images
-        self.images = images.contiguous()
-        self.targets = torch.as_tensor(targets, dtype=torch.int64)
-        self.classes = list(classes)
-        self.indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
-        self.name, self.split, self.source = name, split, source
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        x = _resize(x, self.image_size)
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        return (x - self.mean_t) / self.std_t
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        i = int(i)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"index {i} out of range for {len(self)} images")
-        return self._prepare(self.images[i : i + 1])[0], int(self.targets[i])
-
-    def __getitems__(self, idx: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
-        """Batched fetch used by DataLoader: one gather and one normalisation per batch."""
-        it = torch.as_tensor(list(idx), dtype=torch.int64)
-        x = self._prepare(self.images[it])
-        return list(zip(x.unbind(0), self.targets[it].tolist()))
-
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All images (normalised, (N, 3, S, S)) and labels as two tensors."""
-        return self._prepare(self.images), self.targets.clone()
-
-    def __repr__(self) -> str:
-        return (
-            f"ImageTensorDataset(name={self.name!r}, split={self.split!r}, n={len(self)}, "
-            f"image_size={self.image_size}, classes={len(self.classes)}, source={self.source!r})"
-        )
 
 
 # ----------------------------------------------------------------------------- imagefolder
@@ -698,8 +555,8 @@ def _load_imagefolder(split, image_size, subset, root, mean, std, seed, val_frac
     if folder.classes != train_classes:
         raise ValueError(f"class folders of {dirs[src_split]} differ from those of {dirs['train']}")
     labels = np.asarray(folder.targets)
-    pos = _split_positions("imagefolder", split, labels, len(labels), seed, val_fraction, has_val=has_val)
-    pos = pos[_subset_positions("imagefolder", split, labels[pos], subset, seed)]
+    pos = split_positions("imagefolder", split, labels, len(labels), seed, val_fraction, has_val=has_val)
+    pos = pos[subset_positions("imagefolder", split, labels[pos], subset, seed)]
     geometry = T.Compose([T.Lambda(lambda im: im.convert("RGB")), T.Resize(image_size), T.CenterCrop(image_size)])
     meta = dict(name="imagefolder", split=split, image_size=image_size, classes=folder.classes, source=f"imagefolder:{dirs[src_split]}")
     if len(pos) * 3 * image_size**2 <= MATERIALIZE_BYTES:
@@ -746,16 +603,16 @@ def load(
     fold = test_fold(test_split, seed)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
-    image_size = _check_image_size(image_size)
-    _check_norm(mean, "mean")
-    _check_norm(std, "std")
+    image_size = check_image_size(image_size)
+    check_norm(mean, "mean")
+    check_norm(std, "std")
     if name == "imagefolder":
         return _load_imagefolder(split, image_size, subset, root, mean, std, seed, val_fraction)
     train_pool, test_pool = _pools(name, root, download, fold)
     pool = test_pool if split == "test" else train_pool
     labels = pool.labels.numpy()
-    pos = _split_positions(name, split, train_pool.labels.numpy(), len(test_pool.labels), seed, val_fraction)
-    pos = pos[_subset_positions(name, split, labels[pos], subset, seed)]
+    pos = split_positions(name, split, train_pool.labels.numpy(), len(test_pool.labels), seed, val_fraction)
+    pos = pos[subset_positions(name, split, labels[pos], subset, seed)]
     it = torch.from_numpy(pos)
     return ImageTensorDataset(
         pool.images[it],
@@ -879,7 +736,3 @@ def main(argv: list[str] | None = None) -> int:
     except errors.REPORTED as e:  # one line, status 2, like the other command lines
         return errors.report(e)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

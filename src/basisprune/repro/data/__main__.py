@@ -1,0 +1,5 @@
+"""``python -m basisprune.repro.data``: the data sets' command line (:func:`basisprune.repro.data.main`)."""
+
+from . import main
+
+raise SystemExit(main())
