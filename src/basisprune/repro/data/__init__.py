@@ -72,7 +72,6 @@ __all__ = [
     "is_local",
     "load",
     "make_loaders",
-    "clear_cache",
     "FOLDS",
     "TEST_SPLITS",
     "test_fold",
@@ -245,11 +244,6 @@ class _Pool:
 
 
 _POOL_CACHE: dict[tuple[str, str], tuple[_Pool, _Pool]] = {}
-
-
-def clear_cache() -> None:
-    """Forget the in-memory copies of the data sets loaded so far."""
-    _POOL_CACHE.clear()
 
 
 def _root(root: str | os.PathLike | None) -> Path:
