@@ -109,3 +109,17 @@ def test_without_a_committed_seeds_tier_the_status_says_so(tmp_path):
 
     text, table = tiers.seeds_tier_status(pd.DataFrame(), tmp_path)
     assert table is None and "benchmarks/seeds_tier.py" in text
+
+
+def test_tier_intervals_hold_each_mean_and_say_whether_the_interval_meets_the_precision():
+    """Per data set and experiment, the interval contains the mean; precise is True exactly when the
+    half-width is within the precision asked for (tight seeds: yes; spread seeds: no)."""
+    rows = [{"dataset": d, "experiment": "double_pruning", "seed": s, "change": c + spread * (s - 2), "se": 0.001,
+             "params_pruned": 0.5 + spread * (s - 2)}
+            for d, c, spread in (("tight", -0.01, 0.0001), ("spread", -0.01, 0.05)) for s in range(5)]
+    table = tiers.tier_intervals(rows).set_index("dataset")
+    assert list(table["seeds"]) == [5, 5]
+    for col in ("change", "params_pruned"):
+        assert (table[f"{col}_low"] <= table[col]).all() and (table[col] <= table[f"{col}_high"]).all()
+        assert table.loc["tight", f"{col}_precise"] and not table.loc["spread", f"{col}_precise"]
+    assert abs(table.loc["tight", "change"] + 0.01) < 1e-12

@@ -28,7 +28,7 @@ from .arguments import ArgumentParser
 from .results import provenance, read_results, write_json
 
 __all__ = ["TIER_FILE", "SMOKE_OVERRIDES", "gpu_driver", "processor", "run_tier", "load_tier", "tier_rows", "tier_table",
-           "tier_check", "SEEDS_TIER", "seeds_tier_status"]
+           "PRECISION", "tier_intervals", "tier_check", "SEEDS_TIER", "seeds_tier_status"]
 
 TIER_FILE = "tier.json"
 
@@ -156,6 +156,32 @@ def tier_table(rows: list[dict[str, Any]]):
                     "params pruned (%)": mean_ci(g["params_pruned"], 100, 1),
                     "FLOPs pruned (%)": mean_ci(g["flops_pruned"], 100, 1), "seeds": g["seed"].nunique(),
                     "hardware": ", ".join(sorted(set(g["device"])))})
+    return pd.DataFrame(out)
+
+
+#: The precision the seeds tier aims at (issue 24): a 95% interval no wider than ± 0.5 points of test
+#: change and ± 5 points of parameters pruned (fractions here).
+PRECISION = {"change": 0.005, "params_pruned": 0.05}
+
+
+def tier_intervals(rows: list[dict[str, Any]], precision: dict[str, float] = PRECISION):
+    """Per data set and experiment of a tier's :func:`tier_rows`: the mean and 95% interval over seeds
+    (:func:`basisprune.repro.stats.interval`) of the test change and of the parameters pruned, as
+    fractions, each interval's half-width (the larger side) and whether it is within ``precision``."""
+    import pandas as pd
+
+    from .stats import interval
+
+    df = pd.DataFrame(rows)
+    out = []
+    for (ds, exp), g in df.groupby(["dataset", "experiment"], sort=False):
+        row: dict[str, Any] = {"dataset": ds, "experiment": exp, "seeds": int(g["seed"].nunique())}
+        for col in ("change", "params_pruned"):
+            m, lo, hi = interval(g[col], g["se"] if col == "change" else None)
+            half = max(m - lo, hi - m)
+            row |= {col: m, f"{col}_low": lo, f"{col}_high": hi, f"{col}_halfwidth": half,
+                    f"{col}_precise": bool(half <= precision[col])}
+        out.append(row)
     return pd.DataFrame(out)
 
 
