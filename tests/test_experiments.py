@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from basisprune.repro import experiments
+from basisprune.repro import experiments, workdir
 from basisprune.repro.cli import main as cli_main
 from basisprune.repro.results import read_results, strip_volatile
 
@@ -110,17 +110,17 @@ def test_cache_key_covers_every_module_of_the_package(tmp_path, monkeypatch):
     or is renamed."""
     pkg = tmp_path / "pkg"
     (pkg / "repro").mkdir(parents=True)
-    (pkg / "repro" / "experiments.py").write_text("x = 1\n")
+    (pkg / "repro" / "workdir.py").write_text("x = 1\n")
     (pkg / "decompose.py").write_text("y = 2\n")
-    monkeypatch.setattr(experiments, "__file__", str(pkg / "repro" / "experiments.py"))
-    first = experiments._code_hash()
-    assert experiments._code_hash() == first
+    monkeypatch.setattr(workdir, "__file__", str(pkg / "repro" / "workdir.py"))
+    first = workdir._code_hash()
+    assert workdir._code_hash() == first
     (pkg / "decompose.py").write_text("y = 3\n")  # the library, outside the harness's folder
-    edited = experiments._code_hash()
+    edited = workdir._code_hash()
     (pkg / "repro" / "new.py").write_text("")
-    added = experiments._code_hash()
+    added = workdir._code_hash()
     (pkg / "repro" / "new.py").rename(pkg / "repro" / "renamed.py")
-    assert len({first, edited, added, experiments._code_hash()}) == 4
+    assert len({first, edited, added, workdir._code_hash()}) == 4
 
 
 def test_shrinking_bases_between_rounds_keeps_the_masked_runs_history(tmp_path):

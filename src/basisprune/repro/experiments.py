@@ -16,10 +16,7 @@ last finished round and ends with the same numbers.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
-import json
 import math
 import os
 import time
@@ -34,14 +31,14 @@ from . import data, models, pai_cost, pai_transfer, profiles, pruning_at_init
 from ..channel import add_channel_scales, channel_scales, l1_penalty
 from ..compact import compact, save_model
 from ..decompose import basis_layers, decompose
-from ..errors import ParameterError, WorkdirMismatchError
+from ..errors import ParameterError
 from ..importance import ScaleMagnitude, TaylorImportance
 from ..measure import basis_savings, measure, output_positions
 from ..prune import PruningRule
 from ..pruner import Pruner
 from .checkpoints import load_checkpoint, restore_streams, save_checkpoint, stream_state
 from .devices import pick_device, seed_everything
-from .results import Timer, check_writable, clean_stale_temporaries, read_results, to_jsonable, write_json, write_results
+from .results import Timer, check_writable, clean_stale_temporaries, write_results
 from .train import (
     DivergenceError,
     distillation_loss,
@@ -50,18 +47,19 @@ from .train import (
     make_scaler,
     train_epoch,
 )
+from .workdir import (
+    FINGERPRINT_FILE,
+    STAGE_CHECKPOINTS,
+    _check_workdir,
+    _ck,
+    _open_workdir,
+    default_workdir,
+    fingerprint,
+    stage_lock,
+)
 
 __all__ = ["EXPERIMENTS", "FINGERPRINT_FILE", "LOADERS", "PAI_EXPERIMENTS", "STAGE_CHECKPOINTS", "Context", "context", "run",
            "resolve_params", "default_workdir", "fingerprint", "select_round", "stops_after"]
-
-
-#: The checkpoint files of each pruning experiment's stages in its workdir, in the order they are
-#: written (double pruning shares its channel stage with channel pruning).
-STAGE_CHECKPOINTS: dict[str, tuple[str, ...]] = {
-    "channel_pruning": ("channel.pt",),
-    "basis_pruning": ("basis.pt",),
-    "double_pruning": ("channel.pt", "double-basis.pt"),
-}
 
 
 # ------------------------------------------------------------------------------------ setup
@@ -470,33 +468,6 @@ def stops_after(row: dict[str, Any], stop_drop: float) -> bool:
     return row["drop_val"] > stop_drop
 
 
-@contextlib.contextmanager
-def stage_lock(checkpoint: Path | None):
-    """Hold ``<checkpoint>.lock`` while a stage runs: a second process that needs the same stage (two
-    notebooks executed side by side, two sweep cells) waits, then resumes from the finished
-    checkpoint instead of computing the stage again. No checkpoint, no lock; where ``fcntl`` is
-    missing (Windows) no lock either, and the two compute the same numbers."""
-    if checkpoint is None:
-        yield
-        return
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    with open(checkpoint.with_suffix(".lock"), "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for another process computing {checkpoint.name} in {checkpoint.parent}", flush=True)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _unit_costs(holders: dict[str, nn.Module]) -> dict[str, float]:
     """Weights one basis costs in its layer (D + Cout per group), for ``normalize='cost'``."""
     return {n: float(h.basis_matrix().shape[1] + h.coef.shape[0] // h.groups) for n, h in holders.items()}
@@ -696,90 +667,10 @@ def resolve_params(experiment: str, profile: str = "default", **params: Any) -> 
     return profiles.validate(p)
 
 
-#: The file in a checkpoint directory naming the parameters and code its checkpoints belong to.
-FINGERPRINT_FILE = "fingerprint.json"
-
-
-def _code_hash() -> str:
-    """Hash of every Python file of the ``basisprune`` package, the library and this harness (names and
-    contents, in path order): any code change, a renamed or new module included, gives a new cache
-    key; no list of names to keep up to date."""
-    h = hashlib.sha256()
-    root = Path(__file__).resolve().parents[1]  # src/basisprune, not only src/basisprune/repro
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:12]
-
-
 def context(experiment: str, profile: str = "default", **params: Any) -> Context:
     """The :class:`Context` of one run of ``experiment`` (its data loaded, nothing trained or
     written): what :func:`run` hands the experiment; for tests and notebooks that call one step."""
     return Context(resolve_params(experiment, profile, **params), LOADERS.get(experiment))
-
-
-def fingerprint(p: dict[str, Any]) -> dict[str, Any]:
-    """What a run's numbers depend on: its parameters, a hash of the library code, and a digest
-    of both (``runs/<digest[:16]>`` is :func:`default_workdir`)."""
-    code = _code_hash()
-    digest = hashlib.sha256(json.dumps({"p": p, "code": code}, sort_keys=True, default=str).encode()).hexdigest()
-    return {"params": to_jsonable(p), "code": code, "digest": digest}
-
-
-def default_workdir(p: dict[str, Any]) -> Path:
-    """``runs/<hash of parameters and library code>`` under $BASISPRUNE_RUNS or ./runs.
-
-    Experiments with the same parameters share the directory, so double pruning reuses the channel
-    stage that channel pruning checkpointed (the stages are identical), and a rerun resumes.
-    """
-    return Path(os.environ.get("BASISPRUNE_RUNS", "runs")) / fingerprint(p)["digest"][:16]
-
-
-def _ck(workdir: Path | None, name: str) -> Path | None:
-    return None if workdir is None else workdir / name
-
-
-def _check_workdir(wd: Path, fp: dict[str, Any]) -> None:
-    """Refuse to resume from checkpoints that another run (other parameters or code) wrote."""
-    if not wd.is_dir():
-        return
-    path = wd / FINGERPRINT_FILE
-    if not path.exists():
-        stale = sorted(f.name for f in wd.glob("*.pt"))
-        if stale:
-            raise WorkdirMismatchError(
-                f"workdir {str(wd)!r} holds checkpoints ({', '.join(stale)}) but no {FINGERPRINT_FILE}, so "
-                "nothing says which run made them; use another workdir or delete it"
-            )
-        return
-    try:
-        saved = read_results(path)
-        old, code = dict(saved["params"]), saved["code"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise WorkdirMismatchError(
-            f"workdir {str(wd)!r}: its {FINGERPRINT_FILE} is unreadable ({type(e).__name__}: {e}), so nothing says "
-            "which run made its checkpoints; use another workdir or delete it"
-        ) from e
-    new = fp["params"]
-    differ = [k for k in sorted(set(old) | set(new)) if old.get(k, "<absent>") != new.get(k, "<absent>")]
-    if differ:
-        was = ", ".join(f"{k}={old.get(k, '<absent>')!r}" for k in differ)
-        now = ", ".join(f"{k}={new.get(k, '<absent>')!r}" for k in differ)
-        raise WorkdirMismatchError(
-            f"workdir {str(wd)!r} was made with {was}, this run has {now}; use another workdir or delete it"
-        )
-    if code != fp["code"]:
-        raise WorkdirMismatchError(
-            f"workdir {str(wd)!r} was made by other library code (code hash {code}, this run {fp['code']}); "
-            "its checkpoints may not match: use another workdir or delete it"
-        )
-
-
-def _open_workdir(wd: Path, fp: dict[str, Any]) -> None:
-    """Create the checkpoint directory, clear its stale temporaries, record the fingerprint."""
-    wd.mkdir(parents=True, exist_ok=True)
-    clean_stale_temporaries(wd)
-    if not (wd / FINGERPRINT_FILE).exists():
-        write_json(wd / FINGERPRINT_FILE, fp)
 
 
 def run(experiment: str, *, profile: str = "default", out: str | Path | None = None,
