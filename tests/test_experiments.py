@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from basisprune.repro import experiments
+from basisprune.repro import experiments, stages, workdir
 from basisprune.repro.cli import main as cli_main
 from basisprune.repro.results import read_results, strip_volatile
 
@@ -110,17 +110,30 @@ def test_cache_key_covers_every_module_of_the_package(tmp_path, monkeypatch):
     or is renamed."""
     pkg = tmp_path / "pkg"
     (pkg / "repro").mkdir(parents=True)
-    (pkg / "repro" / "experiments.py").write_text("x = 1\n")
+    (pkg / "repro" / "workdir.py").write_text("x = 1\n")
     (pkg / "decompose.py").write_text("y = 2\n")
-    monkeypatch.setattr(experiments, "__file__", str(pkg / "repro" / "experiments.py"))
-    first = experiments._code_hash()
-    assert experiments._code_hash() == first
+    monkeypatch.setattr(workdir, "__file__", str(pkg / "repro" / "workdir.py"))
+    first = workdir._code_hash()
+    assert workdir._code_hash() == first
     (pkg / "decompose.py").write_text("y = 3\n")  # the library, outside the harness's folder
-    edited = experiments._code_hash()
+    edited = workdir._code_hash()
     (pkg / "repro" / "new.py").write_text("")
-    added = experiments._code_hash()
+    added = workdir._code_hash()
     (pkg / "repro" / "new.py").rename(pkg / "repro" / "renamed.py")
-    assert len({first, edited, added, experiments._code_hash()}) == 4
+    assert len({first, edited, added, workdir._code_hash()}) == 4
+
+
+def test_cache_key_reads_every_module_of_the_installed_package(monkeypatch):
+    """The code hash reads every Python file of the installed ``basisprune`` package, the modules
+    split out of the experiments (stages, reference, workdir) included."""
+    import basisprune
+
+    read, read_bytes = [], Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: (read.append(self.resolve()), read_bytes(self))[1])
+    workdir._code_hash()
+    pkg = Path(basisprune.__file__).resolve().parent
+    assert set(read) == {f.resolve() for f in pkg.rglob("*.py")}
+    assert {pkg / "repro" / f"{m}.py" for m in ("experiments", "stages", "reference", "workdir")} <= set(read)
 
 
 def test_shrinking_bases_between_rounds_keeps_the_masked_runs_history(tmp_path):
@@ -142,7 +155,7 @@ def test_shrunk_run_interrupted_after_a_round_resumes_to_the_same_result(tmp_pat
     an uninterrupted one (the checkpoint holds the full model's coordinates)."""
     params = dict(TINY, shrink_bases=True, max_drop=1.0)
     ref = experiments.run("basis_pruning", profile="smoke", workdir=tmp_path / "ref", **params)
-    finish = experiments._Stage.finish
+    finish = stages._Stage.finish
 
     def stop_after_round_1(self, r, since):
         row = finish(self, r, since)
@@ -150,10 +163,10 @@ def test_shrunk_run_interrupted_after_a_round_resumes_to_the_same_result(tmp_pat
             raise KeyboardInterrupt
         return row
 
-    monkeypatch.setattr(experiments._Stage, "finish", stop_after_round_1)
+    monkeypatch.setattr(stages._Stage, "finish", stop_after_round_1)
     with pytest.raises(KeyboardInterrupt):
         experiments.run("basis_pruning", profile="smoke", workdir=tmp_path / "cut", **params)
-    monkeypatch.setattr(experiments._Stage, "finish", finish)
+    monkeypatch.setattr(stages._Stage, "finish", finish)
     resumed = experiments.run("basis_pruning", profile="smoke", workdir=tmp_path / "cut", **params)
     strip = lambda r: strip_volatile({k: v for k, v in r.items() if k not in ("timings", "compact_model")})
     assert strip(resumed) == strip(ref)

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from basisprune.repro import experiments
+from basisprune.repro import experiments, reference
 from basisprune.repro.cli import main as cli_main
-from basisprune.repro.experiments import _paired_drop
+from basisprune.repro.reference import _paired_drop
 from basisprune.repro.train import DivergenceError, train_epoch
 
 TINY = dict(subset_train=160, subset_test=64, batch_size=32, warmup_epochs=2, epochs_per_round=2)
@@ -147,7 +147,7 @@ def _tiny_track():
     d = experiments.decompose(model, exclude=[head])
     trainable = freeze(d, lambda n, prm: n.endswith(".scale") or n.startswith(head + "."))
     opt = torch.optim.Adam(trainable, lr=0.05)
-    return experiments._ReferenceTrack(ctx, d, opt, None, 0, ctx.evaluate(d, correct=True))
+    return reference._ReferenceTrack(ctx, d, opt, None, 0, ctx.evaluate(d, correct=True))
 
 
 def test_a_reference_trained_past_an_epoch_reports_that_epoch(one_thread):

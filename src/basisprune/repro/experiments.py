@@ -16,11 +16,6 @@ last finished round and ends with the same numbers.
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import hashlib
-import json
-import math
 import os
 import time
 from pathlib import Path
@@ -28,40 +23,32 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from . import data, models, pai_cost, pai_transfer, profiles, pruning_at_init
-from ..channel import add_channel_scales, channel_scales, l1_penalty
+from ..channel import add_channel_scales, channel_scales
 from ..compact import compact, save_model
-from ..decompose import basis_layers, decompose
-from ..errors import ParameterError, WorkdirMismatchError
-from ..importance import ScaleMagnitude, TaylorImportance
-from ..measure import basis_savings, measure, output_positions
-from ..prune import PruningRule
-from ..pruner import Pruner
-from .checkpoints import load_checkpoint, restore_streams, save_checkpoint, stream_state
+from ..decompose import decompose
+from ..errors import ParameterError
+from .checkpoints import load_checkpoint, save_checkpoint
 from .devices import pick_device, seed_everything
-from .results import Timer, check_writable, clean_stale_temporaries, read_results, to_jsonable, write_json, write_results
-from .train import (
-    DivergenceError,
-    distillation_loss,
-    evaluate,
-    freeze,
-    make_scaler,
-    train_epoch,
+from .reference import _train
+from .results import Timer, check_writable, clean_stale_temporaries, write_results
+from .stages import _basis_stage, _channel_stage, _size, select_round, stops_after
+from .train import evaluate, freeze, make_scaler
+# stage_lock: re-exported for the callers that import it from here.
+from .workdir import (
+    FINGERPRINT_FILE,
+    STAGE_CHECKPOINTS,
+    _check_workdir,
+    _ck,
+    _open_workdir,
+    default_workdir,
+    fingerprint,
+    stage_lock,
 )
 
 __all__ = ["EXPERIMENTS", "FINGERPRINT_FILE", "LOADERS", "PAI_EXPERIMENTS", "STAGE_CHECKPOINTS", "Context", "context", "run",
            "resolve_params", "default_workdir", "fingerprint", "select_round", "stops_after"]
-
-
-#: The checkpoint files of each pruning experiment's stages in its workdir, in the order they are
-#: written (double pruning shares its channel stage with channel pruning).
-STAGE_CHECKPOINTS: dict[str, tuple[str, ...]] = {
-    "channel_pruning": ("channel.pt",),
-    "basis_pruning": ("basis.pt",),
-    "double_pruning": ("channel.pt", "double-basis.pt"),
-}
 
 
 # ------------------------------------------------------------------------------------ setup
@@ -121,426 +108,7 @@ class Context:
         return out
 
 
-def _train(ctx: Context, model: nn.Module, optimizer, epochs: int, *, bn_mode: str,
-           regularizer: Callable | None = None, callback: Callable | None = None, desc: str = "train",
-           teacher: nn.Module | None = None) -> None:
-    """``epochs`` epochs; with a ``teacher`` and ``distill`` > 0, on the distillation loss."""
-    extra = {}
-    if teacher is not None and ctx.p["distill"] > 0:
-        extra = {"teacher": teacher, "loss_fn": distillation_loss(ctx.p["distill"], ctx.p["distill_temperature"])}
-    for e in range(epochs):
-        train_epoch(model, ctx.loaders["train"], optimizer, device=ctx.device, bn_mode=bn_mode,
-                    regularizer=regularizer, callback=callback, desc=f"{desc} {e + 1}/{epochs}",
-                    amp=ctx.p["precision"], scaler=ctx.scaler, memory_format=ctx.p["memory_format"], **extra)
-
-
-def _snapshot_keys(model: nn.Module, bn_mode: str) -> list[str]:
-    """State that changes while scales and head train: trainable params, masks (BN stats in train mode)."""
-    keys = [n for n, p in model.named_parameters() if p.requires_grad]
-    for n, _ in model.named_buffers():
-        if n.endswith(".mask") or (bn_mode == "train" and ("running_" in n or "num_batches" in n)):
-            keys.append(n)
-    return keys
-
-
-def _snapshot(model: nn.Module, keys: list[str]) -> dict[str, torch.Tensor]:
-    state = model.state_dict()
-    return {k: state[k].detach().cpu().clone() for k in keys}
-
-
-# ----------------------------------------------------------------------------- pruning loop
-def _paired_drop(ref: torch.Tensor, new: torch.Tensor) -> tuple[float, float]:
-    """Accuracy drop ``ref - new`` measured on the same images, and its standard error.
-
-    Paired: only images on which the two models disagree carry information, so the error is
-    ``sqrt((b + c)/n - d^2) / sqrt(n)`` with ``b``, ``c`` the two kinds of disagreement and ``d``
-    the drop; far smaller than the error of either accuracy alone.
-    """
-    n = len(ref)
-    b, c = int((ref & ~new).sum()), int((~ref & new).sum())
-    d = (b - c) / n
-    return d, math.sqrt(max((b + c) / n - d * d, 0.0) / n)
-
-
-class _ReferenceTrack:
-    """The fair reference: the unpruned model trained on beside a pruning run, epoch for epoch.
-
-    It forks from a stage's round 0 (after the warm-up) with the optimizer, RNG and loader-generator
-    states of that moment, so it sees the same batches in the same order as the pruned run; only
-    the pruning differs. Accuracies (with per-image hits) are measured at the epochs the rounds ask
-    for, so a pruned round trained for ``e`` epochs in all is compared with the reference trained
-    for ``e`` epochs.
-    ``teacher`` is a frozen copy of the model at the fork, the unpruned model that distillation
-    (``distill`` > 0) learns from: the pruned run and the reference both train on that loss.
-    """
-
-    def __init__(self, ctx: Context, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 regularizer: Callable | None, epochs: int, row: dict[str, Any]):
-        self.ctx, self.regularizer = ctx, regularizer
-        self.model = copy.deepcopy(model)
-        self.keys = _snapshot_keys(self.model, ctx.p["bn_mode"])
-        self.teacher = None
-        if ctx.p["distill"] > 0:
-            self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
-        self.optimizer = type(optimizer)([q for q in self.model.parameters() if q.requires_grad], **optimizer.defaults)
-        # A copy: load_state_dict keeps the given tensors, and two optimizers sharing Adam's moments
-        # would update each other's.
-        self.optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
-        self.epochs = epochs
-        self.rows = {epochs: {k: v for k, v in row.items() if k.startswith(("accuracy_", "correct_"))}}
-        self.snapshots: dict[int, dict[str, torch.Tensor]] = {}
-        self.streams = stream_state(ctx.loaders, ctx.device)
-        self.seconds = 0.0
-
-    def at(self, epochs: int) -> dict[str, Any]:
-        """Accuracies of the reference trained for ``epochs`` epochs in all (trains it that far)."""
-        if epochs < min(self.rows):
-            raise ValueError(f"the reference starts at epoch {min(self.rows)}, asked for {epochs}")
-        ctx = self.ctx
-        if epochs in self.rows:
-            return self.rows[epochs]
-        if epochs < self.epochs:  # trained past it (double pruning's basis stage): evaluate its snapshot
-            tic = time.perf_counter()
-            past = copy.deepcopy(self.model)
-            sd = past.state_dict()
-            sd.update(self.snapshots[epochs])
-            past.load_state_dict(sd)
-            self.rows[epochs] = ctx.evaluate(past, correct=True)
-            self.seconds += time.perf_counter() - tic
-            return self.rows[epochs]
-        tic = time.perf_counter()
-        # Swap in the reference's random streams so the pruned run's own stay untouched.
-        run_streams = stream_state(ctx.loaders, ctx.device)
-        restore_streams(self.streams, ctx.loaders, ctx.device)
-        while self.epochs < epochs:
-            _train(ctx, self.model, self.optimizer, 1, bn_mode=ctx.p["bn_mode"], regularizer=self.regularizer,
-                   desc=f"reference epoch {self.epochs + 1}", teacher=self.teacher)
-            self.epochs += 1
-            # Evaluated only where a round asks; the epochs between are kept as snapshots (the
-            # trainable state, a few hundred kB) in case a later stage asks for one of them.
-            self.snapshots[self.epochs] = _snapshot(self.model, self.keys)
-        self.rows[epochs] = ctx.evaluate(self.model, correct=True)
-        self.streams = stream_state(ctx.loaders, ctx.device)
-        restore_streams(run_streams, ctx.loaders, ctx.device)
-        self.seconds += time.perf_counter() - tic
-        return self.rows[epochs]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"snapshot": _snapshot(self.model, self.keys), "optimizer": self.optimizer.state_dict(),
-                "epochs": self.epochs, "rows": self.rows, "snapshots": self.snapshots, **self.streams,
-                "seconds": self.seconds,
-                "teacher": None if self.teacher is None else _snapshot(self.teacher, self.keys)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict` (the model must have the reference's architecture)."""
-        sd = self.model.state_dict()
-        sd.update(state["snapshot"])
-        self.model.load_state_dict(sd)
-        if self.teacher is not None:
-            td = self.teacher.state_dict()
-            td.update(state["teacher"])
-            self.teacher.load_state_dict(td)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.epochs, self.rows, self.seconds = state["epochs"], state["rows"], state["seconds"]
-        self.snapshots = state["snapshots"]
-        self.streams = {"rng": state["rng"], "generators": state["generators"]}
-
-
-def _check_not_collapsed(ctx: Context, row: dict[str, Any], previous: dict[str, Any] | None, kind: str) -> None:
-    """Raise :class:`DivergenceError` when the warm-up ends at chance, or one round falls to chance
-    from far above it: that is a broken run (diverged training, overflowing precision), not a result.
-
-    A gradual slide to chance over several rounds is over-pruning: the stop rule and the selection
-    deal with it.
-    """
-    chance = 1.0 / ctx.num_classes
-    if row["accuracy_val"] > chance + 0.02:
-        return
-    if previous is None:
-        when = "after the warm-up"
-    elif previous["accuracy_val"] >= chance + 0.25:
-        when = f"after {kind} pruning round {row['round']} (from {previous['accuracy_val']:.3f} one round before)"
-    else:
-        return
-    raise DivergenceError(
-        f"{kind} stage: validation accuracy {row['accuracy_val']:.3f} is at chance ({chance:.3f}) {when}; "
-        f"the run diverged or collapsed (lr={ctx.p['lr']}, precision={ctx.p['precision']}); no result is written"
-    )
-
-
-class _Stage:
-    """One pruning stage: the model, its optimizer and :class:`~basisprune.Pruner`, the fair reference,
-    and the rounds recorded so far. Each method has one job (train, record a round, checkpoint,
-    resume, restore the selected round); :func:`_prune_stage` runs them in order."""
-
-    def __init__(self, ctx: Context, model: nn.Module, *, kind: str, rule: PruningRule, regularizer: Callable | None,
-                 checkpoint: Path | None, measure_fn: Callable[[nn.Module], dict[str, float]],
-                 reference: _ReferenceTrack | None, epoch_offset: int, warmup_epochs: int) -> None:
-        p = ctx.p
-        self.ctx, self.model, self.kind, self.regularizer, self.checkpoint = ctx, model, kind, regularizer, checkpoint
-        self.measure_fn, self.track, self.epoch_offset, self.warmup_epochs = measure_fn, reference, epoch_offset, warmup_epochs
-        head = ctx.head(model)
-        self.optimizer = torch.optim.Adam(
-            freeze(model, lambda n, prm: n.endswith(".scale") or n.startswith(head + ".")), lr=p["lr"])
-        # Channels: the paper ranks by |scale| after L1 training to convergence; with a few epochs the
-        # scales stay near 1 and |scale| barely ranks anything, so Taylor is the default (our choice).
-        self.taylor = kind == "basis" or p["channel_importance"] == "taylor"
-        self.pruner = Pruner(model, kind, rule, TaylorImportance() if self.taylor else ScaleMagnitude(),
-                             costs=_stage_costs(ctx, model, kind, rule))
-        self.keys = _snapshot_keys(model, p["bn_mode"])
-        # With shrink_bases, pruned bases leave the model after each round. Its state is then saved and
-        # snapshotted in the full model's coordinates (``index``: each unit's place there), so that
-        # selection and resume see one model; ``full`` keeps the frozen weights of the dropped bases.
-        self.shrinks = kind == "basis" and p["shrink_bases"]
-        self.total = {n: h.mask.numel() for n, h in self.pruner.holders.items()}
-        self.index = {n: torch.arange(t) for n, t in self.total.items()}
-        self.full = copy.deepcopy(model) if self.shrinks else None
-        # seconds: compute time of the stage so far, kept across resumes (a reload costs nothing).
-        self.round, self.history, self.snapshots, self.seconds = -1, [], [], 0.0
-
-    def train(self, epochs: int, desc: str, score: bool = True) -> None:
-        """``epochs`` epochs, the pruner gathering scores after every backward pass when ``score``."""
-        gather = (lambda *_: self.pruner.accumulate()) if score and self.taylor else None
-        _train(self.ctx, self.model, self.optimizer, epochs, bn_mode=self.ctx.p["bn_mode"], regularizer=self.regularizer,
-               callback=gather, desc=f"{self.kind} {desc}", teacher=self.track and self.track.teacher)
-
-    def evaluate(self, r: int) -> dict[str, Any]:
-        """Round ``r``'s row: accuracies, sizes, kept units, and drops against the fair reference at
-        as many epochs (forked here, at this stage's round 0, when the stage has none)."""
-        ctx, hs = self.ctx, self.pruner.holders
-        epochs = self.epoch_offset + self.warmup_epochs + r * ctx.p["epochs_per_round"]
-        row = {"round": r, "epochs": epochs, **ctx.evaluate(self.model, correct=True), **self.measure_fn(self.model),
-               "kept": {n: h.kept for n, h in hs.items()}, "total": dict(self.total)}
-        if self.track is None:
-            self.track = _ReferenceTrack(ctx, self.model, self.optimizer, self.regularizer, epochs, row)
-        ref = self.track.at(epochs)
-        row["reference_val"], row["reference_test"] = ref["accuracy_val"], ref["accuracy_test"]
-        row["accuracy_drop"], row["drop_se_test"] = _paired_drop(ref["correct_test"], row.pop("correct_test"))
-        row["drop_val"], row["drop_se_val"] = _paired_drop(ref["correct_val"], row.pop("correct_val"))
-        _check_not_collapsed(ctx, row, self.history[-1] if self.history else None, self.kind)
-        return row
-
-    def finish(self, r: int, since: float) -> dict[str, Any]:
-        """Record round ``r`` (trained since ``since``), keep its state for selection, checkpoint.
-        The reference's training is the protocol's cost, not the pipeline's: kept apart."""
-        ref_before = self.track.seconds if self.track is not None else 0.0
-        row = self.evaluate(r)
-        self.round = r
-        self.history.append(row)
-        self.snapshots.append(self.full_coordinates(_snapshot(self.model, self.keys)))
-        self.seconds += time.perf_counter() - since - (self.track.seconds - ref_before)
-        self.save()
-        return row
-
-    def prune(self) -> None:
-        """One round of the pruner; with ``shrink_bases``, the pruned bases then leave the model."""
-        self.pruner.step()
-        if self.shrinks:
-            self.index = {n: self.index[n][kept.cpu()] for n, kept in self.pruner.shrink(self.optimizer).items()}
-
-    def _full(self, name: str, units: torch.Tensor) -> torch.Tensor:
-        """Per-unit values of basis layer ``name`` in the full model's coordinates (dropped units 0)."""
-        full = units.new_zeros(self.total[name])
-        full[self.index[name].to(full.device)] = units
-        return full
-
-    def full_coordinates(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``state`` (entries named like the model's) with the basis layers' scales and masks in the full
-        model's coordinates; the identity unless the stage shrinks."""
-        if not self.shrinks:
-            return state
-        return {**state, **{f"{n}.{k}": self._full(n, state[f"{n}.{k}"]) for n in self.index for k in ("scale", "mask")}}
-
-    def _saved_state(self) -> tuple[dict, dict]:
-        """The model's and the optimizer's state, in full coordinates (Adam's moments of a scale alike)."""
-        if not self.shrinks:
-            return self.model.state_dict(), self.optimizer.state_dict()
-        opt = copy.deepcopy(self.optimizer.state_dict())
-        slot = {id(q): i for i, q in enumerate(self.optimizer.param_groups[0]["params"])}
-        for n, h in self.pruner.holders.items():
-            st = opt["state"].get(slot[id(h.scale)], {})
-            st.update({k: self._full(n, v) for k, v in st.items() if torch.is_tensor(v) and v.shape == h.scale.shape})
-        return self.full_coordinates(_snapshot(self.model, self.keys)), opt
-
-    def save(self) -> None:
-        if self.checkpoint is not None:
-            model_state, optimizer_state = self._saved_state()
-            save_checkpoint(self.checkpoint, model=model_state, optimizer=optimizer_state,
-                            pruner=self.pruner.state_dict(), **stream_state(self.ctx.loaders, self.ctx.device),
-                            reference=None if self.track is None else self.track.state_dict(), round=self.round,
-                            history=self.history, snapshots=self.snapshots, seconds=self.seconds)
-
-    def resume(self) -> None:
-        """Continue from the stage's checkpoint, if there is one."""
-        if self.checkpoint is None or not self.checkpoint.exists():
-            return
-        saved = load_checkpoint(self.checkpoint, weights_only=False)
-        sd = self.model.state_dict()
-        sd.update(saved["model"])  # everything, or (shrink_bases) what trains: the rest is as built
-        self.model.load_state_dict(sd)
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.pruner.load_state_dict(saved["pruner"])
-        restore_streams(saved, self.ctx.loaders, self.ctx.device)
-        self.round, self.history, self.snapshots, self.seconds = (saved[k] for k in ("round", "history", "snapshots", "seconds"))
-        if saved["reference"] is not None:
-            if self.track is None:  # forked in this stage: rebuild it on a copy of this stage's model
-                self.track = _ReferenceTrack(self.ctx, self.model, self.optimizer, self.regularizer, 0, {})
-            self.track.load_state_dict(saved["reference"])
-        if self.shrinks:  # drop the bases pruned so far, as the interrupted run had
-            self.index = {n: kept.cpu() for n, kept in self.pruner.shrink(self.optimizer).items()}
-
-    def restore(self, r: int) -> nn.Module:
-        """Round ``r``'s model: its trainable state and masks put back (into the full model when the
-        stage shrank it)."""
-        model = self.full if self.shrinks else self.model
-        sd = model.state_dict()
-        sd.update(self.snapshots[r])
-        model.load_state_dict(sd)
-        return model
-
-
-def _stage_costs(ctx: Context, model: nn.Module, kind: str, rule: PruningRule) -> Any:
-    """What the rule's ``normalize`` divides scores by: fold-aware savings, recomputed every round
-    as layers shrink (``saved``), or the weights one basis costs (basis stages), else nothing."""
-    if kind != "basis":
-        return None
-    hs = basis_layers(model)
-    if rule.normalize == "saved":
-        positions = output_positions(model, ctx.example, list(hs))
-        return lambda holders: basis_savings(holders, positions)
-    return _unit_costs(hs)
-
-
-def _prune_stage(ctx: Context, model: nn.Module, *, kind: str, rule: PruningRule, rounds: int, warmup_epochs: int,
-                 regularizer: Callable | None, checkpoint: Path | None, measure_fn: Callable[[nn.Module], dict[str, float]],
-                 reference: _ReferenceTrack | None = None, epoch_offset: int = 0) -> dict[str, Any]:
-    """Warm up, then prune ``rounds`` times; returns history, the selected round, and restores it.
-
-    Round r: the pruner prunes with the scores gathered during the previous training epochs, then
-    ``epochs_per_round`` epochs train (recovering and gathering the next scores), evaluate, measure.
-    Every round is judged against the fair reference trained for as many epochs (``reference``, or
-    one forked from this stage's round 0); ``epoch_offset`` is the training the model had before this
-    stage. The selected round is the most pruned one whose validation drop plus ``select_margin``
-    standard errors is within ``max_drop``.
-    """
-    p = ctx.p
-    st = _Stage(ctx, model, kind=kind, rule=rule, regularizer=regularizer, checkpoint=checkpoint, measure_fn=measure_fn,
-                reference=reference, epoch_offset=epoch_offset, warmup_epochs=warmup_epochs)
-    st.resume()
-    tic = time.perf_counter()
-    if st.round < 0:
-        # Scores come from the last warm-up epoch only: earlier gradients reflect a random head.
-        st.train(max(warmup_epochs - 1, 0), "warm-up", score=False)
-        st.pruner.reset()
-        st.train(1, "warm-up (scoring)")
-        st.finish(0, tic)
-    stop = stops_after(st.history[-1], p["stop_drop"])
-    bar = tqdm(range(st.round + 1, rounds + 1), desc=f"{kind} pruning", leave=False)
-    for r in bar:
-        if stop:
-            break
-        tic = time.perf_counter()
-        st.prune()
-        st.train(p["epochs_per_round"], f"round {r}")
-        row = st.finish(r, tic)
-        bar.set_postfix(acc=f"{row['accuracy_test']:.3f}", pruned=f"{row['param_pruning_ratio']:.3f}")
-        stop = stops_after(row, p["stop_drop"])
-
-    best, within = select_round(st.history, p["max_drop"], p["select_margin"])
-    return {"model": st.restore(best["round"]), "history": st.history, "final": dict(best), "rule": rule.as_dict(), "seconds": st.seconds,
-            "reference_seconds": st.track.seconds, "track": st.track, "within_budget": within}
-
-
-def select_round(history: list[dict[str, Any]], max_drop: float, margin: float) -> tuple[dict[str, Any], bool]:
-    """The selected round of a stage's ``history`` and whether any round kept the budget.
-
-    Selection on validation: the most pruned round whose drop against the fair reference is within
-    ``max_drop``. The drop is noisy (its paired SE is about half the usual one-point budget), so a
-    round counts only when it stays there with ``margin`` standard errors to spare. Without one,
-    round 0.
-    """
-    ok = [h for h in history if h["drop_val"] + margin * h["drop_se_val"] <= max_drop]
-    return max(ok or history[:1], key=lambda h: (h["param_pruning_ratio"], h["round"])), bool(ok)
-
-
-def stops_after(row: dict[str, Any], stop_drop: float) -> bool:
-    """Whether a stage stops pruning after the round recorded in ``row``: its validation drop
-    against the fair reference is over ``stop_drop``. One rule, which the calibration's replay
-    (:func:`basisprune.repro.calibration.replay_stop`) also calls."""
-    return row["drop_val"] > stop_drop
-
-
-@contextlib.contextmanager
-def stage_lock(checkpoint: Path | None):
-    """Hold ``<checkpoint>.lock`` while a stage runs: a second process that needs the same stage (two
-    notebooks executed side by side, two sweep cells) waits, then resumes from the finished
-    checkpoint instead of computing the stage again. No checkpoint, no lock; where ``fcntl`` is
-    missing (Windows) no lock either, and the two compute the same numbers."""
-    if checkpoint is None:
-        yield
-        return
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    with open(checkpoint.with_suffix(".lock"), "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for another process computing {checkpoint.name} in {checkpoint.parent}", flush=True)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _unit_costs(holders: dict[str, nn.Module]) -> dict[str, float]:
-    """Weights one basis costs in its layer (D + Cout per group), for ``normalize='cost'``."""
-    return {n: float(h.basis_matrix().shape[1] + h.coef.shape[0] // h.groups) for n, h in holders.items()}
-
-
-def _measure_fn(ctx: Context, reference: dict[str, float]) -> Callable[[nn.Module], dict[str, float]]:
-    def fn(model: nn.Module) -> dict[str, float]:
-        c = compact(model, ctx.example if channel_scales(model) else None)
-        m = measure(c, ctx.example, reference)
-        return {k: m[k] for k in ("params", "flops", "param_pruning_ratio", "flop_pruning_ratio")}
-    return fn
-
-
-def _size(ctx: Context, model: nn.Module) -> dict[str, float]:
-    return measure(model, ctx.example)
-
-
-def _channel_stage(ctx: Context, model: nn.Module, size: dict, ckpt: Path | None):
-    p = ctx.p
-    s = add_channel_scales(model, ctx.example, ignored=[ctx.head(model)])
-    rule = (PruningRule(fraction=None, threshold=p["channel_threshold"], layer_floor=p["layer_floor"])
-            if p["channel_threshold"] is not None
-            else PruningRule(fraction=p["channel_fraction"], layer_floor=p["layer_floor"]))
-    warm = p["channel_warmup_epochs"] if p["channel_warmup_epochs"] is not None else p["warmup_epochs"]
-    with stage_lock(ckpt):
-        out = _prune_stage(ctx, s, kind="channel", rule=rule, rounds=p["channel_rounds"], warmup_epochs=warm,
-                           regularizer=lambda m: p["channel_l1"] * l1_penalty(m), checkpoint=ckpt,
-                           measure_fn=_measure_fn(ctx, size))
-    return out["model"], out
-
-
-def _basis_stage(ctx: Context, model: nn.Module, size: dict, ckpt: Path | None,
-                 warmup_epochs: int | None = None, **track: Any):
-    p = ctx.p
-    d = decompose(model, exclude=[ctx.head(model)])
-    rule = PruningRule(scope=p["basis_scope"], fraction=p["basis_fraction"], normalize=p["basis_normalize"],
-                       layer_floor=p["layer_floor"])
-    warm = p["warmup_epochs"] if warmup_epochs is None else warmup_epochs
-    with stage_lock(ckpt):
-        out = _prune_stage(ctx, d, kind="basis", rule=rule, rounds=p["basis_rounds"], warmup_epochs=warm,
-                           regularizer=None, checkpoint=ckpt, measure_fn=_measure_fn(ctx, size), **track)
-    return out["model"], out
-
-
+# ------------------------------------------------------------------------------ experiments
 def _pruning_record(out: dict, size: dict) -> dict[str, Any]:
     """The record of a run; ``reference`` is the fair reference at the selected round's epochs."""
     first, best = out["history"][0], out["final"]
@@ -696,90 +264,10 @@ def resolve_params(experiment: str, profile: str = "default", **params: Any) -> 
     return profiles.validate(p)
 
 
-#: The file in a checkpoint directory naming the parameters and code its checkpoints belong to.
-FINGERPRINT_FILE = "fingerprint.json"
-
-
-def _code_hash() -> str:
-    """Hash of every Python file of the ``basisprune`` package, the library and this harness (names and
-    contents, in path order): any code change, a renamed or new module included, gives a new cache
-    key; no list of names to keep up to date."""
-    h = hashlib.sha256()
-    root = Path(__file__).resolve().parents[1]  # src/basisprune, not only src/basisprune/repro
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:12]
-
-
 def context(experiment: str, profile: str = "default", **params: Any) -> Context:
     """The :class:`Context` of one run of ``experiment`` (its data loaded, nothing trained or
     written): what :func:`run` hands the experiment; for tests and notebooks that call one step."""
     return Context(resolve_params(experiment, profile, **params), LOADERS.get(experiment))
-
-
-def fingerprint(p: dict[str, Any]) -> dict[str, Any]:
-    """What a run's numbers depend on: its parameters, a hash of the library code, and a digest
-    of both (``runs/<digest[:16]>`` is :func:`default_workdir`)."""
-    code = _code_hash()
-    digest = hashlib.sha256(json.dumps({"p": p, "code": code}, sort_keys=True, default=str).encode()).hexdigest()
-    return {"params": to_jsonable(p), "code": code, "digest": digest}
-
-
-def default_workdir(p: dict[str, Any]) -> Path:
-    """``runs/<hash of parameters and library code>`` under $BASISPRUNE_RUNS or ./runs.
-
-    Experiments with the same parameters share the directory, so double pruning reuses the channel
-    stage that channel pruning checkpointed (the stages are identical), and a rerun resumes.
-    """
-    return Path(os.environ.get("BASISPRUNE_RUNS", "runs")) / fingerprint(p)["digest"][:16]
-
-
-def _ck(workdir: Path | None, name: str) -> Path | None:
-    return None if workdir is None else workdir / name
-
-
-def _check_workdir(wd: Path, fp: dict[str, Any]) -> None:
-    """Refuse to resume from checkpoints that another run (other parameters or code) wrote."""
-    if not wd.is_dir():
-        return
-    path = wd / FINGERPRINT_FILE
-    if not path.exists():
-        stale = sorted(f.name for f in wd.glob("*.pt"))
-        if stale:
-            raise WorkdirMismatchError(
-                f"workdir {str(wd)!r} holds checkpoints ({', '.join(stale)}) but no {FINGERPRINT_FILE}, so "
-                "nothing says which run made them; use another workdir or delete it"
-            )
-        return
-    try:
-        saved = read_results(path)
-        old, code = dict(saved["params"]), saved["code"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise WorkdirMismatchError(
-            f"workdir {str(wd)!r}: its {FINGERPRINT_FILE} is unreadable ({type(e).__name__}: {e}), so nothing says "
-            "which run made its checkpoints; use another workdir or delete it"
-        ) from e
-    new = fp["params"]
-    differ = [k for k in sorted(set(old) | set(new)) if old.get(k, "<absent>") != new.get(k, "<absent>")]
-    if differ:
-        was = ", ".join(f"{k}={old.get(k, '<absent>')!r}" for k in differ)
-        now = ", ".join(f"{k}={new.get(k, '<absent>')!r}" for k in differ)
-        raise WorkdirMismatchError(
-            f"workdir {str(wd)!r} was made with {was}, this run has {now}; use another workdir or delete it"
-        )
-    if code != fp["code"]:
-        raise WorkdirMismatchError(
-            f"workdir {str(wd)!r} was made by other library code (code hash {code}, this run {fp['code']}); "
-            "its checkpoints may not match: use another workdir or delete it"
-        )
-
-
-def _open_workdir(wd: Path, fp: dict[str, Any]) -> None:
-    """Create the checkpoint directory, clear its stale temporaries, record the fingerprint."""
-    wd.mkdir(parents=True, exist_ok=True)
-    clean_stale_temporaries(wd)
-    if not (wd / FINGERPRINT_FILE).exists():
-        write_json(wd / FINGERPRINT_FILE, fp)
 
 
 def run(experiment: str, *, profile: str = "default", out: str | Path | None = None,
