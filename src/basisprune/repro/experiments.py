@@ -4,6 +4,8 @@
 * ``channel_pruning``: channel scaling with L1, iterative channel removal.
 * ``basis_pruning``: basis scaling, iterative Taylor-importance basis pruning.
 * ``double_pruning``: channel pruning, compaction, then basis pruning of what remains.
+* ``data_size``: every method of the training-set-size study on one subset and seed
+  (:mod:`basisprune.repro.data_size`).
 * ``pai_scratch``, ``pai_transfer``, ``pai_cost``: pruning at initialization (chapter 6,
   :mod:`basisprune.repro.pruning_at_init`, :mod:`~basisprune.repro.pai_transfer`,
   :mod:`~basisprune.repro.pai_cost`); their parameters are the profile's ``pai`` settings
@@ -24,7 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import data, models, pai_cost, pai_transfer, profiles, pruning_at_init
+from . import data, data_size as _data_size, models, pai_cost, pai_transfer, profiles, pruning_at_init
 from ..channel import add_channel_scales, channel_scales
 from ..compact import compact, save_model
 from ..decompose import decompose
@@ -221,6 +223,7 @@ EXPERIMENTS: dict[str, Callable[[Context, Path | None], dict[str, Any]]] = {
     "channel_pruning": channel_pruning,
     "basis_pruning": basis_pruning,
     "double_pruning": double_pruning,
+    "data_size": _data_size.data_size,
     "pai_scratch": pruning_at_init.scratch,
     "pai_transfer": pai_transfer.transfer,
     "pai_cost": pai_cost.cost,

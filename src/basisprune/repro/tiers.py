@@ -71,12 +71,16 @@ def tier_parser(doc: str | None, spec: Path, out: Path) -> argparse.ArgumentPars
 
 
 def run_tier(spec: str | Path | dict, out: str | Path, *, workers: int | None = None,
-             folder: str | Path | None = None, smoke: bool = False, log=print) -> dict[str, Any]:
+             folder: str | Path | None = None, smoke: bool = False, collect_only: bool = False,
+             log=print) -> dict[str, Any]:
     """Run every cell of ``spec`` (a sweep spec) and copy its results into ``out`` with ``tier.json``.
 
     ``smoke`` applies :data:`SMOKE_OVERRIDES` (the same code path on a CPU). A tier where any cell
     failed raises :class:`RuntimeError` naming the cells, after writing the ones that ran (so a
-    rerun only does what is missing): a tier is committed whole or not at all.
+    rerun only does what is missing): a tier is committed whole or not at all. ``collect_only``
+    runs nothing: it copies the cells the sweep folder holds and lists the others in
+    ``tier.json``'s ``missing`` (a tier still being computed, shown as such); its ``wall_seconds``
+    is None. ``core_seconds`` sums the copied runs' ``timings.total_seconds``.
     """
     import yaml
 
@@ -87,23 +91,32 @@ def run_tier(spec: str | Path | dict, out: str | Path, *, workers: int | None = 
     if folder is not None:
         raw["folder"] = str(folder)
     spec_obj = sweep.load(raw)
-    result = sweep.run(spec_obj, workers=workers, log=log)
+    if collect_only:
+        cells = sweep.expand(spec_obj)
+        status = {c.fingerprint: sweep.cell_status(spec_obj.folder.resolve(), c) for c in cells}
+        wall = None
+    else:
+        result = sweep.run(spec_obj, workers=workers, log=log)
+        cells, status, wall = result.cells, result.status, round(result.wall_seconds, 1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written, failed = [], []
-    for cell in result.cells:
+    written, failed, missing, core = [], [], [], 0.0
+    for cell in cells:
         src = sweep.cell_dir(spec_obj.folder.resolve(), cell) / "results.json"
-        if result.status[cell.fingerprint] != "done":
-            failed.append(cell.describe())
+        if status[cell.fingerprint] != "done":
+            (missing if status[cell.fingerprint] == "missing" and collect_only else failed).append(cell.describe())
             continue
         p = cell.params
         name = f"{cell.experiment}-{p['model']}-{p['dataset']}-{p['image_size']}px-seed{cell.seed}.json"
+        if "subset_train" in dict(cell.overrides):  # a grid over training sizes: one file per size
+            name = name.replace(f"-seed{cell.seed}", f"-train{p['subset_train']}-seed{cell.seed}")
         shutil.copyfile(src, out / name)
+        core += float(read_results(src)["timings"]["total_seconds"])
         written.append(name)
     prov = provenance({}, None)
     hw = prov["hardware"]
-    tier = {"spec": raw, "files": sorted(written), "cells": len(result.cells), "failed": failed,
-            "wall_seconds": round(result.wall_seconds, 1), "git": prov["git"], "versions": prov["versions"],
+    tier = {"spec": raw, "files": sorted(written), "cells": len(cells), "failed": failed, "missing": missing,
+            "wall_seconds": wall, "core_seconds": round(core, 1), "git": prov["git"], "versions": prov["versions"],
             "device": processor(hw), "cuda_driver": gpu_driver(),
             "cuda_version": hw["cuda_version"], "hardware": hw,
             "written_utc": _dt.datetime.now(_dt.timezone.utc).isoformat()}

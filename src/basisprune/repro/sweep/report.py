@@ -17,7 +17,8 @@ from .spec import SweepSpec, cell_dir, cell_status, expand, load
 __all__ = ["collect", "report", "summarize", "table"]
 
 _METRICS = ("final.accuracy_test", "final.accuracy_drop", "final.param_pruning_ratio", "final.flop_pruning_ratio",
-            "reference.accuracy_test", "baselines.*.accuracy_test", "timings.compute_seconds")
+            "reference.accuracy_test", "baselines.*.accuracy_test", "methods.*.accuracy_test",
+            "methods.*.flop_pruning_ratio", "timings.compute_seconds")
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, float]:
@@ -31,7 +32,7 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, float]:
 
 
 def _metrics(record: dict[str, Any]) -> dict[str, float]:
-    flat = _flatten({k: record.get(k) for k in ("final", "reference", "baselines", "timings")})
+    flat = _flatten({k: record.get(k) for k in ("final", "reference", "baselines", "methods", "timings")})
     return {k: v for pattern in _METRICS for k, v in flat.items() if fnmatch.fnmatchcase(k, pattern)}
 
 

@@ -1,0 +1,178 @@
+"""When does pruning without fine-tuning win? One cell of the training-set-size study (issue 25).
+
+The experiment ``data_size`` runs, on one class-balanced training subset (``subset_train``, a
+multiple of the number of classes) and one seed, every method the study compares, each at the FLOPs
+that double pruning selected for that cell (as in chapter 7):
+
+* ``double_pruning`` and ``channel_pruning``: the papers' methods (pretrained weights frozen; scales
+  and head trained); channel pruning is double pruning's first stage (one checkpoint serves both);
+* ``peer_finetune``: Torch-Pruning's magnitude channel pruning to double pruning's FLOPs, then every
+  weight trained (:func:`basisprune.repro.comparison.prune_to_flops`, Adam at ``full_lr``);
+* ``peer_scales_head``: the same pruned model with our trainable set (weights frozen, channel
+  scales and head trained at ``lr``);
+* ``full_finetune`` and ``head_only``: the unpruned transfer model, every weight or the head alone;
+* ``scales_head``: the unpruned model with channel scales and head trained, i.e. double pruning's
+  fair reference at its selected round (no extra training).
+
+Our choices where the papers and the issue are silent:
+
+* Every baseline and peer trains for double pruning's epoch budget (warm-up plus every round of both
+  stages, :func:`basisprune.repro.comparison.training_epochs`), so no method gets more passes.
+* An epoch is at least :data:`EPOCH_IMAGES` images: a smaller training set is drawn again (a fresh
+  permutation each pass) until the epoch holds that many, so a 100-image set is not trained with one
+  optimizer step per epoch. From :data:`EPOCH_IMAGES` images up an epoch is the set itself.
+* The validation split (round selection) is the profile's, carved from the rest of the training
+  split, whatever the training size: the study varies the data a model learns from, not how well a
+  selection is verified. A real small-data setting would have a small validation split too, which
+  makes our selection noisier; the peer and the baselines use none.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+from ..channel import add_channel_scales
+from ..errors import ParameterError
+from ..measure import count_flops, count_params
+from .checkpoints import load_checkpoint, save_checkpoint
+from .devices import seed_everything
+from .train import freeze
+
+if TYPE_CHECKING:  # annotations only: experiments imports this module
+    from .experiments import Context
+
+__all__ = ["EPOCH_IMAGES", "METHODS", "OURS", "data_size", "floored_loader"]
+
+#: The fewest images an epoch holds (a smaller training set is drawn again until it holds this many).
+EPOCH_IMAGES = 1000
+
+#: The methods of a cell, in the order the chapter shows them.
+METHODS = ("double_pruning", "channel_pruning", "peer_finetune", "peer_scales_head", "full_finetune",
+           "scales_head", "head_only")
+
+#: The methods that never train a pretrained weight (the papers').
+OURS = ("double_pruning", "channel_pruning")
+
+
+def floored_loader(loader: DataLoader, min_images: int, seed: int) -> DataLoader:
+    """``loader`` (a shuffled training loader) with epochs of at least ``min_images`` images: each
+    epoch is ``max(len(dataset), min_images)`` draws, whole permutations of the set back to back
+    (no image is drawn twice before every image was drawn once). A set of ``min_images`` or more
+    images keeps its loader as it is."""
+    ds = loader.dataset
+    if len(ds) >= min_images:
+        return loader
+    n = int(min_images)
+    g = torch.Generator().manual_seed(int(seed))
+    return DataLoader(ds, batch_size=loader.batch_size, sampler=RandomSampler(ds, num_samples=n, generator=g),
+                      drop_last=n % loader.batch_size == 1, num_workers=loader.num_workers)
+
+
+def _per_class(ctx: Context) -> int:
+    """Images per class of the training split; refuses a split that is not class-balanced."""
+    targets = torch.as_tensor(ctx.loaders["train"].dataset.targets)
+    counts = torch.bincount(targets, minlength=ctx.num_classes)
+    if int(counts.min()) != int(counts.max()):
+        raise ParameterError("subset_train", f"subset_train={len(targets)}: data_size needs a class-balanced "
+                             f"training split, a multiple of the {ctx.num_classes} classes of {ctx.p['dataset']} "
+                             f"(got {int(counts.min())} to {int(counts.max())} images per class)", len(targets))
+    return int(counts[0])
+
+
+def _summary(fin: dict[str, Any]) -> dict[str, Any]:
+    return {k: fin[k] for k in ("accuracy_test", "accuracy_val", "params", "flops", "param_pruning_ratio",
+                                "flop_pruning_ratio")}
+
+
+def _train_method(ctx: Context, name: str, model: torch.nn.Module, epochs: int, size: dict[str, float],
+                  ref: dict[str, float]) -> dict[str, Any]:
+    """Train a copy of ``model`` the way method ``name`` does for ``epochs`` epochs from the seed;
+    ``size``: the deployed model's params and FLOPs (channel scales fold into the conv before
+    them), ``ref``: the unpruned model's."""
+    from .reference import _train
+
+    p = ctx.p
+    seed_everything(p["seed"])
+    start = time.perf_counter()
+    model = copy.deepcopy(model).to(ctx.device)
+    head = ctx.head(model)
+    if name in ("peer_finetune", "full_finetune"):
+        trainable, bn_mode, lr = freeze(model, lambda n, prm: True), "train", p["full_lr"]
+    elif name == "peer_scales_head":
+        model = add_channel_scales(model, ctx.example, ignored=[head])
+        trainable = freeze(model, lambda n, prm: n.endswith(".scale") or n.startswith(head + "."))
+        bn_mode, lr = p["bn_mode"], p["lr"]
+    elif name == "head_only":
+        trainable, bn_mode, lr = freeze(model, lambda n, prm: n.startswith(head + ".")), p["bn_mode"], p["lr"]
+    else:
+        raise ValueError(f"unknown method {name!r}")
+    _train(ctx, model, torch.optim.Adam(trainable, lr=lr), epochs, bn_mode=bn_mode, desc=name)
+    seconds = time.perf_counter() - start
+    model.eval()
+    return {**ctx.evaluate(model), **size, "param_pruning_ratio": 1 - size["params"] / ref["params"],
+            "flop_pruning_ratio": 1 - size["flops"] / ref["flops"], "seconds": seconds, "epochs": epochs,
+            "trainable_params": sum(t.numel() for t in trainable), "bn_mode": bn_mode, "lr": lr}
+
+
+def _size(model: torch.nn.Module, example: torch.Tensor) -> dict[str, float]:
+    return {"params": count_params(model), "flops": count_flops(model, example)}
+
+
+def data_size(ctx: Context, workdir: Path | None) -> dict[str, Any]:
+    """Every method of the study on this cell's training subset (see the module's docstring)."""
+    from . import experiments
+    from .comparison import prune_to_flops, training_epochs
+
+    p = ctx.p
+    per_class = _per_class(ctx)
+    ctx.loaders["train"] = floored_loader(ctx.loaders["train"], EPOCH_IMAGES, p["seed"])
+    methods: dict[str, Any] = {}
+
+    ch = experiments.channel_pruning(ctx, workdir)
+    seed_everything(p["seed"])
+    dp = experiments.double_pruning(ctx, workdir)  # resumes its channel stage from channel pruning's
+    for name, rec in (("channel_pruning", ch), ("double_pruning", dp)):
+        methods[name] = {**_summary(rec["final"]), "seconds": rec["compute_seconds"],
+                         "reference_seconds": rec["reference_seconds"], "epochs": training_epochs({**rec, "params": p,
+                         "experiment": name})["total"]}
+    budget = methods["double_pruning"]["epochs"]
+    ref = dp["reference"]
+    methods["scales_head"] = {"accuracy_test": ref["accuracy_test"], "accuracy_val": ref["accuracy_val"],
+                              "params": ref["params"], "flops": ref["flops"], "param_pruning_ratio": 0.0,
+                              "flop_pruning_ratio": 0.0, "seconds": dp["reference_seconds"], "epochs": ref["epochs"]}
+    target = float(dp["final"]["flop_pruning_ratio"])
+    reference = ctx.fresh_model().cpu().eval()
+    example = ctx.example.cpu()
+    ref_size = _size(reference, example)
+    peer, prune_seconds, info = None, 0.0, {}
+    for name in ("peer_finetune", "peer_scales_head", "full_finetune", "head_only"):
+        ck = None if workdir is None else workdir / f"data_size-{name}.pt"
+        if ck is not None and ck.exists():
+            methods[name] = load_checkpoint(ck, weights_only=False)["result"]
+            continue
+        if name.startswith("peer") and peer is None:
+            seed_everything(p["seed"])
+            t0 = time.perf_counter()
+            peer, info = prune_to_flops(reference, example, target)
+            prune_seconds = time.perf_counter() - t0
+        model = peer if name.startswith("peer") else reference
+        out = _train_method(ctx, name, model, budget, _size(model, example), ref_size)
+        if name.startswith("peer"):
+            out.update(prune_seconds=prune_seconds, seconds=out["seconds"] + prune_seconds,
+                       channel_pruning_ratio=info.get("pruning_ratio"))
+        methods[name] = out
+        if ck is not None:
+            save_checkpoint(ck, result=out)
+    return {"train_per_class": per_class, "epoch_images": max(EPOCH_IMAGES, per_class * ctx.num_classes),
+            "budget_epochs": budget, "target_flop_pruning_ratio": target, "methods": methods,
+            "double_pruning": {k: dp[k] for k in ("history", "final", "final_stage", "stages", "reference")},
+            "channel_pruning": {k: ch[k] for k in ("history", "final", "reference")},
+            # The fair reference (scales_head) is the evaluation protocol's cost, counted apart.
+            "compute_seconds": sum(m["seconds"] for k, m in methods.items() if k != "scales_head"),
+            "reference_seconds": dp["reference_seconds"]}
