@@ -47,7 +47,8 @@ from .train import freeze
 if TYPE_CHECKING:  # annotations only: experiments imports this module
     from .experiments import Context
 
-__all__ = ["EPOCH_IMAGES", "METHODS", "OURS", "data_size", "floored_loader"]
+__all__ = ["EPOCH_IMAGES", "LABELS", "METHODS", "OURS", "code_status", "crossing", "data_size", "floored_loader",
+           "paired_gaps", "study_rows", "study_table"]
 
 #: The fewest images an epoch holds (a smaller training set is drawn again until it holds this many).
 EPOCH_IMAGES = 1000
@@ -58,6 +59,12 @@ METHODS = ("double_pruning", "channel_pruning", "peer_finetune", "peer_scales_he
 
 #: The methods that never train a pretrained weight (the papers').
 OURS = ("double_pruning", "channel_pruning")
+
+#: How the chapter names the methods.
+LABELS = {"double_pruning": "double pruning (ours, frozen)", "channel_pruning": "channel pruning (ours, frozen)",
+          "peer_finetune": "Torch-Pruning + full fine-tuning", "peer_scales_head": "Torch-Pruning + scales & head",
+          "full_finetune": "unpruned, full fine-tuning", "scales_head": "unpruned, scales & head",
+          "head_only": "unpruned, head only"}
 
 
 def floored_loader(loader: DataLoader, min_images: int, seed: int) -> DataLoader:
@@ -176,3 +183,87 @@ def data_size(ctx: Context, workdir: Path | None) -> dict[str, Any]:
             # The fair reference (scales_head) is the evaluation protocol's cost, counted apart.
             "compute_seconds": sum(m["seconds"] for k, m in methods.items() if k != "scales_head"),
             "reference_seconds": dp["reference_seconds"]}
+
+
+# ------------------------------------------------------------------------------------ the study's tables
+def study_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per cell and method of ``data_size`` records: images per class, seed, method, test
+    accuracy, FLOPs and parameters pruned, seconds and epochs (fractions and seconds as recorded)."""
+    rows = []
+    for r in records:
+        for name, m in r["methods"].items():
+            rows.append({"per_class": r["train_per_class"], "train_images": r["split_sizes"]["train"],
+                         "seed": r["params"]["seed"], "method": name, "accuracy": m["accuracy_test"],
+                         "flops_pruned": m["flop_pruning_ratio"], "params_pruned": m["param_pruning_ratio"],
+                         "seconds": m["seconds"], "epochs": m["epochs"], "test_images": r["split_sizes"]["test"]})
+    return rows
+
+
+def study_table(rows: list[dict[str, Any]]):
+    """Per images per class and method: seeds, test accuracy and FLOPs pruned, each a mean with its
+    95% interval over seeds (:func:`basisprune.repro.stats.interval`, fractions), and the median
+    seconds of compute a run spent."""
+    import pandas as pd
+
+    from .stats import interval
+
+    df = pd.DataFrame(rows)
+    out = []
+    for (k, name), g in df.groupby(["per_class", "method"], sort=True):
+        acc, acc_lo, acc_hi = interval(g["accuracy"])
+        fl, fl_lo, fl_hi = interval(g["flops_pruned"])
+        out.append({"per_class": int(k), "method": name, "seeds": int(g["seed"].nunique()), "accuracy": acc,
+                    "accuracy_low": acc_lo, "accuracy_high": acc_hi, "flops_pruned": fl, "flops_pruned_low": fl_lo,
+                    "flops_pruned_high": fl_hi, "seconds": float(g["seconds"].median()),
+                    "epochs": float(g["epochs"].median())})
+    t = pd.DataFrame(out)
+    t["order"] = t["method"].map({m: i for i, m in enumerate(METHODS)})
+    return t.sort_values(["per_class", "order"]).drop(columns="order").reset_index(drop=True)
+
+
+def paired_gaps(rows: list[dict[str, Any]], ours: str = "double_pruning", other: str = "peer_finetune"):
+    """Per images per class: ``ours`` minus ``other`` in test accuracy, paired by seed (the same
+    subset, split and head initialisation), mean and 95% interval over seeds, and the verdict:
+    ``"ours"`` when the whole interval is above zero, ``"other"`` when below, ``"tie"`` otherwise."""
+    import pandas as pd
+
+    from .stats import interval
+
+    df = pd.DataFrame(rows)
+    wide = df.pivot_table(index=["per_class", "seed"], columns="method", values="accuracy")
+    out = []
+    for k, g in wide.dropna(subset=[ours, other]).groupby(level="per_class"):
+        m, lo, hi = interval(g[ours] - g[other])
+        out.append({"per_class": int(k), "seeds": len(g), "gap": m, "gap_low": lo, "gap_high": hi,
+                    "winner": "ours" if lo > 0 else "other" if hi < 0 else "tie"})
+    return pd.DataFrame(out)
+
+
+def crossing(gaps) -> str:
+    """One sentence: below which training size ``ours`` wins (the largest size whose interval is
+    above zero, when every smaller size also wins), or that it never does on these sizes."""
+    wins = [int(k) for k, w in zip(gaps["per_class"], gaps["winner"]) if w == "ours"]
+    sizes = sorted(int(k) for k in gaps["per_class"])
+    if not wins:
+        losses = [int(k) for k, w in zip(gaps["per_class"], gaps["winner"]) if w == "other"]
+        return (f"pruning without fine-tuning wins at none of the sizes measured ({', '.join(map(str, sizes))} "
+                f"images per class); fine-tuning wins at {len(losses)} of them, the rest are ties at 95%")
+    below = [k for k in sizes if k <= max(wins)]
+    if all(k in wins for k in below):
+        return f"pruning without fine-tuning wins at {max(wins)} images per class and below (95% intervals above zero)"
+    return (f"pruning without fine-tuning wins at {', '.join(map(str, wins))} images per class, but not at every "
+            "smaller size: no single crossing point")
+
+
+def code_status(records: list[dict[str, Any]]) -> str:
+    """One sentence: whether the records were computed by today's harness code (their fingerprint's
+    code hash against :func:`basisprune.repro.workdir.fingerprint`'s)."""
+    from .workdir import fingerprint
+
+    today = fingerprint({})["code"]
+    hashes = sorted({r["fingerprint"]["code"] for r in records})
+    commits = sorted({str(r.get("provenance", {}).get("git", {}).get("commit", "?"))[:7] for r in records})
+    if hashes == [today]:
+        return f"computed by today's code (code hash {today[:12]})"
+    return (f"computed by other code than today's (code hash {', '.join(h[:12] for h in hashes)} at commit "
+            f"{', '.join(commits)}; today {today[:12]}): rerun the sweep to recompute them with this code")
