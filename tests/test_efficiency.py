@@ -143,19 +143,24 @@ def test_peer_with_nothing_to_prune_is_a_copy():
     assert bp.count_params(net) == bp.count_params(ref)
 
 
-def _record(experiment, hist_len, stages=None, **p):
-    params = {"epochs_per_round": 1, "warmup_epochs": 5, "channel_warmup_epochs": None, **p}
-    rec = {"experiment": experiment, "params": params, "history": [{}] * hist_len}
-    if stages:
-        rec["stages"] = {k: {"history": [{}] * n} for k, n in stages.items()}
-    return rec
+def _history(warmup, rounds, per_round, start=0):
+    """Rows of a stage: round k's model has trained start + warmup + k * per_round epochs."""
+    return [{"round": k, "epochs": start + warmup + k * per_round} for k in range(rounds)]
 
 
-def test_training_epochs_counts_warmup_and_rounds_run():
-    assert comparison.training_epochs(_record("basis_pruning", 21)) == {"channel": 0, "basis": 25, "total": 25}
-    dp = _record("double_pruning", 9, stages={"channel": 13, "basis": 9}, channel_warmup_epochs=2, epochs_per_round=2)
-    assert comparison.training_epochs(dp) == {"channel": 2 + 24, "basis": 5 + 16, "total": 47}
-    assert comparison.training_epochs(_record("channel_pruning", 3))["total"] == 7
+def test_training_epochs_counts_every_epoch_trained():
+    """A stage trained its warm-up plus epochs_per_round per round run (selected or not); double
+    pruning's basis stage starts from the channel stage's selected model, so only the epochs it
+    added count (its one scoring epoch, not the profile's warm-up)."""
+    p = {"epochs_per_round": 2, "warmup_epochs": 5}
+    basis = {"experiment": "basis_pruning", "params": p, "history": _history(5, 21, 2)}
+    assert comparison.training_epochs(basis) == {"channel": 0, "basis": 5 + 40, "total": 45}
+    channel = {"experiment": "channel_pruning", "params": p, "history": _history(3, 4, 2)}
+    assert comparison.training_epochs(channel)["total"] == 3 + 6
+    ch = {"history": _history(3, 13, 2), "final": {"epochs": 3 + 2 * 4}}  # round 4 selected
+    dp = {"experiment": "double_pruning", "params": p,
+          "stages": {"channel": ch, "basis": {"history": _history(1, 9, 2, start=11)}}}
+    assert comparison.training_epochs(dp) == {"channel": 3 + 24, "basis": 1 + 16, "total": 44}
 
 
 def _comparison(ours_s, reached_s, whole_s, acc_ours=0.9, acc_peer=0.9):

@@ -29,24 +29,29 @@ from .results import write_json
 __all__ = ["peer_comparison", "prune_to_flops", "timed_run", "training_epochs"]
 
 
+def _stage_epochs(history: Sequence[Mapping[str, Any]], epochs_per_round: int, start: int = 0) -> int:
+    """Epochs a stage trained: its warm-up (round 0's epochs, counted from ``start``) plus
+    ``epochs_per_round`` per round run after it, selected or not."""
+    return int(history[0]["epochs"]) - int(start) + (len(history) - 1) * epochs_per_round
+
+
 def training_epochs(record: Mapping[str, Any]) -> dict[str, int]:
     """Training epochs a pruning record used: warm-up plus ``epochs_per_round`` per round run.
 
-    For double pruning both stages count (the channel stage's warm-up is
-    ``channel_warmup_epochs`` when set). Returns ``{"channel": ..., "basis": ..., "total": ...}``.
+    For double pruning both stages count; its basis stage starts from the channel stage's selected
+    model, whose epochs its rows count on from, so its warm-up is what it added (the one scoring
+    epoch), not the profile's ``warmup_epochs``. Returns ``{"channel": ..., "basis": ..., "total": ...}``.
     """
-    p = record["params"]
-    epr = int(p["epochs_per_round"])
+    epr = int(record["params"]["epochs_per_round"])
     out = {"channel": 0, "basis": 0}
     if record.get("stages"):
-        ch_warm = p["channel_warmup_epochs"] if p.get("channel_warmup_epochs") is not None else p["warmup_epochs"]
-        out["channel"] = int(ch_warm) + (len(record["stages"]["channel"]["history"]) - 1) * epr
-        out["basis"] = int(p["warmup_epochs"]) + (len(record["stages"]["basis"]["history"]) - 1) * epr
+        ch, ba = record["stages"]["channel"], record["stages"]["basis"]
+        out["channel"] = _stage_epochs(ch["history"], epr)
+        out["basis"] = _stage_epochs(ba["history"], epr, start=ch["final"]["epochs"])
     elif record.get("experiment") == "channel_pruning":
-        ch_warm = p["channel_warmup_epochs"] if p.get("channel_warmup_epochs") is not None else p["warmup_epochs"]
-        out["channel"] = int(ch_warm) + (len(record["history"]) - 1) * epr
+        out["channel"] = _stage_epochs(record["history"], epr)
     else:
-        out["basis"] = int(p["warmup_epochs"]) + (len(record["history"]) - 1) * epr
+        out["basis"] = _stage_epochs(record["history"], epr)
     out["total"] = out["channel"] + out["basis"]
     return out
 

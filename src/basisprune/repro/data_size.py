@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # annotations only: experiments imports this module
     from .experiments import Context
 
 __all__ = ["EPOCH_IMAGES", "LABELS", "METHODS", "OURS", "code_status", "crossing", "data_size", "floored_loader",
-           "paired_gaps", "study_rows", "study_table"]
+           "paired_gaps", "study_rows", "study_table", "tier_status"]
 
 #: The fewest images an epoch holds (a smaller training set is drawn again until it holds this many).
 EPOCH_IMAGES = 1000
@@ -267,3 +267,15 @@ def code_status(records: list[dict[str, Any]]) -> str:
         return f"computed by today's code (code hash {today[:12]})"
     return (f"computed by other code than today's (code hash {', '.join(h[:12] for h in hashes)} at commit "
             f"{', '.join(commits)}; today {today[:12]}): rerun the sweep to recompute them with this code")
+
+
+def tier_status(tier: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    """One sentence: how much of the tier is computed, where, at which commit and at what cost."""
+    sizes = sorted({r["train_per_class"] for r in records})
+    commit = str(tier.get("git", {}).get("commit") or "unknown")[:10]
+    wall = "" if tier.get("wall_seconds") is None else f", {tier['wall_seconds'] / 60:.0f} minutes of wall time"
+    text = (f"{len(records)} of {tier['cells']} cells computed ({', '.join(map(str, sizes))} images per class) "
+            f"on {tier['device']} at commit {commit}, {tier['core_seconds'] / 3600:.1f} core-hours{wall}")
+    if tier.get("missing"):
+        text += f"; {len(tier['missing'])} cells are still to compute (tier.json lists them)"
+    return text

@@ -28,7 +28,7 @@ from .arguments import ArgumentParser
 from .results import provenance, read_results, write_json
 
 __all__ = ["TIER_FILE", "SMOKE_OVERRIDES", "gpu_driver", "processor", "run_tier", "load_tier", "tier_rows", "tier_table",
-           "PRECISION", "tier_intervals", "tier_check", "SEEDS_TIER", "seeds_tier_status"]
+           "PRECISION", "tier_intervals", "tier_check", "SEEDS_TIER", "DATA_SIZE_TIER", "seeds_tier_status"]
 
 TIER_FILE = "tier.json"
 
@@ -227,6 +227,9 @@ def tier_check(recomputed, rows: list[dict[str, Any]], columns=("change", "param
 
 #: Where the seeds tier (``sweeps/seeds.yaml``, ``benchmarks/seeds_tier.py``) is committed, in the project.
 SEEDS_TIER = Path("data") / "results" / "seeds"
+
+#: Where the data-size tier (``sweeps/data_size.yaml``, ``benchmarks/data_size_tier.py``) is committed.
+DATA_SIZE_TIER = Path("data") / "results" / "data_size"
 
 
 def seeds_tier_status(recomputed, directory: str | Path | None = None) -> tuple[str, Any]:
