@@ -106,6 +106,9 @@ def _train_method(ctx: Context, name: str, model: torch.nn.Module, epochs: int, 
 
     p = ctx.p
     seed_everything(p["seed"])
+    # Every method sees the same batches, in the same order, whatever ran before it in this process
+    # (a resumed cell skips the methods already checkpointed): the shuffling generator starts anew.
+    ctx.loaders["train"].sampler.generator.manual_seed(int(p["seed"]))
     start = time.perf_counter()
     model = copy.deepcopy(model).to(ctx.device)
     head = ctx.head(model)
