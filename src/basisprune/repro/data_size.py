@@ -87,8 +87,9 @@ def _per_class(ctx: Context) -> int:
     counts = torch.bincount(targets, minlength=ctx.num_classes)
     if int(counts.min()) != int(counts.max()):
         raise ParameterError("subset_train", f"subset_train={len(targets)}: data_size needs a class-balanced "
-                             f"training split, a multiple of the {ctx.num_classes} classes of {ctx.p['dataset']} "
-                             f"(got {int(counts.min())} to {int(counts.max())} images per class)", len(targets))
+                             f"training split, but drawn in proportion to the classes of {ctx.p['dataset']} it holds "
+                             f"{int(counts.min())} to {int(counts.max())} images per class; use a size that splits "
+                             "evenly, or a data set whose classes are equal (fashion_mnist)", len(targets))
     return int(counts[0])
 
 
