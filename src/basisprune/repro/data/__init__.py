@@ -34,6 +34,12 @@ assembled with one indexing operation (``__getitems__``), so a DataLoader epoch 
 of images takes well under a second with ``num_workers=0``.
 
 Command line: ``python -m basisprune.repro.data {list,download,info}``.
+
+This package re-exports the names above from its modules, one concern each: ``catalog`` (names,
+splits, class counts, sizes, folds, statistics), ``sources`` (reading and downloading the fixed
+data sets, their folds, the per-process cache), ``imagefolder`` (your own folders), ``splits``
+(the seeded stratified draws), ``dataset`` (the in-memory data set), ``loaders`` (:func:`load`,
+:func:`make_loaders` and the checks before them) and ``cli``.
 """
 
 from __future__ import annotations
