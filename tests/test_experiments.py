@@ -125,7 +125,7 @@ def test_cache_key_covers_every_module_of_the_package(tmp_path, monkeypatch):
 
 def test_cache_key_reads_every_module_of_the_installed_package(monkeypatch):
     """The code hash reads every Python file of the installed ``basisprune`` package, the modules
-    split out of the experiments (stages, reference, workdir) included."""
+    split out of the experiments (stages, reference, workdir) and of data included."""
     import basisprune
 
     read, read_bytes = [], Path.read_bytes
@@ -134,6 +134,7 @@ def test_cache_key_reads_every_module_of_the_installed_package(monkeypatch):
     pkg = Path(basisprune.__file__).resolve().parent
     assert set(read) == {f.resolve() for f in pkg.rglob("*.py")}
     assert {pkg / "repro" / f"{m}.py" for m in ("experiments", "stages", "reference", "workdir")} <= set(read)
+    assert {pkg / "repro" / "data" / f"{m}.py" for m in ("catalog", "sources", "imagefolder", "loaders", "cli")} <= set(read)
 
 
 def test_shrinking_bases_between_rounds_keeps_the_masked_runs_history(tmp_path):
