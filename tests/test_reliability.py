@@ -439,7 +439,7 @@ def atomic_write(path, write):
 
 results = importlib.import_module("basisprune.repro.results")
 real = results.atomic_write
-for name in ("basisprune.repro.results", "basisprune.repro.train", "basisprune.compact"):  # every importer
+for name in ("basisprune.repro.results", "basisprune.repro.checkpoints", "basisprune.repro.train", "basisprune.compact"):  # every importer
     importlib.import_module(name).atomic_write = atomic_write
 sys.exit(main(sys.argv[3:]))
 """
