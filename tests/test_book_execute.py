@@ -2,6 +2,7 @@
 
 import fcntl
 import json
+import os
 
 import pytest
 
@@ -31,6 +32,35 @@ def test_two_jobs_run_two_notebooks_at_the_same_time(tmp_path):
     rec = execute("smoke", tmp_path / "out", root=tmp_path, jobs=2, shared_runs=False)
     assert {k: v["status"] for k, v in rec["notebooks"].items()} == {"01_wait": "ok", "02_write": "ok"}
     assert rec["jobs"] == 2 and rec["wall_seconds"] > 0
+
+
+def test_kernels_get_the_book_environment_and_the_caller_gets_its_own_back(tmp_path, monkeypatch):
+    """The kernels see the inline plot backend, the results and runs folders and ``threads``;
+    TQDM_DISABLE only where the caller has none (a caller's value is kept); afterwards the caller's
+    environment is as before, variables it lacked absent again."""
+    (tmp_path / "notebooks").mkdir()
+    seen = tmp_path / "seen.json"
+    names = ["MPLBACKEND", "TQDM_DISABLE", "BASISPRUNE_RESULTS", "BASISPRUNE_RUNS", "OMP_NUM_THREADS",
+             "MKL_NUM_THREADS"]
+    _notebook(tmp_path / "notebooks" / "01_env.ipynb",
+              f"import json, os, pathlib\npathlib.Path({str(seen)!r}).write_text(json.dumps("
+              f"{{k: os.environ.get(k) for k in {names!r}}}))")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    for name in names[2:]:
+        monkeypatch.delenv(name, raising=False)
+    for tqdm in (None, "0"):
+        if tqdm is None:
+            monkeypatch.delenv("TQDM_DISABLE", raising=False)
+        else:
+            monkeypatch.setenv("TQDM_DISABLE", tqdm)
+        before = dict(os.environ)
+        execute("smoke", tmp_path / "out", root=tmp_path, threads=1, shared_runs=False)
+        assert dict(os.environ) == before
+        env = json.loads(seen.read_text())
+        assert env == {"MPLBACKEND": "module://matplotlib_inline.backend_inline", "TQDM_DISABLE": tqdm or "1",
+                       "BASISPRUNE_RESULTS": str(tmp_path / "out" / "results"),
+                       "BASISPRUNE_RUNS": str(tmp_path / "out" / "runs"), "OMP_NUM_THREADS": "1",
+                       "MKL_NUM_THREADS": "1"}
 
 
 @pytest.mark.parametrize("jobs", [0, -1, 1.5, True])

@@ -206,15 +206,34 @@ def test_never_slower():
     assert v["slower_median_at"] == [64] and v["clearly_slower_at"] == [64] and v["min_speedup"] < 1
 
 
-def test_cached_peer_history_prefix():
-    """A stored fine-tuning history answers shorter requests (and stop-at-target ones it reaches),
-    not longer ones."""
-    hist = [{"epoch": e, "accuracy_test": a} for e, a in enumerate([0.1, 0.5, 0.7, 0.8])]
-    assert [h["epoch"] for h in comparison._prefix(hist, 2, False, 0.9)] == [0, 1, 2]
-    assert [h["epoch"] for h in comparison._prefix(hist, 3, True, 0.6)] == [0, 1, 2]
-    assert comparison._covers(hist, 3, False, 0.9) and comparison._covers(hist, 2, True, 0.95)
-    assert comparison._covers(hist, 10, True, 0.6)
-    assert not comparison._covers(hist, 4, False, 0.9) and not comparison._covers(hist, 5, True, 0.95)
+def _our_run(workdir, accuracy_test):
+    """A stand-in for our run's record: what peer_comparison reads of it (nothing to prune, 3 epochs)."""
+    return {"experiment": "basis_pruning", "params": {"epochs_per_round": 1}, "history": [{"epochs": 3}],
+            "workdir": str(workdir), "reference": {"params": 100, "flops": 100},
+            "final": {"flop_pruning_ratio": 0.0, "accuracy_test": accuracy_test, "params": 100, "flops": 100,
+                      "param_pruning_ratio": 0.0}}
+
+
+def test_cached_peer_run_answers_the_requests_its_history_covers(tmp_path):
+    """Fine-tuning is seeded, so a cached peer run answers a shorter request, and a stop-at-target
+    request it reaches, with its first epochs; a longer request is computed anew, and its first
+    epochs are the cached run's."""
+    tiny = dict(subset_train=64, subset_test=32, batch_size=32)
+    ask = lambda acc, **kw: comparison.peer_comparison("smoke", experiment="basis_pruning",
+                                                       record=_our_run(tmp_path, acc), **tiny, **kw)["peer"]
+    strip = lambda hist: [{k: v for k, v in h.items() if not k.endswith("seconds")} for h in hist]
+    first = ask(2.0, epochs=2)  # an accuracy no run reaches
+    assert not first["cached"] and [h["epoch"] for h in first["history"]] == [0, 1, 2]
+    shorter = ask(2.0, epochs=1)
+    assert shorter["cached"] and shorter["history"] == first["history"][:2]
+    assert shorter["accuracy_test"] == first["history"][1]["accuracy_test"] and shorter["epochs_run"] == 1
+    best = max(h["accuracy_test"] for h in first["history"])
+    reached = next(h["epoch"] for h in first["history"] if h["accuracy_test"] >= best)
+    stopped = ask(best, epochs=10, stop_at_target=True)
+    assert stopped["cached"] and stopped["epochs_run"] == stopped["reached_epoch"] == reached
+    longer = ask(2.0, epochs=3)
+    assert not longer["cached"] and [h["epoch"] for h in longer["history"]] == [0, 1, 2, 3]
+    assert strip(longer["history"][:3]) == strip(first["history"])
 
 
 def test_speed_targets_logic():

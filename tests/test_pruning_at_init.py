@@ -217,3 +217,84 @@ def test_sweep_spec_cells_of_a_pai_experiment():
     cells = sweep.expand(spec)
     assert len(cells) == 4
     assert cells[0].params == experiments.resolve_params("pai_scratch", "smoke", lr=0.05, seed=0)
+
+
+def test_sweep_spec_sets_a_pai_experiments_own_settings():
+    """A sweep spec's params take the pai experiment's own settings (width, methods, ...): each cell
+    resolves to what a direct run with those settings resolves to; a list-valued setting takes a
+    list per cell, a single item meaning a list of one."""
+    from basisprune.repro import sweep
+
+    spec = sweep.load({"experiment": "pai_cost", "profile": "smoke", "seeds": [0],
+                       "params": {"width": [8, 16], "methods": ["snip", ["prospr", "random"]]}})
+    cells = sweep.expand(spec)
+    asked = [(w, m) for w in (8, 16) for m in (["snip"], ["prospr", "random"])]
+    assert [(c.params["width"], c.params["methods"]) for c in cells] == asked
+    for c, (w, m) in zip(cells, asked):
+        assert c.params == experiments.resolve_params("pai_cost", "smoke", width=w, methods=m, seed=0)
+    assert len({c.fingerprint for c in cells}) == 4
+
+
+@pytest.mark.parametrize("experiment, params, match", [
+    ("pai_cost", {"dataset": ["mnist"]}, r"params\.dataset: unknown parameter 'dataset' of pai_cost; allowed: batch, "
+                                         r"device, image_size, methods, model, .*width$"),
+    ("basis_pruning", {"width": [8]}, r"params\.width: unknown parameter 'width'; allowed: basis_fraction, "),
+    (["pai_scratch", "pai_transfer"], {"width": [8]}, r"unknown parameter 'width' of pai_transfer; allowed: "),
+    ("pai_scratch", {"width": [0]}, r"params\.width: width must be an integer >= 1, got 0"),
+    ("pai_scratch", {"methods": [["snip", "nope"]]}, r"params\.methods: methods\[1\] must be one of 'dense', "),
+    ("pai_transfer", {"fixed": [{"half": 0.5}]}, r"params\.fixed: fixed is a mapping of labels to values; a sweep "
+                                                 r"cannot vary it"),
+])
+def test_sweep_spec_refuses_a_setting_the_pai_experiment_lacks(tmp_path, monkeypatch, experiment, params, match):
+    """A name the experiment does not take, or a value its spec refuses: one line naming what is
+    allowed, before any job starts or the sweep folder is made."""
+    from basisprune.repro import sweep
+
+    def no_job(*args, **kwargs):
+        raise AssertionError("a job started before the spec was validated")
+
+    monkeypatch.setattr(sweep, "run_local", no_job)
+    spec = {"experiment": experiment, "profile": "smoke", "params": params, "folder": str(tmp_path / "sw")}
+    with pytest.raises(ValueError, match=match) as err:
+        sweep.run(spec)
+    assert "\n" not in str(err.value) and not (tmp_path / "sw").exists()
+
+
+def test_cli_takes_a_pai_experiments_own_settings(tmp_path, capsys):
+    """`basisprune run pai_cost --width ... --methods a,b` runs with those settings (a list option
+    is comma-separated) and records them in its results file."""
+    out = tmp_path / "cost.json"
+    args = ["run", "pai_cost", "--profile", "smoke", "--out", str(out), "--workdir", str(tmp_path / "wd"),
+            "--width", "2", "--batch", "2", "--steps", "1", "--image-size", "8", "--repeats", "1",
+            "--methods", "random,snip"]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    saved = read_results(out)
+    assert {k: saved["params"][k] for k in ("width", "batch", "steps", "image_size", "repeats", "methods")} == {
+        "width": 2, "batch": 2, "steps": 1, "image_size": 8, "repeats": 1, "methods": ["random", "snip"]}
+    assert [r["method"] for r in saved["methods"]] == ["random", "snip"]
+    assert all(r["width"] == 2 and r["batch"] == 2 for r in saved["methods"])
+
+
+@pytest.mark.parametrize("experiment, args, match", [
+    ("basis_pruning", ["--width", "8"], "argument --width: basis_pruning has no parameter width; its parameters: "
+                                        "--basis-fraction, "),
+    ("pai_cost", ["--dataset", "mnist"], "argument --dataset: pai_cost has no parameter dataset; its parameters: "
+                                         "--batch, --device, --image-size, --methods, "),
+    ("pai_cost", ["--width", "0"], "width must be an integer >= 1, got 0"),
+    ("pai_scratch", ["--methods", "snip,nope"], "methods[1] must be one of 'dense', "),
+    ("pai_transfer", ["--fixed", "half"], "argument --fixed: expected label=value pairs separated by commas"),
+])
+def test_cli_refuses_a_setting_the_experiment_lacks(tmp_path, monkeypatch, capsys, experiment, args, match):
+    """A setting the experiment does not take, or a value its spec refuses: exit status 2, one line
+    naming the option and what is allowed, before the experiment starts, nothing written."""
+
+    def no_work(*a, **kw):
+        raise AssertionError("the experiment started although an input was bad")
+
+    monkeypatch.setitem(experiments.EXPERIMENTS, experiment, no_work)
+    rc = cli.main(["run", experiment, "--profile", "smoke", "--out", str(tmp_path / "r.json"),
+                   "--workdir", str(tmp_path / "wd"), *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("basisprune: error: ") and err.count("\n") == 1, err
+    assert match in err
+    assert list(tmp_path.iterdir()) == []

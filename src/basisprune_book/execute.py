@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
+from unittest import mock
 
 from basisprune.repro.provenance import hardware
 from basisprune.errors import ParameterError
@@ -115,14 +116,10 @@ def execute(
     runs = out / "runs"
     if runs.exists() and not resume:
         shutil.rmtree(runs)
-    keys = ("MPLBACKEND", "TQDM_DISABLE", RESULTS_ENV, RUNS_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    env_backup = {k: os.environ.get(k) for k in keys}
-    os.environ["MPLBACKEND"] = _INLINE_BACKEND
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ[RESULTS_ENV] = str(out / "results")
-    os.environ[RUNS_ENV] = str(runs)
+    kernel_env = {"MPLBACKEND": _INLINE_BACKEND, "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1"),
+                  RESULTS_ENV: str(out / "results"), RUNS_ENV: str(runs)}
     if threads is not None:
-        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(int(threads))
+        kernel_env["OMP_NUM_THREADS"] = kernel_env["MKL_NUM_THREADS"] = str(int(threads))
 
     if not only:  # executed copies of notebooks that no longer exist must not reach the book
         wanted = {nb.name for nb in selected}
@@ -137,9 +134,9 @@ def execute(
     if not only:
         record["notebooks"] = {}
     failures: list[str] = []
-    kernel_threads = os.environ.get("OMP_NUM_THREADS")
-    t_all = time.perf_counter()
-    try:
+    with mock.patch.dict(os.environ, kernel_env):  # put back as it was afterwards, absent variables too
+        kernel_threads = os.environ.get("OMP_NUM_THREADS")
+        t_all = time.perf_counter()
         # Side by side: PARALLEL_FIRST first, then the longest (by the last recorded wall times).
         # Experiments that two notebooks share are computed once: the second waits on the stage's
         # lock, then reads its checkpoint.
@@ -171,12 +168,6 @@ def execute(
                 _collect(done, pending, record, failures, profile)
                 for f in done:
                     pending.pop(f)
-    finally:
-        for k, v in env_backup.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     total = time.perf_counter() - t_all
     record.update(
         jobs=jobs,

@@ -18,15 +18,23 @@ from typing import Any, Sequence
 from .. import errors
 from . import profiles
 from .arguments import ArgumentParser
-from .experiments import EXPERIMENTS, resolve_params, run
+from .experiments import EXPERIMENTS, PAI_EXPERIMENTS, parameter_specs, resolve_params, run
 
 __all__ = ["main"]
 
 
 def _parse_value(text: str, spec: profiles.Spec) -> Any:
-    """Parse a parameter value in its kind (bool/int/float/str); "none" for parameters that allow None."""
+    """Parse a parameter value in its kind (bool/int/float/str); "none" for parameters that allow None;
+    a list as comma-separated items, a mapping as comma-separated ``label=value`` pairs."""
     if spec.optional and text.lower() in ("none", "null"):
         return None
+    if spec.kind == "list":
+        return [_parse_value(t.strip(), spec.item) for t in text.split(",") if t.strip()]
+    if spec.kind == "mapping":
+        pairs = [t.partition("=") for t in text.split(",") if t.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise argparse.ArgumentTypeError(f"expected label=value pairs separated by commas, got {text!r}")
+        return {k.strip(): _parse_value(v.strip(), spec.item) for k, _, v in pairs}
     if spec.kind == "bool":
         if text.lower() in ("1", "true", "yes"):
             return True
@@ -42,8 +50,47 @@ def _parse_value(text: str, spec: profiles.Spec) -> Any:
     return text
 
 
+def _pai_options() -> dict[str, list[str]]:
+    """The settings of the pruning-at-initialization experiments that are no experiment parameter:
+    name -> the experiments that take it."""
+    out: dict[str, list[str]] = {}
+    for experiment in sorted(PAI_EXPERIMENTS):
+        for name in parameter_specs(experiment):
+            if name not in profiles.PARAMETERS:
+                out.setdefault(name, []).append(experiment)
+    return dict(sorted(out.items()))
+
+
+def _describe_pai() -> str:
+    """One line per pruning-at-initialization experiment: the settings it takes instead."""
+    return "\n".join(f"{e} takes instead: " + ", ".join("--" + n.replace("_", "-") for n in sorted(parameter_specs(e)))
+                     for e in sorted(PAI_EXPERIMENTS))
+
+
+def _run_params(ap: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The parameters given on the command line, parsed by the experiment's own specs
+    (:func:`basisprune.repro.experiments.parameter_specs`); a name the experiment does not take is a
+    usage error naming those it does."""
+    specs = parameter_specs(args.experiment)
+    params = {}
+    for name in [*profiles.PARAMETERS, *_pai_options()]:
+        text = getattr(args, name, None)
+        if text is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if name not in specs:
+            ap.error(f"argument {flag}: {args.experiment} has no parameter {name}; its parameters: "
+                     + ", ".join("--" + n.replace("_", "-") for n in sorted(specs)))
+        try:
+            params[name] = _parse_value(text, specs[name])
+        except argparse.ArgumentTypeError as exc:
+            ap.error(f"argument {flag}: {exc}")
+    return params
+
+
 def _parser() -> argparse.ArgumentParser:
-    epilog = "experiments: " + ", ".join(sorted(EXPERIMENTS)) + "\n\nparameters (default profile):\n" + profiles.describe()
+    epilog = ("experiments: " + ", ".join(sorted(EXPERIMENTS)) + "\n\nparameters (default profile):\n"
+              + profiles.describe() + "\n\n" + _describe_pai())
     ap = ArgumentParser(
         prog="basisprune", description="Basis scaling / channel scaling / double pruning experiments.",
         epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -58,10 +105,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", default="default", choices=sorted(profiles.PROFILES))
     r.add_argument("--out", type=Path, default=None, help="results JSON (default: results/<experiment>-<model>-<dataset>-s<seed>.json)")
     r.add_argument("--workdir", type=Path, default=None, help="checkpoint directory (resume after a kill)")
+    # Parsed once the experiment is known (_run_params): a pai setting may differ from the parameter of its name.
     for name, (default, help_) in profiles.PARAMETERS.items():
         r.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="VALUE",
-                       type=lambda t, s=profiles.SPECS[name]: _parse_value(t, s),
                        help=f"{help_}: {profiles.SPECS[name].describe()} (default {default!r})")
+    for name, takers in _pai_options().items():
+        spec = parameter_specs(takers[0])[name]
+        r.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="VALUE",
+                       help=f"setting of {', '.join(takers)} (the profile's pai section): {spec.describe()}"
+                            + (" (comma-separated)" if spec.kind in ("list", "mapping") else ""))
     sub.add_parser("list", help="list experiments, profiles and parameters")
     sw = sub.add_parser("sweep", help="run every missing cell of a grid spec (YAML); see basisprune.repro.sweep",
                         description="Run every missing cell of a grid spec. Also: `basisprune sweep report SPEC` "
@@ -99,17 +151,22 @@ def _sweep_subcommands(argv: list[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0, or 2 after an error reported in one line)."""
     try:
-        args = _parser().parse_args(_sweep_subcommands(list(sys.argv[1:] if argv is None else argv)))
+        ap = _parser()
+        args = ap.parse_args(_sweep_subcommands(list(sys.argv[1:] if argv is None else argv)))
     except SystemExit as exc:  # usage errors (one line, status 2) and --help (status 0)
         return exc.code if isinstance(exc.code, int) else errors.EXIT_ERROR
     if args.command == "list":
         print("experiments:", ", ".join(sorted(EXPERIMENTS)))
         print("profiles:", ", ".join(sorted(profiles.PROFILES)))
         print(profiles.describe())
+        print(_describe_pai())
         return 0
     if args.command in ("sweep", "sweep-report", "sweep-clean"):
         return _sweep_command(args)
-    params = {k: getattr(args, k) for k in profiles.PARAMETERS if getattr(args, k) is not None}
+    try:
+        params = _run_params(ap, args)
+    except SystemExit as exc:  # a usage error, in one line
+        return exc.code if isinstance(exc.code, int) else errors.EXIT_ERROR
     try:
         out = args.out
         if out is None:

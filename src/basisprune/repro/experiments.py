@@ -49,8 +49,8 @@ from .workdir import (
     stage_lock,
 )
 
-__all__ = ["EXPERIMENTS", "FINGERPRINT_FILE", "LOADERS", "PAI_EXPERIMENTS", "STAGE_CHECKPOINTS", "Context", "context", "run",
-           "resolve_params", "default_workdir", "fingerprint", "select_round", "stops_after"]
+__all__ = ["EXPERIMENTS", "FINGERPRINT_FILE", "LOADERS", "PAI_EXPERIMENTS", "STAGE_CHECKPOINTS", "Context", "context",
+           "parameter_specs", "run", "resolve_params", "default_workdir", "fingerprint", "select_round", "stops_after"]
 
 
 # ------------------------------------------------------------------------------------ setup
@@ -242,6 +242,23 @@ LOADERS: dict[str, Callable[[dict[str, Any]], tuple[dict, int]]] = {
 
 
 # ------------------------------------------------------------------------------ entry point
+def _check_experiment(experiment: Any) -> str:
+    if not isinstance(experiment, str) or experiment not in EXPERIMENTS:
+        raise ParameterError("experiment", f"experiment must be one of {sorted(EXPERIMENTS)} (known experiments), "
+                             f"got {experiment!r}", experiment)
+    return experiment
+
+
+def parameter_specs(experiment: str) -> dict[str, profiles.Spec]:
+    """The parameters :func:`resolve_params` takes for ``experiment``, each with what it accepts:
+    :data:`basisprune.repro.profiles.SPECS`, or for the pruning-at-initialization experiments their
+    ``pai`` part's settings (:func:`basisprune.repro.profiles.pai_specs`). The CLI and sweep specs
+    offer and parse these names."""
+    if _check_experiment(experiment) in PAI_EXPERIMENTS:
+        return profiles.pai_specs(PAI_EXPERIMENTS[experiment])
+    return dict(profiles.SPECS)
+
+
 def resolve_params(experiment: str, profile: str = "default", **params: Any) -> dict[str, Any]:
     """The profile's parameters with ``params`` applied, validated before any work starts.
 
@@ -250,9 +267,7 @@ def resolve_params(experiment: str, profile: str = "default", **params: Any) -> 
     Raises :class:`~basisprune.errors.ParameterError` (a ValueError) naming the parameter and
     what it allows (see :func:`basisprune.repro.profiles.validate`); nothing is loaded or written.
     """
-    if not isinstance(experiment, str) or experiment not in EXPERIMENTS:
-        raise ParameterError("experiment", f"experiment must be one of {sorted(EXPERIMENTS)} (known experiments), "
-                             f"got {experiment!r}", experiment)
+    _check_experiment(experiment)
     profiles.check_profile(profile)
     if experiment in PAI_EXPERIMENTS:
         return profiles.pai_params(PAI_EXPERIMENTS[experiment], profile, **params)

@@ -23,7 +23,7 @@ from ..errors import ParameterError
 from ..pai import METHODS as PAI_METHODS
 
 __all__ = ["PAI", "PAI_LOOPS", "PARAMETERS", "PROFILES", "SECTIONS", "SPECS", "Spec", "check_profile", "get", "describe",
-           "pai_params", "pai_settings", "section", "validate"]
+           "pai_params", "pai_settings", "pai_specs", "section", "validate"]
 
 # name -> (default, help). The defaults are the `default` profile's values.
 PARAMETERS: dict[str, tuple[Any, str]] = {
@@ -507,6 +507,14 @@ def section(profile: str, name: str) -> dict[str, Any]:
         return own
     return {part: {k: copy.deepcopy(v) for k, (v, _) in specs.items()} | own.get(part, {})
             for part, specs in PAI.items()}
+
+
+def pai_specs(part: str) -> dict[str, Spec]:
+    """What each parameter of one run of a ``pai`` part accepts: its settings but what notebooks
+    loop over (:data:`PAI_LOOPS`), and ``seed`` (the names :func:`pai_params` takes)."""
+    if part not in PAI:
+        raise ParameterError("part", f"part must be one of {', '.join(PAI)}, got {part!r}", part)
+    return {k: spec for k, (_, spec) in PAI[part].items() if k not in PAI_LOOPS} | {"seed": SPECS["seed"]}
 
 
 def pai_settings(part: str, profile: str = "default", **overrides: Any) -> dict[str, Any]:

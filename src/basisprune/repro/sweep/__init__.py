@@ -7,7 +7,9 @@ A spec names an experiment (or several), a profile, lists of parameter values an
     profile: smoke
     params:                            # the cross product of these lists (a scalar is one value);
       basis_fraction: [0.2, 0.3]       # a list of such mappings is the union of their grids;
-                                       # a grid's own ``seeds`` list replaces the top-level one
+                                       # a grid's own ``seeds`` list replaces the top-level one;
+                                       # pai_* experiments take their pai settings (width: [8, 16];
+                                       # a list setting: methods: [snip, [prospr, random]], 2 cells)
     seeds: [0, 1]                      # default: the profile's seeds
     backend: local                     # local | slurm | submitit-local
     local: {workers: 2}

@@ -11,10 +11,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from .progress import Progress, SweepInterrupted
 from .spec import Cell, cell_dir
@@ -44,21 +45,6 @@ def _worker_init(parent: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
 
 
-@contextlib.contextmanager
-def _child_env(**values: str) -> Iterator[None]:
-    """Variables the spawned workers inherit: TQDM_DISABLE keeps their bars off the terminal."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def run_local(cells: Sequence[Cell], folder: Path, workers: int, task: Callable[[Cell, str], dict],
               progress: Progress) -> dict[str, dict[str, Any]]:
     """A spawn process pool; a worker that dies (OOM kill, crash) fails its own cell only.
@@ -77,7 +63,7 @@ def run_local(cells: Sequence[Cell], folder: Path, workers: int, task: Callable[
         pool = cf.ProcessPoolExecutor(1 if solo else min(workers, len(pending)), mp_context=ctx,
                                       initializer=_worker_init, initargs=(os.getpid(),))
         try:
-            with _child_env(TQDM_DISABLE="1"):
+            with mock.patch.dict(os.environ, TQDM_DISABLE="1"):  # the spawned workers' bars stay off the terminal
                 futures = {pool.submit(task, c, str(folder)): c for c in pending}
             for fut in cf.as_completed(futures):
                 c = futures[fut]

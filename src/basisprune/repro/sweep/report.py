@@ -40,6 +40,10 @@ def _grid_names(spec: SweepSpec) -> list[str]:
     return list(dict.fromkeys(n for g in spec.grids for n in g))
 
 
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value  # a pai run's methods: a group key
+
+
 def collect(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec) -> pd.DataFrame:
     """One row per cell: fingerprint, experiment, grid parameters, seed, status, error, metrics."""
     spec = spec if isinstance(spec, SweepSpec) else load(spec)
@@ -48,7 +52,7 @@ def collect(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec) -> pd.DataF
     for c in expand(spec):
         d = cell_dir(folder, c)
         row: dict[str, Any] = {"cell": c.name, "fingerprint": c.fingerprint, "experiment": c.experiment,
-                               **{n: c.params[n] for n in _grid_names(spec)}, "seed": c.seed,
+                               **{n: _hashable(c.params[n]) for n in _grid_names(spec)}, "seed": c.seed,
                                "status": cell_status(folder, c), "error": None}
         if row["status"] == "done":
             row.update(_metrics(read_results(d / "results.json")))

@@ -92,21 +92,33 @@ def _fail(source: str, where: str, what: str) -> ValueError:
     return ValueError(f"{source}: {where}: {what}")
 
 
-def _coerce(source: str, where: str, name: str, value: Any) -> Any:
-    """``value`` checked by parameter ``name``'s spec (:data:`basisprune.repro.profiles.SPECS`); YAML 1.1
-    reads ``1e-3`` as a string, so a string is parsed where a number is expected."""
-    if isinstance(value, (list, dict)):
-        raise _fail(source, where, f"expected a single value inside the list, got {value!r}")
-    spec = profiles.SPECS[name]
+def _number(spec: profiles.Spec, value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` as a string: a string is parsed where a number is expected."""
     if spec.kind == "float" and isinstance(value, str):
         try:
-            value = float(value)
+            return float(value)
         except ValueError:
             pass
+    return value
+
+
+def _coerce(source: str, where: str, name: str, value: Any, spec: profiles.Spec) -> Any:
+    """One value of a grid checked by its parameter's ``spec``. A list-valued setting (a pai
+    experiment's ``methods``, ``sparsities``, ...) takes a list per cell, a single item meaning a
+    list of one; it is kept as a tuple, so that a cell stays hashable."""
+    if spec.kind == "list":
+        items = value if isinstance(value, (list, tuple)) else [value]
+        value = [_number(spec.item, v) for v in items]
+    elif spec.kind == "mapping":
+        raise _fail(source, where, f"{name} is a mapping of labels to values; a sweep cannot vary it (set it in the "
+                    "profile's pai section)")
+    elif isinstance(value, (list, dict)):
+        raise _fail(source, where, f"expected a single value inside the list, got {value!r}")
     try:
-        return spec.check(name, value)
+        value = spec.check(name, _number(spec, value))
     except ValueError as e:
         raise _fail(source, where, str(e)) from None
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _values(source: str, where: str, raw: Any, coerce: Callable[[Any], Any]) -> tuple[Any, ...]:
@@ -123,9 +135,11 @@ def _values(source: str, where: str, raw: Any, coerce: Callable[[Any], Any]) -> 
     return tuple(out)
 
 
-def _grid(source: str, where: str, raw: Any,
-          seed: Callable[[Any], int]) -> tuple[dict[str, tuple[Any, ...]], tuple[int, ...] | None]:
-    """A grid's parameter value lists, and its own seeds (None when it has no ``seeds`` key)."""
+def _grid(source: str, where: str, raw: Any, seed: Callable[[Any], int],
+          specs: Mapping[str, Mapping[str, profiles.Spec]]) -> tuple[dict[str, tuple[Any, ...]], tuple[int, ...] | None]:
+    """A grid's parameter value lists, and its own seeds (None when it has no ``seeds`` key).
+    ``specs``: per experiment of the spec, its parameters (:func:`experiments.parameter_specs`);
+    every experiment must take each of the grid's parameters."""
     if not isinstance(raw, dict):
         raise _fail(source, where, f"expected a mapping of parameter name to a list of values, got {raw!r}")
     grid = {}
@@ -134,11 +148,14 @@ def _grid(source: str, where: str, raw: Any,
     for name, vals in raw.items():
         if name == "seed":
             raise _fail(source, f"{where}.seed", "give seeds as the top-level 'seeds' list (or a grid's 'seeds')")
-        if name not in profiles.PARAMETERS:
-            raise _fail(source, f"{where}.{name}",
-                        f"unknown parameter {name!r}; allowed: {', '.join(sorted(profiles.PARAMETERS))}")
-        grid[name] = _values(source, f"{where}.{name}", vals,
-                             lambda v, n=name: _coerce(source, f"{where}.{n}", n, v))
+        for exp, own in specs.items():
+            if name not in own:
+                of = f" of {exp}" if len(specs) > 1 or exp in experiments.PAI_EXPERIMENTS else ""
+                raise _fail(source, f"{where}.{name}",
+                            f"unknown parameter {name!r}{of}; allowed: {', '.join(sorted(own))}")
+        for own in specs.values():  # each experiment's own check; the values of the last one are kept
+            grid[name] = _values(source, f"{where}.{name}", vals,
+                                 lambda v, n=name, sp=own[name]: _coerce(source, f"{where}.{n}", n, v, sp))
     return grid, seeds
 
 
@@ -230,8 +247,9 @@ def load(spec: str | os.PathLike | Mapping[str, Any], **overrides: Any) -> Sweep
             raise _fail(source, "seeds", f"expected non-negative integers, got {v!r}")
         return v
 
-    parsed = tuple(_grid(source, f"params[{i}]", g, seed) for i, g in enumerate(params)) \
-        if isinstance(params, list) else (_grid(source, "params", params, seed),)
+    specs = {e: experiments.parameter_specs(e) for e in exps}
+    parsed = tuple(_grid(source, f"params[{i}]", g, seed, specs) for i, g in enumerate(params)) \
+        if isinstance(params, list) else (_grid(source, "params", params, seed, specs),)
     grids, grid_seeds = tuple(g for g, _ in parsed), tuple(s for _, s in parsed)
 
     seeds = _values(source, "seeds", raw["seeds"], seed) if "seeds" in raw \
@@ -281,7 +299,7 @@ class Cell:
         return f"{self.experiment}-{dataset}-seed{self.seed}-{self.fingerprint[:8]}"
 
     def describe(self) -> str:
-        kv = " ".join(f"{k}={v}" for k, v in self.overrides)
+        kv = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in self.overrides)
         return f"{self.experiment} {kv + ' ' if kv else ''}seed={self.seed}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -308,8 +326,10 @@ def expand(spec: SweepSpec) -> list[Cell]:
             if fp in cells:
                 continue
             check = dict(overrides, seed=seed)
-            if remote:
-                device = check.get("device", profiles.get(spec.profile)["device"])
+            if remote and "device" in experiments.parameter_specs(experiment):  # pai_transfer has none of its own
+                part = experiments.PAI_EXPERIMENTS.get(experiment)
+                defaults = profiles.section(spec.profile, "pai")[part] if part else profiles.get(spec.profile)
+                device = check.get("device", defaults["device"])
                 if not (isinstance(device, str) and _DEVICE.match(device)):
                     raise ValueError(f"{spec.source}: params.device: unknown device {device!r}; allowed: auto, cpu, "
                                      "cuda, cuda:N, mps")
@@ -319,7 +339,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
             except (ValueError, TypeError) as exc:
                 where = " ".join(f"{k}={v!r}" for k, v in overrides) or "(no overrides)"
                 raise ValueError(f"{spec.source}: cell {experiment} {where}: {exc}") from None
-            if remote:
+            if remote and "device" in check:
                 resolved["device"] = device
             _check_subsets(spec.source, experiment, overrides, resolved)
             cells[fp] = Cell(experiment, spec.profile, overrides, seed, fp, resolved)
@@ -331,7 +351,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
 
 def _check_subsets(source: str, experiment: str, overrides: tuple[tuple[str, Any], ...], p: dict[str, Any]) -> None:
     """Subset sizes larger than the data set's split are refused here, not when the cell runs."""
-    if "dataset" not in p:
+    if p.get("dataset") is None:  # pai_cost has no data; pai_transfer's None is its experiments profile's
         return
     sizes = data.split_sizes(p["dataset"], p.get("val_fraction", 0.0))
     for split in ("train", "test"):
