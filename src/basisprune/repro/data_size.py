@@ -37,12 +37,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from ..channel import add_channel_scales
 from ..errors import ParameterError
-from ..measure import count_flops, count_params
+from ..measure import measure
 from .checkpoints import load_checkpoint, save_checkpoint
 from .devices import seed_everything
-from .train import freeze
 
 if TYPE_CHECKING:  # annotations only: experiments imports this module
     from .experiments import Context
@@ -98,41 +96,34 @@ def _summary(fin: dict[str, Any]) -> dict[str, Any]:
                                 "flop_pruning_ratio")}
 
 
-def _train_method(ctx: Context, name: str, model: torch.nn.Module, epochs: int, size: dict[str, float],
-                  ref: dict[str, float]) -> dict[str, Any]:
+#: The transfer baseline whose trainable set each trained method of a cell uses
+#: (:func:`basisprune.repro.experiments.transfer_setup`).
+_SETUP = {"peer_finetune": "full_finetune", "full_finetune": "full_finetune",
+          "peer_scales_head": "channel_scales_head", "head_only": "head_only"}
+
+
+def _train_method(ctx: Context, name: str, model: torch.nn.Module, epochs: int, ref: dict[str, float]) -> dict[str, Any]:
     """Train a copy of ``model`` the way method ``name`` does for ``epochs`` epochs from the seed;
-    ``size``: the deployed model's params and FLOPs (channel scales fold into the conv before
-    them), ``ref``: the unpruned model's."""
+    the params and FLOPs are the deployed model's (channel scales fold into the conv before them),
+    ``ref`` a :func:`basisprune.measure.measure` of the unpruned model."""
+    from .experiments import transfer_setup
     from .reference import _train
 
     p = ctx.p
+    size = measure(model, ctx.example.cpu(), reference=ref)  # before seeding: its forward pass may draw
     seed_everything(p["seed"])
     # Every method sees the same batches, in the same order, whatever ran before it in this process
     # (a resumed cell skips the methods already checkpointed): the shuffling generator starts anew.
     ctx.loaders["train"].sampler.generator.manual_seed(int(p["seed"]))
     start = time.perf_counter()
-    model = copy.deepcopy(model).to(ctx.device)
-    head = ctx.head(model)
-    if name in ("peer_finetune", "full_finetune"):
-        trainable, bn_mode, lr = freeze(model, lambda n, prm: True), "train", p["full_lr"]
-    elif name == "peer_scales_head":
-        model = add_channel_scales(model, ctx.example, ignored=[head])
-        trainable = freeze(model, lambda n, prm: n.endswith(".scale") or n.startswith(head + "."))
-        bn_mode, lr = p["bn_mode"], p["lr"]
-    elif name == "head_only":
-        trainable, bn_mode, lr = freeze(model, lambda n, prm: n.startswith(head + ".")), p["bn_mode"], p["lr"]
-    else:
-        raise ValueError(f"unknown method {name!r}")
-    _train(ctx, model, torch.optim.Adam(trainable, lr=lr), epochs, bn_mode=bn_mode, desc=name)
+    trained, trainable, bn_mode, lr = transfer_setup(ctx, copy.deepcopy(model).to(ctx.device), _SETUP[name])
+    _train(ctx, trained, torch.optim.Adam(trainable, lr=lr), epochs, bn_mode=bn_mode, desc=name)
     seconds = time.perf_counter() - start
-    model.eval()
-    return {**ctx.evaluate(model), **size, "param_pruning_ratio": 1 - size["params"] / ref["params"],
-            "flop_pruning_ratio": 1 - size["flops"] / ref["flops"], "seconds": seconds, "epochs": epochs,
-            "trainable_params": sum(t.numel() for t in trainable), "bn_mode": bn_mode, "lr": lr}
-
-
-def _size(model: torch.nn.Module, example: torch.Tensor) -> dict[str, float]:
-    return {"params": count_params(model), "flops": count_flops(model, example)}
+    trained.eval()
+    return {**ctx.evaluate(trained), **{k: size[k] for k in ("params", "flops", "param_pruning_ratio",
+                                                               "flop_pruning_ratio")},
+            "seconds": seconds, "epochs": epochs, "trainable_params": sum(t.numel() for t in trainable),
+            "bn_mode": bn_mode, "lr": lr}
 
 
 def data_size(ctx: Context, workdir: Path | None) -> dict[str, Any]:
@@ -160,7 +151,7 @@ def data_size(ctx: Context, workdir: Path | None) -> dict[str, Any]:
     target = float(dp["final"]["flop_pruning_ratio"])
     reference = ctx.fresh_model().cpu().eval()
     example = ctx.example.cpu()
-    ref_size = _size(reference, example)
+    ref_size = measure(reference, example)
     peer, prune_seconds, info = None, 0.0, {}
     for name in ("peer_finetune", "peer_scales_head", "full_finetune", "head_only"):
         ck = None if workdir is None else workdir / f"data_size-{name}.pt"
@@ -173,7 +164,7 @@ def data_size(ctx: Context, workdir: Path | None) -> dict[str, Any]:
             peer, info = prune_to_flops(reference, example, target)
             prune_seconds = time.perf_counter() - t0
         model = peer if name.startswith("peer") else reference
-        out = _train_method(ctx, name, model, budget, _size(model, example), ref_size)
+        out = _train_method(ctx, name, model, budget, ref_size)
         if name.startswith("peer"):
             out.update(prune_seconds=prune_seconds, seconds=out["seconds"] + prune_seconds,
                        channel_pruning_ratio=info.get("pruning_ratio"))

@@ -50,7 +50,7 @@ from .workdir import (
 )
 
 __all__ = ["EXPERIMENTS", "FINGERPRINT_FILE", "LOADERS", "PAI_EXPERIMENTS", "STAGE_CHECKPOINTS", "Context", "context",
-           "parameter_specs", "run", "resolve_params", "default_workdir", "fingerprint", "select_round", "stops_after"]
+           "parameter_specs", "run", "transfer_setup", "resolve_params", "default_workdir", "fingerprint", "select_round", "stops_after"]
 
 
 # ------------------------------------------------------------------------------------ setup
@@ -183,6 +183,29 @@ def double_pruning(ctx: Context, workdir: Path | None) -> dict[str, Any]:
     return _save_compact(ctx, final_model, workdir, "double_pruning", rec)
 
 
+def transfer_setup(ctx: Context, model: nn.Module, kind: str) -> tuple[nn.Module, list[nn.Parameter], str, float]:
+    """What a transfer baseline trains: ``(model, trainable parameters, bn_mode, lr)`` for ``kind``
+    ``head_only``, ``basis_scales_head`` (decomposed), ``channel_scales_head`` (channel scales added)
+    or ``full_finetune`` (every weight, BatchNorm in train mode, ``full_lr``); everything else frozen."""
+    p = ctx.p
+    head = ctx.head(model)
+    bn_mode, lr = p["bn_mode"], p["lr"]
+    if kind == "head_only":
+        trainable = freeze(model, lambda n, prm: n.startswith(head + "."))
+    elif kind == "basis_scales_head":
+        model = decompose(model, exclude=[head])
+        trainable = freeze(model, lambda n, prm: n.endswith(".scale") or n.startswith(head + "."))
+    elif kind == "channel_scales_head":
+        model = add_channel_scales(model, ctx.example, ignored=[head])
+        trainable = freeze(model, lambda n, prm: n.endswith(".scale") or n.startswith(head + "."))
+    elif kind == "full_finetune":
+        trainable = freeze(model, lambda n, prm: True)
+        bn_mode, lr = "train", p["full_lr"]
+    else:
+        raise ValueError(f"unknown transfer baseline {kind!r}")
+    return model, trainable, bn_mode, lr
+
+
 def transfer(ctx: Context, workdir: Path | None) -> dict[str, Any]:
     """The four transfer baselines, each from the same pretrained model and seed."""
     p = ctx.p
@@ -193,20 +216,7 @@ def transfer(ctx: Context, workdir: Path | None) -> dict[str, Any]:
             results[name] = load_checkpoint(ck, weights_only=False)["result"]
             continue
         seed_everything(p["seed"])
-        model = ctx.fresh_model()
-        head = ctx.head(model)
-        bn_mode, lr = p["bn_mode"], p["lr"]
-        if name == "head_only":
-            trainable = freeze(model, lambda n, prm: n.startswith(head + "."))
-        elif name == "basis_scales_head":
-            model = decompose(model, exclude=[head])
-            trainable = freeze(model, lambda n, prm: n.endswith(".scale") or n.startswith(head + "."))
-        elif name == "channel_scales_head":
-            model = add_channel_scales(model, ctx.example, ignored=[head])
-            trainable = freeze(model, lambda n, prm: n.endswith(".scale") or n.startswith(head + "."))
-        else:
-            trainable = freeze(model, lambda n, prm: True)
-            bn_mode, lr = "train", p["full_lr"]
+        model, trainable, bn_mode, lr = transfer_setup(ctx, ctx.fresh_model(), name)
         opt = torch.optim.Adam(trainable, lr=lr)
         start = time.perf_counter()
         _train(ctx, model, opt, p["transfer_epochs"], bn_mode=bn_mode, desc=name)
