@@ -126,8 +126,8 @@ def test_the_crossing_is_the_largest_size_below_which_ours_always_wins():
 def test_code_status_says_whether_todays_code_computed_the_records():
     """Records with today's code hash are today's; any other hash is named as other code."""
     today = fingerprint({})["code"]
-    assert "today's code" in data_size.code_status([{"fingerprint": {"code": today}}])
-    assert "other code" in data_size.code_status([{"fingerprint": {"code": "0" * 64}}])
+    assert "today's code" in tiers.code_status([{"fingerprint": {"code": today}}])
+    assert "other code" in tiers.code_status([{"fingerprint": {"code": "0" * 64}}])
 
 
 def test_collecting_a_tier_still_being_computed_lists_what_is_missing(tmp_path):

@@ -45,7 +45,7 @@ from .devices import seed_everything
 if TYPE_CHECKING:  # annotations only: experiments imports this module
     from .experiments import Context
 
-__all__ = ["EPOCH_IMAGES", "LABELS", "METHODS", "OURS", "code_status", "crossing", "data_size", "floored_loader",
+__all__ = ["EPOCH_IMAGES", "LABELS", "METHODS", "OURS", "crossing", "data_size", "floored_loader",
            "paired_gaps", "study_rows", "study_table", "tier_status"]
 
 #: The fewest images an epoch holds (a smaller training set is drawn again until it holds this many).
@@ -248,20 +248,6 @@ def crossing(gaps) -> str:
         return f"pruning without fine-tuning wins at {max(wins)} images per class and below (95% intervals above zero)"
     return (f"pruning without fine-tuning wins at {', '.join(map(str, wins))} images per class, but not at every "
             "smaller size: no single crossing point")
-
-
-def code_status(records: list[dict[str, Any]]) -> str:
-    """One sentence: whether the records were computed by today's harness code (their fingerprint's
-    code hash against :func:`basisprune.repro.workdir.fingerprint`'s)."""
-    from .workdir import fingerprint
-
-    today = fingerprint({})["code"]
-    hashes = sorted({r["fingerprint"]["code"] for r in records})
-    commits = sorted({str(r.get("provenance", {}).get("git", {}).get("commit", "?"))[:7] for r in records})
-    if hashes == [today]:
-        return f"computed by today's code (code hash {today[:12]})"
-    return (f"computed by other code than today's (code hash {', '.join(h[:12] for h in hashes)} at commit "
-            f"{', '.join(commits)}; today {today[:12]}): rerun the sweep to recompute them with this code")
 
 
 def tier_status(tier: dict[str, Any], records: list[dict[str, Any]]) -> str:

@@ -28,7 +28,7 @@ from .arguments import ArgumentParser
 from .results import provenance, read_results, write_json
 
 __all__ = ["TIER_FILE", "SMOKE_OVERRIDES", "gpu_driver", "processor", "run_tier", "load_tier", "tier_rows", "tier_table",
-           "PRECISION", "tier_intervals", "tier_check", "selection_gap", "SEEDS_TIER", "DATA_SIZE_TIER", "seeds_tier_status"]
+           "PRECISION", "tier_intervals", "tier_check", "selection_gap", "code_status", "SEEDS_TIER", "DATA_SIZE_TIER", "seeds_tier_status"]
 
 TIER_FILE = "tier.json"
 
@@ -251,6 +251,20 @@ def selection_gap(rows: list[dict[str, Any]]):
     return pd.DataFrame(out)
 
 
+def code_status(records: list[dict[str, Any]]) -> str:
+    """One sentence: whether the records were computed by today's harness code (their fingerprint's
+    code hash against :func:`basisprune.repro.workdir.fingerprint`'s)."""
+    from .workdir import fingerprint
+
+    today = fingerprint({})["code"]
+    hashes = sorted({r["fingerprint"]["code"] for r in records})
+    commits = sorted({str(r.get("provenance", {}).get("git", {}).get("commit", "?"))[:7] for r in records})
+    if hashes == [today]:
+        return f"computed by today's code (code hash {today[:12]})"
+    return (f"computed by other code than today's (code hash {', '.join(h[:12] for h in hashes)} at commit "
+            f"{', '.join(commits)}; today {today[:12]}): rerun the sweep to recompute them with this code")
+
+
 #: Where the seeds tier (``sweeps/seeds.yaml``, ``benchmarks/seeds_tier.py``) is committed, in the project.
 SEEDS_TIER = Path("data") / "results" / "seeds"
 
@@ -274,4 +288,4 @@ def seeds_tier_status(recomputed, directory: str | Path | None = None) -> tuple[
     commit = (tier["git"].get("commit") or "unknown")[:10]
     return (f"The seeds tier: {len(records)} runs on {tier['device']} (code commit {commit}, "
             f"{tier['wall_seconds'] / 60:.0f} minutes); {inside} of {len(check)} means of the recomputed table "
-            "lie inside the tier's 95% intervals.", check)
+            f"lie inside the tier's 95% intervals. Its runs were {code_status(records)}.", check)
