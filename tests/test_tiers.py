@@ -123,18 +123,3 @@ def test_tier_intervals_hold_each_mean_and_say_whether_the_interval_meets_the_pr
         assert (table[f"{col}_low"] <= table[col]).all() and (table[col] <= table[f"{col}_high"]).all()
         assert table.loc["tight", f"{col}_precise"] and not table.loc["spread", f"{col}_precise"]
     assert abs(table.loc["tight", "change"] + 0.01) < 1e-12
-
-
-def test_selection_gap_is_the_test_drop_beyond_the_validation_drop_per_seed():
-    """Each run losing d more on test than on validation gives a gap of d; a seed's runs count as one
-    value (two runs of one seed weigh as much as one run of another)."""
-    rows = [{"dataset": "a", "seed": s, "val_change": -0.01, "change": -0.01 - d}
-            for s, d in ((0, 0.004), (0, 0.004), (1, 0.004))]
-    rows += [{"dataset": "b", "seed": 0, "val_change": 0.0, "change": -0.002},
-             {"dataset": "b", "seed": 0, "val_change": 0.0, "change": -0.002},
-             {"dataset": "b", "seed": 0, "val_change": 0.0, "change": -0.002},
-             {"dataset": "b", "seed": 1, "val_change": 0.0, "change": -0.008}]
-    gap = tiers.selection_gap(rows).set_index("dataset")
-    assert gap.loc["a", "gap"] == pytest.approx(0.004) and gap.loc["a", "gap_low"] == pytest.approx(0.004)
-    assert gap.loc["b", "gap"] == pytest.approx(0.005)  # per seed 0.002 and 0.008, not 0.0035 over runs
-    assert gap.loc["b", "seeds"] == 2 and gap.loc["b", "runs"] == 4

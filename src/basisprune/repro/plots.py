@@ -1,6 +1,7 @@
 """The chapters' figures (matplotlib and seaborn, imported when a figure is drawn): pruning curves,
 kept units per layer, accuracy against size with each method's Pareto front, measured speedup
-against FLOP reduction, and pruning at initialization's accuracy against sparsity."""
+against FLOP reduction, pruning at initialization's accuracy against sparsity, and what the
+selection's margin trades."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from .tables import kept_frame, pareto_front
 
 __all__ = ["plot_accuracy_against_size", "plot_kept", "plot_pai_accuracy", "plot_pruning_curves",
-           "plot_speedup_against_flops"]
+           "plot_speedup_against_flops", "plot_margin_replay"]
 
 
 def plot_pruning_curves(history, title: str):
@@ -134,4 +135,29 @@ def plot_pai_accuracy(runs, order, title: str):
     ax.set(xlabel="sparsity (% of prunable weights removed; log scale of the weights kept)",
            ylabel="test accuracy (%)", title=title)
     ax.legend(fontsize=8, ncol=2)
+    return fig
+
+
+def plot_margin_replay(replay, max_drop: float, title: str):
+    """One panel per data set of :func:`basisprune.repro.selection.margin_replay`: each pipeline's mean
+    test drop (with its 95% interval) against its parameters pruned, one point per margin, labelled,
+    and the budget as a line."""
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(replay["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        for pipe, g in replay[replay["dataset"] == ds].groupby("pipeline", sort=False):
+            g = g.sort_values("margin")
+            x, y = 100 * g["params_pruned"], 100 * g["test_drop"]
+            err = [100 * (g["test_drop"] - g["test_drop_low"]), 100 * (g["test_drop_high"] - g["test_drop"])]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=pipe)
+            for xi, yi, m in zip(x, y, g["margin"]):
+                ax.annotate(f"{m:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.axhline(100 * max_drop, color="black", lw=1, ls="--", label="budget")
+        ax.axhline(0, color="grey", lw=0.8, ls=":")
+        ax.set(xlabel="parameters pruned (%)", ylabel="test drop against the fair reference (points)", title=ds)
+    axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.suptitle(title)
+    fig.tight_layout()
     return fig

@@ -15,8 +15,8 @@ from typing import Any
 
 from .paths import RESULTS_ENV, ROOT_ENV, ProjectNotFoundError, executed_dir, repo_root, results_dir
 from .plan import Run, book_runs, chapter_of, chapter_runs, selection, table_seeds
-from .plots import (plot_accuracy_against_size, plot_kept, plot_pai_accuracy, plot_pruning_curves,
-                    plot_speedup_against_flops)
+from .plots import (plot_accuracy_against_size, plot_kept, plot_margin_replay, plot_pai_accuracy,
+                    plot_pruning_curves, plot_speedup_against_flops)
 from .stats import BOOTSTRAP_RESAMPLES, budget_verdict, interval, mean_ci, mean_std
 from .tables import (COLLAPSE_ROWS, HISTORY_COLUMNS, METHODS, TABLES_DIR, accuracy_at, ceiling_table, history_frame,
                      kept_frame, method_runs, method_table, pareto_front, peer_table, selected_frame, selected_summary,
@@ -30,7 +30,7 @@ __all__ = [
     "BOOTSTRAP_RESAMPLES", "COLLAPSE_ROWS", "HISTORY_COLUMNS", "METHODS", "RESULTS_ENV", "ROOT_ENV", "TABLES_DIR",
     "ProjectNotFoundError", "Run", "accuracy_at", "book_runs", "budget_verdict", "ceiling_table", "chapter_of",
     "chapter_runs", "executed_dir", "history_frame", "interval", "kept_frame", "mean_ci", "mean_std", "method_runs",
-    "method_table", "pareto_front", "peer_table", "plot_accuracy_against_size", "plot_kept", "plot_pai_accuracy",
+    "method_table", "pareto_front", "peer_table", "plot_accuracy_against_size", "plot_kept", "plot_margin_replay", "plot_pai_accuracy",
     "plot_pruning_curves", "plot_speedup_against_flops", "repo_root", "results_dir", "selected_frame",
     "selected_summary", "selection", "show_table", "table_seeds", "target_status", "transfer_table", "without_models",
 ]

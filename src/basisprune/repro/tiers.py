@@ -28,7 +28,7 @@ from .arguments import ArgumentParser
 from .results import provenance, read_results, write_json
 
 __all__ = ["TIER_FILE", "SMOKE_OVERRIDES", "gpu_driver", "processor", "run_tier", "load_tier", "tier_rows", "tier_table",
-           "PRECISION", "tier_intervals", "tier_check", "selection_gap", "code_status", "SEEDS_TIER", "DATA_SIZE_TIER", "seeds_tier_status"]
+           "PRECISION", "tier_intervals", "tier_check", "code_status", "SEEDS_TIER", "DATA_SIZE_TIER", "seeds_tier_status"]
 
 TIER_FILE = "tier.json"
 
@@ -223,31 +223,6 @@ def tier_check(recomputed, rows: list[dict[str, Any]], columns=("change", "param
             out.append({"dataset": ds, "experiment": exp, "column": col, "tier_mean": m, "tier_low": lo,
                         "tier_high": hi, "tier_seeds": int(g["seed"].nunique()), "recomputed_mean": r,
                         "recomputed_seeds": int(mine["seed"].nunique()), "inside": bool(lo <= r <= hi)})
-    return pd.DataFrame(out)
-
-
-def selection_gap(rows: list[dict[str, Any]]):
-    """Per data set of a tier's :func:`tier_rows`: how much more the selected round loses on the test
-    split than on the validation split that selected it (test drop minus validation drop, as a
-    fraction), mean over seeds (each the mean of its runs) with its 95% interval
-    (:func:`basisprune.repro.stats.interval`).
-
-    The selected round is the most pruned one whose validation drop looked within the budget: among
-    many rounds, the one whose validation sample happened to look best. Its validation drop is biased
-    low (the winner's curse); a positive gap on independent test images measures that bias."""
-    import pandas as pd
-
-    from .stats import interval
-
-    df = pd.DataFrame(rows)
-    df["gap"] = df["val_change"] - df["change"]
-    out = []
-    for ds, g in df.groupby("dataset", sort=False):
-        # One value per seed: a seed's pipelines share their data and (double and channel pruning)
-        # their channel stage, so their runs are not independent draws.
-        per_seed = g.groupby("seed")["gap"].mean()
-        m, lo, hi = interval(per_seed)
-        out.append({"dataset": ds, "runs": len(g), "seeds": len(per_seed), "gap": m, "gap_low": lo, "gap_high": hi})
     return pd.DataFrame(out)
 
 

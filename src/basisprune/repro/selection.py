@@ -1,0 +1,177 @@
+"""How the selection of a round behaves on committed runs: why the test drop exceeds the validation drop.
+
+A pruning stage records every round's drop against the fair reference on the validation split (which
+selects: :func:`basisprune.repro.stages.select_round`) and on the test split (which decides nothing).
+Two things can make the selected round lose more on test than on validation:
+
+* **the split**: a test partition that is harder for pruned models than the validation draws. It
+  shows at every round, selected or not, and follows the partition (``benchmarks/split_gap.py``
+  rotates mnist5k's test fold; its summary is ``data/calibration/split_gap.json``,
+  read by :func:`split_rotation`);
+* **the selection**: among many rounds, the kept one is partly the one whose validation sample
+  flattered it (the winner's curse). It shows at the selected round only (:func:`gap_by_round`).
+
+:func:`selection_gap` measures the bias at the selected round; :func:`margin_replay` replays the
+selection with other margins on the recorded histories (no training: stopping does not depend on the
+margin), which shows what a stricter selection buys and costs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from .stages import select_round
+
+__all__ = ["GAP_KINDS", "stage_histories", "selection_gap", "gap_by_round", "margin_replay", "replay_table", "split_rotation"]
+
+#: The round kinds of :func:`gap_by_round`, in order.
+GAP_KINDS = ("round 0 (unpruned)", "pruned, not selected", "selected")
+
+
+def stage_histories(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per pruning stage of each results file: data set, seed, the pipeline (channel
+    pruning, basis pruning, or a stage of double pruning), its per-round ``history``, the round it
+    selected and the budget and margin it selected with.
+
+    A stage recorded twice is kept once: double pruning's channel stage is the same computation as
+    channel pruning alone with the same seed, and counting its rounds again would weigh them twice."""
+    out, seen = [], set()
+    for r in records:
+        p = r["params"]
+        stages = ([(r["experiment"].replace("_", " "), r)] if "stages" not in r else
+                  [(f"double pruning ({name} stage)", st) for name, st in r["stages"].items()])
+        for pipeline, st in stages:
+            key = (p["dataset"], p["seed"], repr([sorted(h.items()) for h in st["history"]]))
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append({"dataset": p["dataset"], "seed": p["seed"], "pipeline": pipeline, "history": st["history"],
+                        "selected": st["final"]["round"], "max_drop": p["max_drop"], "margin": p["select_margin"]})
+    return out
+
+
+def selection_gap(rows: list[dict[str, Any]]):
+    """Per data set of a tier's :func:`basisprune.repro.tiers.tier_rows`: how much more the selected
+    round loses on the test split than on the validation split that selected it (test drop minus
+    validation drop, as a fraction), mean over seeds (each the mean of its runs) with its 95% interval
+    (:func:`basisprune.repro.stats.interval`).
+
+    The selected round is the most pruned one whose validation drop looked within the budget: among
+    many rounds, the one whose validation sample happened to look best. Its validation drop is biased
+    low (the winner's curse); a positive gap on independent test images measures that bias."""
+    import pandas as pd
+
+    from .stats import interval
+
+    df = pd.DataFrame(rows)
+    df["gap"] = df["val_change"] - df["change"]
+    out = []
+    for ds, g in df.groupby("dataset", sort=False):
+        # One value per seed: a seed's pipelines share their data and (double and channel pruning)
+        # their channel stage, so their runs are not independent draws.
+        per_seed = g.groupby("seed")["gap"].mean()
+        m, lo, hi = interval(per_seed)
+        out.append({"dataset": ds, "runs": len(g), "seeds": len(per_seed), "gap": m, "gap_low": lo, "gap_high": hi})
+    return pd.DataFrame(out)
+
+
+def _kind(row: dict[str, Any], selected: int) -> str:
+    if row["round"] == 0:
+        return GAP_KINDS[0]
+    return GAP_KINDS[2] if row["round"] == selected else GAP_KINDS[1]
+
+
+def gap_by_round(records: Iterable[dict[str, Any]]):
+    """Per data set and round kind (:data:`GAP_KINDS`: round 0, a pruned round not selected, the
+    selected pruned round), the test drop minus the validation drop against the fair reference, as a
+    fraction: the mean over seeds (each seed the mean over its stages' rounds of that kind) with its
+    95% interval, and how many rounds it rests on.
+
+    A split that is harder on test shows in every kind; the winner's curse only in ``selected``. A
+    stage that selected round 0 contributes no selected row (round 0 is the unpruned model)."""
+    import pandas as pd
+
+    from .stats import interval
+
+    rows = [{"dataset": s["dataset"], "seed": s["seed"], "kind": _kind(h, s["selected"]),
+             "gap": h["accuracy_drop"] - h["drop_val"]}
+            for s in stage_histories(records) for h in s["history"]]
+    df = pd.DataFrame(rows)
+    out = []
+    for ds, g in df.groupby("dataset", sort=False):
+        for kind in GAP_KINDS:
+            k = g[g["kind"] == kind]
+            if k.empty:
+                continue
+            m, lo, hi = interval(k.groupby("seed")["gap"].mean())
+            out.append({"dataset": ds, "rounds": kind, "n_rounds": len(k), "seeds": k["seed"].nunique(),
+                        "gap": m, "gap_low": lo, "gap_high": hi})
+    return pd.DataFrame(out)
+
+
+def margin_replay(records: Iterable[dict[str, Any]], margins: Iterable[float]):
+    """The selection replayed with each of ``margins`` (standard errors of the validation drop kept
+    below the budget) on the recorded histories: per data set, pipeline and margin, the mean over
+    runs, each with its 95% interval over seeds, of the selected round's test drop and parameters
+    pruned, the mean validation drop, and how many runs' test drops are within the budget.
+
+    Exact for a single-stage pipeline: a stage records every round until its stop rule, which does
+    not look at the margin, so another margin only picks another recorded round. For double
+    pruning's basis stage it holds its channel stage as selected (that stage's own margin would
+    change what the basis stage starts from), so those rows read "given its channel stage"."""
+    import pandas as pd
+
+    from .stats import interval
+
+    stages = stage_histories(records)
+    out = []
+    for margin in margins:
+        rows = []
+        for s in stages:
+            best, _ = select_round(s["history"], s["max_drop"], float(margin))
+            rows.append({"dataset": s["dataset"], "seed": s["seed"], "pipeline": s["pipeline"],
+                         "test_drop": best["accuracy_drop"], "val_drop": best["drop_val"],
+                         "params_pruned": best["param_pruning_ratio"], "within": best["accuracy_drop"] <= s["max_drop"]})
+        df = pd.DataFrame(rows)
+        for (ds, pipe), g in df.groupby(["dataset", "pipeline"], sort=False):
+            t, t_lo, t_hi = interval(g.groupby("seed")["test_drop"].mean())
+            q, q_lo, q_hi = interval(g.groupby("seed")["params_pruned"].mean())
+            out.append({"dataset": ds, "pipeline": pipe, "margin": float(margin), "runs": len(g),
+                        "test_drop": t, "test_drop_low": t_lo, "test_drop_high": t_hi,
+                        "val_drop": float(g["val_drop"].mean()), "gap": t - float(g["val_drop"].mean()),
+                        "params_pruned": q, "params_pruned_low": q_lo, "params_pruned_high": q_hi,
+                        "runs_within_budget": int(g["within"].sum())})
+    return pd.DataFrame(out)
+
+
+def split_rotation(summary: dict[str, Any]):
+    """The test-fold rotation of ``benchmarks/split_gap.py`` (its ``split_gap.json``), one row per
+    run: the test partition, the test drop minus the validation drop over the recorded pruned rounds
+    (the stop rule off, so no round was kept for its validation drop) with its interval over rounds,
+    and the reference's test minus validation accuracy (the split's effect on the unpruned model)."""
+    import pandas as pd
+
+    out = []
+    for name, run in summary["rotation"].items():
+        g, ref = run["gap_rounds_1_6"], run["reference_test_minus_val"]
+        # Only mnist5k and digits are cut into test folds; a data set with its own test split ignores test_split.
+        test = run["test_split"] if run["dataset"] in ("mnist5k", "digits") else "its own test split"
+        out.append({"run": name, "dataset": run["dataset"], "test_split": test, "rounds": g["n"], "gap": g["mean"],
+                    "gap_low": g["lo"], "gap_high": g["hi"], "reference_test_minus_val": ref["mean"]})
+    return pd.DataFrame(out)
+
+
+def replay_table(replay):
+    """:func:`margin_replay` for reading: points and percent, each mean with its 95% interval, and the
+    runs within the budget out of all."""
+    import pandas as pd
+
+    def ci(m: float, lo: float, hi: float, digits: int) -> str:
+        return f"{100 * m:.{digits}f} [{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]"
+
+    return pd.DataFrame([{"dataset": r.dataset, "pipeline": r.pipeline, "margin (SE)": r.margin,
+                          "test drop (pts)": ci(r.test_drop, r.test_drop_low, r.test_drop_high, 2),
+                          "validation drop (pts)": f"{100 * r.val_drop:.2f}",
+                          "params pruned (%)": ci(r.params_pruned, r.params_pruned_low, r.params_pruned_high, 1),
+                          "runs within budget": f"{r.runs_within_budget} of {r.runs}"}
+                         for r in replay.itertuples()])
