@@ -102,3 +102,20 @@ def test_split_rotation_reads_the_committed_summary():
     for name, run in summary["rotation"].items():
         gaps = [r["gap"] for r in run["rounds"]]
         assert rot.loc[name, "gap"] == pytest.approx(sum(gaps) / len(gaps))
+
+
+def test_gap_by_fold_groups_unselected_rounds_by_the_fold_each_seed_was_scored_on():
+    """With ``test_split: seed`` seeds 0 and 5 share fold 0: a gap present only in their unselected
+    rounds shows in fold 0's row and nowhere else; selected rounds are left out."""
+    records = []
+    for seed in (0, 1, 5, 6):
+        d = 0.006 if seed % 5 == 0 else 0.0
+        h = [_round(0, 0.0, 0.0, 0.0), _round(1, 0.001, 0.001 + d, 0.2), _round(2, 0.004, 0.02, 0.4),
+             _round(3, 0.03, 0.03 + d, 0.6)]
+        r = _record(seed, h)
+        r["params"]["test_split"] = "seed"
+        records.append(r)
+    assert {r["final"]["round"] for r in records} == {2}
+    folds = selection.gap_by_fold(records, "d").set_index("test_fold")
+    assert list(folds.index) == ["fold0", "fold1"] and list(folds["seeds"]) == [2, 2]
+    assert folds.loc["fold0", "gap"] == pytest.approx(0.006) and folds.loc["fold1", "gap"] == pytest.approx(0.0)

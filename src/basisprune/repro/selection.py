@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 from .stages import select_round
 
-__all__ = ["GAP_KINDS", "stage_histories", "selection_gap", "gap_by_round", "margin_replay", "replay_table", "split_rotation"]
+__all__ = ["GAP_KINDS", "stage_histories", "selection_gap", "gap_by_round", "gap_by_fold", "margin_replay", "replay_table", "split_rotation"]
 
 #: The round kinds of :func:`gap_by_round`, in order.
 GAP_KINDS = ("round 0 (unpruned)", "pruned, not selected", "selected")
@@ -45,8 +45,9 @@ def stage_histories(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             if key in seen:
                 continue
             seen.add(key)
-            out.append({"dataset": p["dataset"], "seed": p["seed"], "pipeline": pipeline, "history": st["history"],
-                        "selected": st["final"]["round"], "max_drop": p["max_drop"], "margin": p["select_margin"]})
+            out.append({"dataset": p["dataset"], "seed": p["seed"], "test_split": p.get("test_split"), "pipeline": pipeline,
+                        "history": st["history"], "selected": st["final"]["round"], "max_drop": p["max_drop"],
+                        "margin": p["select_margin"]})
     return out
 
 
@@ -106,6 +107,30 @@ def gap_by_round(records: Iterable[dict[str, Any]]):
             m, lo, hi = interval(k.groupby("seed")["gap"].mean())
             out.append({"dataset": ds, "rounds": kind, "n_rounds": len(k), "seeds": k["seed"].nunique(),
                         "gap": m, "gap_low": lo, "gap_high": hi})
+    return pd.DataFrame(out)
+
+
+def gap_by_fold(records: Iterable[dict[str, Any]], dataset: str):
+    """Per test fold of ``dataset`` (a data set cut into folds, e.g. mnist5k, whose runs chose their
+    fold with ``test_split``), the test drop minus the validation drop at the pruned rounds the
+    selection did not keep: the mean over the fold's seeds with its 95% interval, and how many rounds
+    and seeds it rests on. Without the selection in play, a fold that differs from the others is the
+    split's doing."""
+    import pandas as pd
+
+    from .data import test_fold
+    from .stats import interval
+
+    rows = [{"fold": f"fold{test_fold(s['test_split'], s['seed'])}", "seed": s["seed"],
+             "gap": h["accuracy_drop"] - h["drop_val"]}
+            for s in stage_histories(records) if s["dataset"] == dataset and s["test_split"] is not None
+            for h in s["history"] if _kind(h, s["selected"]) == GAP_KINDS[1]]
+    df = pd.DataFrame(rows)
+    out = []
+    for fold, g in df.groupby("fold", sort=True):
+        m, lo, hi = interval(g.groupby("seed")["gap"].mean())
+        out.append({"dataset": dataset, "test_fold": fold, "seeds": g["seed"].nunique(), "n_rounds": len(g),
+                    "gap": m, "gap_low": lo, "gap_high": hi})
     return pd.DataFrame(out)
 
 
