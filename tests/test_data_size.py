@@ -114,11 +114,12 @@ def _rows(gap_by_size):
 
 
 def test_the_crossing_is_the_largest_size_below_which_ours_always_wins():
-    """Wins at 10 and 30 per class, a loss at 100: the sentence names 30 and below; no win at any
-    size: it says so."""
+    """Wins at 10 and 30 per class, a loss at 100: the sentence names 30 and below, then what happens
+    above it; no win at any size: it says so."""
     gaps = data_size.paired_gaps(_rows({10: 0.05, 30: 0.02, 100: -0.03}))
     assert gaps["winner"].tolist() == ["ours", "ours", "other"]
-    assert "30 images per class and below" in data_size.crossing(gaps)
+    text = data_size.crossing(gaps)
+    assert "30 images per class and below" in text and text.endswith("above it, fine-tuning wins at 100")
     never = data_size.crossing(data_size.paired_gaps(_rows({10: -0.05, 30: -0.02})))
     assert "none of the sizes" in never and "wins at 2 of them" in never
 

@@ -245,9 +245,17 @@ def crossing(gaps) -> str:
                 f"images per class); fine-tuning wins at {len(losses)} of them, the rest are ties at 95%")
     below = [k for k in sizes if k <= max(wins)]
     if all(k in wins for k in below):
-        return f"pruning without fine-tuning wins at {max(wins)} images per class and below (95% intervals above zero)"
-    return (f"pruning without fine-tuning wins at {', '.join(map(str, wins))} images per class, but not at every "
-            "smaller size: no single crossing point")
+        text = f"pruning without fine-tuning wins at {max(wins)} images per class and below (95% intervals above zero)"
+    else:
+        text = (f"pruning without fine-tuning wins at {', '.join(map(str, wins))} images per class, but not at every "
+                "smaller size: no single crossing point")
+    above = {w: [k for k, x in zip(gaps["per_class"], gaps["winner"]) if x == w and int(k) > max(wins)]
+             for w in ("tie", "other")}
+    if above["tie"] or above["other"]:
+        parts = ([f"ties at {', '.join(map(str, above['tie']))}"] if above["tie"] else []) + \
+                ([f"fine-tuning wins at {', '.join(map(str, above['other']))}"] if above["other"] else [])
+        text += "; above it, " + " and ".join(parts)
+    return text
 
 
 def tier_status(tier: dict[str, Any], records: list[dict[str, Any]]) -> str:
