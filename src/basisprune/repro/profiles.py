@@ -16,7 +16,7 @@ import copy
 import math
 import numbers
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import ParameterError
@@ -351,8 +351,8 @@ PAI: dict[str, dict[str, tuple[Any, Spec]]] = {
     "transfer": {
         "run": (True, Spec("bool")),
         "experiments_profile": ("default", Spec("str", choices=_profiles, choices_name="profiles")),
-        "dataset": (None, Spec("str", choices=_datasets, choices_name="known datasets", optional=True)),
-        "model": (None, Spec("str", choices=_models, choices_name="known models", optional=True)),
+        "dataset": (None, replace(SPECS["dataset"], optional=True)),
+        "model": (None, replace(SPECS["model"], optional=True)),
         "seeds": ([0], _SEEDS),
         "methods": (["prospr", "snip"], _PAI_METHODS),
         "targets": (["basis_pruning", "double_pruning"],
