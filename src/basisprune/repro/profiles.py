@@ -1,125 +1,33 @@
 """Parameter profiles: ``smoke`` (CI, seconds), ``default`` (CPU, offline), ``paper`` (GPU, online).
 
-One table, :data:`PROFILES`, for everything a profile sets. Every experiment parameter has one
-default here (:data:`PARAMETERS`); a profile overrides some of them, and a caller (notebook, CLI)
-overrides any. ``datasets`` and ``seeds`` are what notebooks loop over. Besides the experiment
-parameters each profile has two sections (:data:`SECTIONS`, read with :func:`section`): ``pai``,
-the settings of chapter 6's pruning-at-initialization experiments
-(:mod:`basisprune.repro.pruning_at_init`; one default per setting in :data:`PAI`, a profile sets
-only what differs, :func:`pai_params` validates them with the same :class:`Spec`), and ``timing``,
-how long chapter 7 times things (:mod:`basisprune.repro.efficiency`).
+One table, :data:`PROFILES`, for everything a profile sets, and the public entry point of the
+settings: every experiment parameter has one default (:data:`PARAMETERS`, with :data:`SPECS`,
+:func:`validate` and :func:`describe`, from :mod:`basisprune.repro.parameters`); a profile
+overrides some of them, and a caller (notebook, CLI) overrides any. ``datasets`` and ``seeds`` are
+what notebooks loop over. Besides the experiment parameters each profile has two sections
+(:data:`SECTIONS`, read with :func:`section`): ``pai``, the settings of chapter 6's
+pruning-at-initialization experiments (:mod:`basisprune.repro.pruning_at_init`; one default per
+setting in :data:`PAI`, from :mod:`basisprune.repro.pai_parameters`, a profile sets only what
+differs, :func:`pai_params` validates them with the same :class:`Spec`, from
+:mod:`basisprune.repro.validator`), and ``timing``, how long chapter 7 times things
+(:mod:`basisprune.repro.speed`).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 from typing import Any
 
 from ..errors import ParameterError
-from ..pai import METHODS as PAI_METHODS
+from .pai_parameters import PAI, PAI_LOOPS, pai_specs
 from .parameters import PARAMETERS, SPECS, describe, validate
 from .validator import Spec
 
 __all__ = ["PAI", "PAI_LOOPS", "PARAMETERS", "PROFILES", "SECTIONS", "SPECS", "Spec", "check_profile", "get", "describe",
            "pai_params", "pai_settings", "pai_specs", "section", "validate"]
 
-_ALL_SPARSITIES = [0.5, 0.8, 0.9, 0.95, 0.98]
-
 #: The sections of a profile that are not experiment parameters (:func:`get` leaves them out).
 SECTIONS = ("pai", "timing")
-
-
-def _smallnets() -> list[str]:
-    from . import smallnets
-
-    return list(smallnets.NAMES)
-
-
-def _profiles() -> list[str]:
-    return list(PROFILES)
-
-
-_SPARSITY = Spec("float", low=0.0, high=1.0, high_open=True)
-_POSITIVE = Spec("float", low=0.0, low_open=True)
-_SEEDS = Spec("list", item=SPECS["seed"])
-_PAI_METHODS = Spec("list", item=Spec("str", choices=PAI_METHODS))
-_PAI_SUBSET = Spec("int", low=10, optional=True)
-
-#: Chapter 6's pruning-at-initialization experiments (:mod:`basisprune.repro.pruning_at_init`): per
-#: part, setting -> (default, what it accepts). The defaults are the ``default`` profile's, sized for
-#: 2 CPU cores; a profile's ``pai`` section sets only what differs (:func:`section` merges them).
-#: ``scratch`` (experiment ``pai_scratch``): a small CNN trained from scratch, Fashion-MNIST at 28 px,
-#: 2,000 training images, one epoch, vgg_small at width 8 (18.4k prunable weights), SynFlow with 20
-#: rounds instead of the official 100; ``methods`` x ``sparsities`` (plus the dense baseline) is
-#: one run's grid. ``transfer`` (``pai_transfer``): ``None`` means the value of the experiments
-#: profile ``experiments_profile`` (dataset, model, subsets, ``epochs`` = its ``transfer_epochs``,
-#: ``lr`` = its ``full_lr``, ``prune_batch_size`` = its ``batch_size``); ``targets`` are the pruning
-#: experiments whose final parameter counts set the sparsities, ``fixed`` extra labelled
-#: sparsities. Its default fine-tunes two epochs on 1,800 of the training images at Adam lr 1e-3
-#: instead of the experiments profile's epochs on all of them at its ``full_lr`` 3e-4 (after one
-#: epoch at 3e-4 the pruned MobileNetV2 was still at chance accuracy). ``cost`` (``pai_cost``): the
-#: pruning step's wall time in the ProsPr paper's ResNet-20 setting, the median of ``repeats`` calls.
-PAI: dict[str, dict[str, tuple[Any, Spec]]] = {
-    "scratch": {
-        "dataset": ("fashion_mnist", SPECS["dataset"]),
-        "image_size": (28, Spec("int", low=8)),
-        "net": ("vgg_small", Spec("str", choices=_smallnets, choices_name="small networks")),
-        "width": (8, Spec("int", low=1)),
-        "subset_train": (2000, _PAI_SUBSET),
-        "subset_test": (2000, _PAI_SUBSET),
-        "batch_size": (32, Spec("int", low=2)),
-        "epochs": (1, Spec("int", low=1)),
-        "optimizer": ("sgd", Spec("str", choices=("sgd", "adamw"))),
-        "lr": (0.1, _POSITIVE),
-        "momentum": (0.9, Spec("float", low=0.0, high=1.0, high_open=True)),
-        "weight_decay": (5e-4, Spec("float", low=0.0)),
-        "prune_batch_size": (64, Spec("int", low=2)),
-        "steps": (3, Spec("int", low=0)),
-        "inner_lr": (0.1, _POSITIVE),
-        "synflow_iterations": (20, Spec("int", low=1)),
-        "device": ("cpu", SPECS["device"]),
-        "methods": (list(PAI_METHODS), Spec("list", item=Spec("str", choices=("dense", *PAI_METHODS)))),
-        "sparsities": (list(_ALL_SPARSITIES), Spec("list", item=_SPARSITY)),
-        "seeds": ([0, 1, 2], _SEEDS),
-    },
-    "transfer": {
-        "run": (True, Spec("bool")),
-        "experiments_profile": ("default", Spec("str", choices=_profiles, choices_name="profiles")),
-        "dataset": (None, replace(SPECS["dataset"], optional=True)),
-        "model": (None, replace(SPECS["model"], optional=True)),
-        "seeds": ([0], _SEEDS),
-        "methods": (["prospr", "snip"], _PAI_METHODS),
-        "targets": (["basis_pruning", "double_pruning"],
-                    Spec("list", item=Spec("str", choices=("basis_pruning", "double_pruning")))),
-        "fixed": ({}, Spec("mapping", item=_SPARSITY)),
-        "epochs": (2, Spec("int", low=1, optional=True)),
-        "lr": (1e-3, Spec("float", low=0.0, low_open=True, optional=True)),
-        "subset_train": (1800, _PAI_SUBSET),
-        "subset_test": (None, _PAI_SUBSET),
-        "prune_batch_size": (64, Spec("int", low=2, optional=True)),
-        "steps": (3, Spec("int", low=0)),
-        "inner_lr": (0.1, _POSITIVE),
-        "bn_mode": ("train", SPECS["bn_mode"]),
-    },
-    "cost": {
-        "model": ("resnet20", Spec("str", choices=_smallnets, choices_name="small networks")),
-        "width": (16, Spec("int", low=1)),
-        "batch": (128, Spec("int", low=1)),
-        "steps": (3, Spec("int", low=0)),
-        "image_size": (32, Spec("int", low=8)),
-        "repeats": (3, Spec("int", low=1)),
-        "warmup": (0, Spec("int", low=0)),
-        "sparsity": (0.9, _SPARSITY),
-        "synflow_iterations": (100, Spec("int", low=1)),
-        "device": ("cpu", SPECS["device"]),
-        "methods": (list(PAI_METHODS), _PAI_METHODS),
-    },
-}
-
-#: Settings of a ``pai`` part that say what a notebook loops over (like a profile's ``seeds``), not
-#: parameters of one run: a run has one ``seed`` (default 0) instead.
-PAI_LOOPS = ("seeds", "run")
 
 # ``timing`` (speed.speed_table): seconds of timing per model, batch size and round (at least),
 # runs per round (at least), untimed warm-up calls, rounds (every model timed once per round, so that
@@ -242,14 +150,6 @@ def section(profile: str, name: str) -> dict[str, Any]:
         return own
     return {part: {k: copy.deepcopy(v) for k, (v, _) in specs.items()} | own.get(part, {})
             for part, specs in PAI.items()}
-
-
-def pai_specs(part: str) -> dict[str, Spec]:
-    """What each parameter of one run of a ``pai`` part accepts: its settings but what notebooks
-    loop over (:data:`PAI_LOOPS`), and ``seed`` (the names :func:`pai_params` takes)."""
-    if part not in PAI:
-        raise ParameterError("part", f"part must be one of {', '.join(PAI)}, got {part!r}", part)
-    return {k: spec for k, (_, spec) in PAI[part].items() if k not in PAI_LOOPS} | {"seed": SPECS["seed"]}
 
 
 def pai_settings(part: str, profile: str = "default", **overrides: Any) -> dict[str, Any]:
