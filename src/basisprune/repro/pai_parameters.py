@@ -1,8 +1,9 @@
 """The settings of chapter 6's pruning-at-initialization experiments (the ``pai`` section of a
 profile): per part (``scratch``, ``transfer``, ``cost``), each setting's default and what it accepts
-(:data:`PAI`), the settings a notebook loops over (:data:`PAI_LOOPS`) and the parameters of one run
-(:func:`pai_specs`). A profile's values over these defaults: :func:`basisprune.repro.profiles.section`
-and :func:`~basisprune.repro.profiles.pai_settings`."""
+(:data:`PAI`), the settings a notebook loops over (:data:`PAI_LOOPS`), the parameters of one run
+(:func:`pai_specs`) and the experiment of each part (:data:`PAI_EXPERIMENTS`). A profile's values
+over these defaults: :func:`basisprune.repro.profiles.section` and
+:func:`~basisprune.repro.profiles.pai_settings`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ..pai import METHODS as PAI_METHODS
 from .parameters import SPECS
 from .validator import Spec
 
-__all__ = ["PAI", "PAI_LOOPS", "pai_specs"]
+__all__ = ["PAI", "PAI_EXPERIMENTS", "PAI_LOOPS", "pai_specs"]
 
 _ALL_SPARSITIES = [0.5, 0.8, 0.9, 0.95, 0.98]
 
@@ -112,6 +113,10 @@ PAI: dict[str, dict[str, tuple[Any, Spec]]] = {
 #: Settings of a ``pai`` part that say what a notebook loops over (like a profile's ``seeds``), not
 #: parameters of one run: a run has one ``seed`` (default 0) instead.
 PAI_LOOPS = ("seeds", "run")
+
+#: The pruning-at-initialization experiments and the part of the profile's ``pai`` settings that
+#: holds their parameters.
+PAI_EXPERIMENTS: dict[str, str] = {"pai_scratch": "scratch", "pai_transfer": "transfer", "pai_cost": "cost"}
 
 
 def pai_specs(part: str) -> dict[str, Spec]:
