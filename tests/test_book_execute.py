@@ -100,8 +100,9 @@ def test_parallel_order_starts_with_the_chapters_with_work_of_their_own_then_the
 
 
 def test_the_shared_runs_are_the_runs_the_chapters_loop_over():
-    """book_runs holds every (experiment, data set, seed) that chapters 2-5 loop over and chapter
-    6's transfer targets, each once; double pruning follows the channel run whose stage it reuses."""
+    """book_runs holds every (experiment, data set, seed) that chapters 2-5 loop over, chapter 6's
+    pruning-at-initialization runs (per part, its seeds; the cost part seed 0) and their transfer
+    targets, each once; double pruning follows the channel run whose stage it reuses."""
     from basisprune.repro import profiles
     from basisprune.repro.plan import book_runs, selection, table_seeds
 
@@ -114,6 +115,9 @@ def test_the_shared_runs_are_the_runs_the_chapters_loop_over():
                  for e in ("channel_pruning", "basis_pruning", "double_pruning")}
         t = profiles.section(profile, "pai")["transfer"]
         want |= {(t["experiments_profile"], e, datasets[0], s) for e in t["targets"] for s in t["seeds"]}
+        pai = profiles.section(profile, "pai")
+        want |= {(profile, f"pai_{part}", pai[part].get("dataset"), s) for part in ("scratch", "transfer", "cost")
+                 if pai[part].get("run", True) for s in pai[part].get("seeds", [0])}
         assert set(runs) == want
         for chain in book_runs(profile):
             if chain[-1][1] == "double_pruning":

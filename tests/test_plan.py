@@ -7,6 +7,7 @@ import nbformat
 import pytest
 
 from basisprune.repro import plan, profiles
+from basisprune.repro.pai_parameters import PAI_EXPERIMENTS
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 #: The calls that make experiment runs: each must take its experiment, data set and seed from the plan.
@@ -78,7 +79,8 @@ def test_a_notebook_makes_its_runs_from_its_chapter_of_the_plan(path):
 def test_the_builder_prefetches_every_run_of_the_plan_once(profile):
     """book_runs (the builder's prefetch) holds every run of every chapter of the plan with the
     profile's settings and chapter 6's transfer targets, each once, and nothing else; a double
-    pruning run follows the channel pruning run of the same data set and seed."""
+    pruning run follows the channel pruning run of the same data set and seed, and a pai_transfer
+    run follows its last target in the same chain."""
     chains = plan.book_runs(profile)
     runs = [r for chain in chains for r in chain]
     assert len(runs) == len(set(runs))
@@ -86,13 +88,16 @@ def test_the_builder_prefetches_every_run_of_the_plan_once(profile):
     t = profiles.section(profile, "pai").get("transfer", {})
     if t.get("run"):
         ep = t.get("experiments_profile") or profile
-        d = t.get("dataset") or profiles.get(ep)["datasets"][0]
-        want |= {(ep, e, d, int(s)) for e in t["targets"] for s in t["seeds"]}
+        d_ep = t.get("dataset") or profiles.get(ep)["datasets"][0]
+        want |= {(ep, e, d_ep, int(s)) for e in t["targets"] for s in t["seeds"]}
     want |= {(p, "channel_pruning", d, s) for p, e, d, s in want if e == "double_pruning"}
     assert set(runs) == want
     for chain in chains:
-        if chain[-1][1] == "double_pruning":
-            assert chain[0] == (chain[-1][0], "channel_pruning", *chain[-1][2:])
+        for i, (p, e, d, s) in enumerate(chain):
+            if e == "double_pruning":
+                assert chain[i - 1] == (p, "channel_pruning", d, s)
+            if e == "pai_transfer" and t["targets"]:
+                assert chain[i - 1] == (ep, t["targets"][-1], d_ep, s)
 
 
 def test_the_builder_prefetches_what_the_plan_says(tmp_path, monkeypatch):
@@ -116,6 +121,23 @@ def test_chapter_runs_follow_the_notebook_parameters():
     assert plan.chapter_runs("07", "default") == [(e, d0, s0) for e in plan.CHAPTERS["07"].experiments]
     with pytest.raises(KeyError, match="chapters"):
         plan.chapter_runs("01", "default")
+
+
+def test_chapter_6_runs_follow_its_pai_settings():
+    """Chapter 6 makes, per pai experiment in the plan's order, one run per seed of the notebook's
+    settings of its part (the profile's where none are given; the cost experiment seed 0), none
+    where the part's run is false, on the data set the settings name; the selection keywords of
+    the other chapters are refused."""
+    S = profiles.pai_settings("scratch", "default", seeds=[2, 5])
+    T = profiles.pai_settings("transfer", "default", run=False)
+    runs = plan.chapter_runs("06", "default", settings={"pai_scratch": S, "pai_transfer": T})
+    assert runs == [("pai_scratch", S["dataset"], 2), ("pai_scratch", S["dataset"], 5), ("pai_cost", None, 0)]
+    own = {e: profiles.pai_settings(part, "default") for e, part in PAI_EXPERIMENTS.items()}
+    assert plan.chapter_runs("06", "default") == plan.chapter_runs("06", "default", settings=own)
+    with pytest.raises(ValueError, match="seeds"):
+        plan.chapter_runs("06", "default", seeds=[1])
+    with pytest.raises(ValueError, match="pai chapter"):
+        plan.chapter_runs("03", "default", settings={})
 
 
 def test_the_seeds_tier_covers_the_main_table_of_the_default_profile():

@@ -215,7 +215,7 @@ def _collect(done, pending: dict, record: dict[str, Any], failures: list[str], p
             failures.append(name)
 
 
-def _run_chain(chain: Sequence[tuple[str, str, str, int]]) -> tuple[str, str | None, float]:
+def _run_chain(chain: Sequence[tuple[str, str, str | None, int]]) -> tuple[str, str | None, float]:
     """Compute one chain of experiment runs (in a worker process) into ``$BASISPRUNE_RUNS``; the
     notebooks that read them load their checkpoints. Returns (status, error, seconds)."""
     from basisprune.repro import experiments
@@ -223,15 +223,18 @@ def _run_chain(chain: Sequence[tuple[str, str, str, int]]) -> tuple[str, str | N
     t0 = time.perf_counter()
     try:
         for prof, experiment, dataset, seed in chain:
-            experiments.run(experiment, profile=prof, dataset=dataset, seed=seed)
+            # A pruning-at-initialization run whose settings name no data set takes none.
+            experiments.run(experiment, profile=prof, seed=seed, **({} if dataset is None else {"dataset": dataset}))
     except Exception as e:  # noqa: BLE001 - the notebook reading this run fails with the same error
         return "failed", f"{type(e).__name__}: {_short(str(e))}", time.perf_counter() - t0
     return "ok", None, time.perf_counter() - t0
 
 
-def _chain_label(chain: Sequence[tuple[str, str, str, int]]) -> str:
-    prof, _, dataset, seed = chain[-1]
-    return f"{'+'.join(r[1].removesuffix('_pruning') for r in chain)}-{dataset}-seed{seed}"
+def _chain_label(chain: Sequence[tuple[str, str, str | None, int]]) -> str:
+    seed = chain[-1][3]
+    dataset = next((r[2] for r in reversed(chain) if r[2] is not None), None)  # pai runs may name none
+    names = "+".join(r[1].removesuffix("_pruning") for r in chain)
+    return f"{names}-{dataset}-seed{seed}" if dataset is not None else f"{names}-seed{seed}"
 
 
 def _prefetch_chains(profile: str, root: Path) -> list[tuple[tuple[str, str, str, int], ...]]:
@@ -258,8 +261,9 @@ def _spawn():
 
 
 #: With several jobs, the experiment runs the chapters share are computed first, side by side
-#: (:func:`_prefetch_chains`); then these notebooks, which also compute work of their own (chapter
-#: 6's pruning at initialization, chapter 7's peer and timings), then the rest, longest first.
+#: (:func:`_prefetch_chains`, chapter 6's pruning-at-initialization runs among them); then these
+#: notebooks, which compute work of their own when nothing was prefetched (chapter 6) or always
+#: (chapter 7's peer and timings), then the rest, longest first.
 PARALLEL_FIRST = ("06", "07")
 
 

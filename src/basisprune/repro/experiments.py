@@ -33,6 +33,7 @@ from ..decompose import decompose
 from ..errors import ParameterError
 from .checkpoints import load_checkpoint, save_checkpoint
 from .devices import pick_device, seed_everything
+from .pai_parameters import PAI_EXPERIMENTS
 from .reference import _train
 from .results import Timer, check_writable, clean_stale_temporaries, write_results
 from .stages import _basis_stage, _channel_stage, _size, select_round, stops_after
@@ -238,10 +239,6 @@ EXPERIMENTS: dict[str, Callable[[Context, Path | None], dict[str, Any]]] = {
     "pai_transfer": pai_transfer.transfer,
     "pai_cost": pai_cost.cost,
 }
-
-#: The pruning-at-initialization experiments and the part of the profile's ``pai`` settings that
-#: holds their parameters.
-PAI_EXPERIMENTS: dict[str, str] = {"pai_scratch": "scratch", "pai_transfer": "transfer", "pai_cost": "cost"}
 
 #: How :class:`Context` builds the loaders (and number of classes) of the experiments whose data is
 #: not the transfer model's (the cost experiment has none: random inputs).

@@ -1,390 +1,33 @@
 """Parameter profiles: ``smoke`` (CI, seconds), ``default`` (CPU, offline), ``paper`` (GPU, online).
 
-One table, :data:`PROFILES`, for everything a profile sets. Every experiment parameter has one
-default here (:data:`PARAMETERS`); a profile overrides some of them, and a caller (notebook, CLI)
-overrides any. ``datasets`` and ``seeds`` are what notebooks loop over. Besides the experiment
-parameters each profile has two sections (:data:`SECTIONS`, read with :func:`section`): ``pai``,
-the settings of chapter 6's pruning-at-initialization experiments
-(:mod:`basisprune.repro.pruning_at_init`; one default per setting in :data:`PAI`, a profile sets
-only what differs, :func:`pai_params` validates them with the same :class:`Spec`), and ``timing``,
-how long chapter 7 times things (:mod:`basisprune.repro.efficiency`).
+One table, :data:`PROFILES`, for everything a profile sets, and the public entry point of the
+settings: every experiment parameter has one default (:data:`PARAMETERS`, with :data:`SPECS`,
+:func:`validate` and :func:`describe`, from :mod:`basisprune.repro.parameters`); a profile
+overrides some of them, and a caller (notebook, CLI) overrides any. ``datasets`` and ``seeds`` are
+what notebooks loop over. Besides the experiment parameters each profile has two sections
+(:data:`SECTIONS`, read with :func:`section`): ``pai``, the settings of chapter 6's
+pruning-at-initialization experiments (:mod:`basisprune.repro.pruning_at_init`; one default per
+setting in :data:`PAI`, from :mod:`basisprune.repro.pai_parameters`, a profile sets only what
+differs, :func:`pai_params` validates them with the same :class:`Spec`, from
+:mod:`basisprune.repro.validator`), and ``timing``, how long chapter 7 times things
+(:mod:`basisprune.repro.speed`).
 """
 
 from __future__ import annotations
 
 import copy
-import math
-import numbers
-import os
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..errors import ParameterError
-from ..pai import METHODS as PAI_METHODS
+from .pai_parameters import PAI, PAI_LOOPS, pai_specs
+from .parameters import PARAMETERS, SPECS, describe, validate
+from .validator import Spec
 
 __all__ = ["PAI", "PAI_LOOPS", "PARAMETERS", "PROFILES", "SECTIONS", "SPECS", "Spec", "check_profile", "get", "describe",
            "pai_params", "pai_settings", "pai_specs", "section", "validate"]
 
-# name -> (default, help). The defaults are the `default` profile's values.
-PARAMETERS: dict[str, tuple[Any, str]] = {
-    "model": ("mobilenet_v2", "torchvision model name (or efficientnet_lite0)"),
-    "dataset": ("mnist5k", "dataset name (basisprune.repro.data.available())"),
-    "pretrained": (True, "start from ImageNet weights"),
-    "image_size": (32, "input side in pixels"),
-    "batch_size": (128, "training batch size"),
-    "subset_train": (None, "training images (None: the whole split)"),
-    "subset_test": (None, "test images (None: the whole split)"),
-    "val_fraction": (0.2, "share of the training split held out for model selection"),
-    "test_split": ("fold0", "mnist5k and digits: which of five stratified folds of the file is the test split "
-                            "(fold0, the fixed partition, ... fold4), or seed (fold seed mod 5: a different test "
-                            "fold per seed); data sets with their own test split ignore it"),
-    "data_root": (None, "directory with downloaded datasets"),
-    "seed": (0, "random seed"),
-    "device": ("auto", "auto, cpu, cuda or mps"),
-    "precision": ("auto", "autocast: auto (bf16 on CUDA where supported, fp16 with one grad scaler on older GPUs, "
-                          "fp32 on CPU), fp32, bf16 or fp16; Taylor scores are always summed in fp32"),
-    "memory_format": ("channels_last", "layout of the conv weights while training: channels_last (faster on a CPU; "
-                                       "ours) or contiguous; results differ only by rounding"),
-    "bn_mode": ("eval", "batch norm while training: eval keeps ImageNet statistics, train uses batch statistics"),
-    "lr": (3e-3, "Adam learning rate for scales and classifier"),
-    "warmup_epochs": (10, "epochs training scales and classifier before the first pruning round"),
-    "epochs_per_round": (2, "training epochs after each pruning round"),
-    "max_drop": (0.01, "accuracy budget: the selected round is the most pruned one within this drop (validation)"),
-    "select_margin": (1.0, "standard errors of the validation drop a selected round keeps below max_drop "
-                           "(0: the drop itself; ours)"),
-    "stop_drop": (0.02, "stop pruning once validation accuracy falls this far below the reference "
-                        "(calibrated: replayed on the calibration's stages, 2 points changed no selection)"),
-    "basis_rounds": (20, "basis pruning rounds"),
-    "basis_fraction": (0.1, "share of live bases pruned per round"),
-    "basis_scope": ("global", "rank bases globally or per layer"),
-    "basis_normalize": ("none", "score normalisation: none, mean, max, l2, cost (weights per basis), "
-                                "saved (share of weights and FLOPs a basis actually saves, fold-aware; ours)"),
-    "layer_floor": (0.5, "share of a layer's live units (bases or channels) that every pruning round keeps"),
-    "shrink_bases": (False, "drop pruned bases after each basis pruning round (bp.Pruner.shrink), so later rounds "
-                            "train a smaller model; results differ from the masked model's by rounding (ours)"),
-    "channel_rounds": (12, "channel pruning rounds"),
-    "channel_fraction": (0.15, "share of live channels pruned per round"),
-    "channel_threshold": (None, "prune channels with |scale| below this instead of a fraction"),
-    "channel_l1": (1e-4, "L1 penalty on channel scales"),
-    "channel_importance": ("taylor", "rank channels by taylor (|s dL/ds|) or magnitude (|s|, the paper's)"),
-    "channel_warmup_epochs": (None, "warm-up epochs of the channel stage (None: warmup_epochs)"),
-    "distill": (0.0, "weight of distillation from the unpruned model in the scales' training loss after "
-                     "each stage's warm-up (0: cross-entropy only, the papers'; ours)"),
-    "distill_temperature": (4.0, "softmax temperature of the distillation loss"),
-    "transfer_epochs": (4, "epochs of each transfer baseline"),
-    "full_lr": (3e-4, "Adam learning rate of full fine-tuning"),
-}
-
-
-@dataclass(frozen=True)
-class Spec:
-    """What one parameter accepts: a kind, an optional range or list of choices, and None or not.
-
-    ``kind`` is ``"bool"``, ``"int"`` (bools refused), ``"float"`` (ints accepted, made float;
-    infinities and NaN refused), ``"str"``, ``"path"`` (a str or os.PathLike), ``"list"`` (a list
-    or tuple of values each checked by ``item``) or ``"mapping"`` (string labels to values checked
-    by ``item``). ``low``/``high``
-    bound numbers (open bounds with ``low_open``/``high_open``); ``choices`` is a tuple of allowed
-    strings or a function returning them (for lists only known at run time).
-    """
-
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    choices: tuple[str, ...] | Callable[[], Sequence[str]] | None = None
-    optional: bool = False
-    choices_name: str = ""  # "known models": how a message refers to a long list of choices
-    item: Spec | None = None  # what each element of a list or mapping accepts
-
-    def allowed(self) -> list[str]:
-        return list(self.choices() if callable(self.choices) else self.choices or ())
-
-    def describe(self) -> str:
-        """What is allowed, in words (e.g. ``a number in (0, 1)``, ``an integer >= 1 or None``)."""
-        if self.kind == "bool":
-            text = "true or false"
-        elif self.kind in ("list", "mapping"):
-            text = ("a list of " if self.kind == "list" else "a mapping of labels to ") + self.item.describe()
-        elif self.kind == "path":
-            text = "a folder path"
-        elif self.choices is not None:
-            names = self.allowed()
-            if not self.choices_name:
-                text = "one of " + ", ".join(map(repr, names))
-            elif len(names) <= 12:
-                text = f"one of the {self.choices_name} ({', '.join(names)})"
-            else:
-                text = f"one of the {self.choices_name}"
-        else:
-            text = {"int": "an integer", "float": "a finite number", "str": "a string"}[self.kind]
-            lo = None if self.low is None else f"{'>' if self.low_open else '>='} {_num(self.low)}"
-            hi = None if self.high is None else f"{'<' if self.high_open else '<='} {_num(self.high)}"
-            if lo and hi:
-                text += f" in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
-            elif lo or hi:
-                text += " " + (lo or hi)
-        return text + (" or None" if self.optional else "")
-
-    def check(self, name: str, value: Any) -> Any:
-        """``value`` in its canonical type (int, float, ...), or :class:`ParameterError` naming ``name``."""
-        if value is None:
-            if self.optional:
-                return None
-            self._fail(name, value)
-        if self.kind == "bool":
-            if not isinstance(value, bool):
-                self._fail(name, value)
-            return value
-        if self.kind == "list":
-            if not isinstance(value, (list, tuple)):
-                self._fail(name, value)
-            return [self.item.check(f"{name}[{i}]", v) for i, v in enumerate(value)]
-        if self.kind == "mapping":
-            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-                self._fail(name, value)
-            return {k: self.item.check(f"{name}[{k!r}]", v) for k, v in value.items()}
-        if self.kind == "int":
-            if isinstance(value, bool) or not _is_int(value):
-                self._fail(name, value)
-            value = int(value)
-        elif self.kind == "float":
-            if isinstance(value, bool) or not (_is_int(value) or _is_float(value)) or not math.isfinite(value):
-                self._fail(name, value)
-            value = float(value)
-        elif self.kind == "path":
-            if not isinstance(value, (str, os.PathLike)) or not str(os.fspath(value)).strip():
-                self._fail(name, value)
-            return value
-        elif not isinstance(value, str):
-            self._fail(name, value)
-        if self.choices is not None and value not in self.allowed():
-            names = self.allowed()
-            extra = f"; {self.choices_name}: {', '.join(names)}" if len(names) > 12 else ""
-            raise ParameterError(name, f"{name} must be {self.describe()}, got {value!r}{extra}", value)
-        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
-            self._fail(name, value)
-        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
-            self._fail(name, value)
-        return value
-
-    def _fail(self, name: str, value: Any):
-        hint = " (true/false is not a number)" if isinstance(value, bool) and self.kind in ("int", "float") else ""
-        raise ParameterError(name, f"{name} must be {self.describe()}, got {value!r}{hint}", value)
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral)  # int and numpy integers
-
-
-def _is_float(value: Any) -> bool:
-    return isinstance(value, numbers.Real)
-
-
-def _models() -> list[str]:
-    from . import models
-
-    return models.available()
-
-
-def _datasets() -> list[str]:
-    from . import data
-
-    return data.available()
-
-
-_FRACTION = Spec("float", low=0.0, high=1.0, low_open=True, high_open=True)
-_DROP = Spec("float", low=0.0, high=1.0)
-_RATE = Spec("float", low=0.0)
-_EPOCHS = Spec("int", low=0)
-_SUBSET = Spec("int", low=1, optional=True)
-
-# name -> what it accepts. The choices of bn_mode, precision, basis_scope and basis_normalize are
-# those of basisprune.repro.train.BN_MODES, basisprune.repro.train.PRECISIONS and basisprune.prune (a test keeps
-# them equal).
-SPECS: dict[str, Spec] = {
-    "model": Spec("str", choices=_models, choices_name="known models"),
-    "dataset": Spec("str", choices=_datasets, choices_name="known datasets"),
-    "pretrained": Spec("bool"),
-    "image_size": Spec("int", low=1),
-    "batch_size": Spec("int", low=1),
-    "subset_train": _SUBSET,
-    "subset_test": _SUBSET,
-    "val_fraction": _FRACTION,
-    "test_split": Spec("str", choices=("fold0", "fold1", "fold2", "fold3", "fold4", "seed")),
-    "data_root": Spec("path", optional=True),
-    "seed": Spec("int", low=0, high=2**32 - 1),
-    "device": Spec("str"),  # the forms and what this machine has: basisprune.repro.devices.pick_device
-    "precision": Spec("str", choices=("auto", "fp32", "bf16", "fp16")),
-    "memory_format": Spec("str", choices=("channels_last", "contiguous")),
-    "bn_mode": Spec("str", choices=("eval", "train")),
-    "lr": _RATE,
-    "warmup_epochs": _EPOCHS,
-    "epochs_per_round": Spec("int", low=1),
-    "max_drop": _DROP,
-    "select_margin": Spec("float", low=0.0),
-    "stop_drop": _DROP,
-    "basis_rounds": _EPOCHS,
-    "basis_fraction": _FRACTION,
-    "basis_scope": Spec("str", choices=("global", "layer")),
-    "basis_normalize": Spec("str", choices=("none", "mean", "max", "l2", "cost", "saved")),
-    "layer_floor": Spec("float", low=0.0, high=1.0, high_open=True),
-    "shrink_bases": Spec("bool"),
-    "channel_rounds": _EPOCHS,
-    "channel_fraction": _FRACTION,
-    "channel_threshold": Spec("float", low=0.0, optional=True),
-    "channel_l1": _RATE,
-    "channel_importance": Spec("str", choices=("taylor", "magnitude")),
-    "channel_warmup_epochs": Spec("int", low=0, optional=True),
-    "distill": Spec("float", low=0.0, high=1.0),
-    "distill_temperature": Spec("float", low=0.0, low_open=True),
-    "transfer_epochs": _EPOCHS,
-    "full_lr": _RATE,
-}
-assert set(SPECS) == set(PARAMETERS), "every parameter needs a Spec"
-
-
-def validate(p: dict[str, Any]) -> dict[str, Any]:
-    """Check every parameter of ``p`` (a full parameter set); returns a copy with canonical types.
-
-    Raises :class:`~basisprune.errors.ParameterError` (a ValueError) naming the first parameter
-    that is not allowed and what is: unknown names, wrong types (a bool is not an integer),
-    values out of range, unknown choices, a device this machine lacks, an image size too small
-    for the model, a ``data_root`` that does not exist (unless a download will create it);
-    pretrained weights that are neither cached nor obtainable raise
-    :class:`~basisprune.repro.models.PretrainedUnavailableError`. Nothing is loaded: data, models and
-    weights are only looked up by name.
-    """
-    unknown = sorted(set(p) - set(SPECS))
-    if unknown:
-        raise ParameterError(unknown[0], f"unknown parameter(s) {unknown}; allowed: {sorted(SPECS)}")
-    missing = sorted(set(SPECS) - set(p))
-    if missing:
-        raise ParameterError(missing[0], f"parameter(s) {missing} missing; every one of {sorted(SPECS)} is needed")
-    import torch
-
-    from . import data, models
-    from .devices import pick_device
-
-    p = dict(p)
-    if isinstance(p["device"], torch.device):
-        p["device"] = str(p["device"])
-    out = {k: SPECS[k].check(k, p[k]) for k in PARAMETERS}
-    try:
-        pick_device(out["device"])
-    except ValueError as e:
-        raise ParameterError("device", str(e), out["device"]) from None
-    try:
-        models.check_image_size(out["model"], out["image_size"])
-    except ValueError as e:
-        raise ParameterError("image_size", str(e), out["image_size"]) from None
-    data.check_root(out["dataset"], out["data_root"])
-    if out["pretrained"]:
-        models.check_pretrained(out["model"])
-    return out
-
-
-_ALL_SPARSITIES = [0.5, 0.8, 0.9, 0.95, 0.98]
-
 #: The sections of a profile that are not experiment parameters (:func:`get` leaves them out).
 SECTIONS = ("pai", "timing")
-
-
-def _smallnets() -> list[str]:
-    from . import smallnets
-
-    return list(smallnets.NAMES)
-
-
-def _profiles() -> list[str]:
-    return list(PROFILES)
-
-
-_SPARSITY = Spec("float", low=0.0, high=1.0, high_open=True)
-_POSITIVE = Spec("float", low=0.0, low_open=True)
-_SEEDS = Spec("list", item=SPECS["seed"])
-_PAI_METHODS = Spec("list", item=Spec("str", choices=PAI_METHODS))
-_PAI_SUBSET = Spec("int", low=10, optional=True)
-
-#: Chapter 6's pruning-at-initialization experiments (:mod:`basisprune.repro.pruning_at_init`): per
-#: part, setting -> (default, what it accepts). The defaults are the ``default`` profile's, sized for
-#: 2 CPU cores; a profile's ``pai`` section sets only what differs (:func:`section` merges them).
-#: ``scratch`` (experiment ``pai_scratch``): a small CNN trained from scratch, Fashion-MNIST at 28 px,
-#: 2,000 training images, one epoch, vgg_small at width 8 (18.4k prunable weights), SynFlow with 20
-#: rounds instead of the official 100; ``methods`` x ``sparsities`` (plus the dense baseline) is
-#: one run's grid. ``transfer`` (``pai_transfer``): ``None`` means the value of the experiments
-#: profile ``experiments_profile`` (dataset, model, subsets, ``epochs`` = its ``transfer_epochs``,
-#: ``lr`` = its ``full_lr``, ``prune_batch_size`` = its ``batch_size``); ``targets`` are the pruning
-#: experiments whose final parameter counts set the sparsities, ``fixed`` extra labelled
-#: sparsities. Its default fine-tunes two epochs on 1,800 of the training images at Adam lr 1e-3
-#: instead of the experiments profile's epochs on all of them at its ``full_lr`` 3e-4 (after one
-#: epoch at 3e-4 the pruned MobileNetV2 was still at chance accuracy). ``cost`` (``pai_cost``): the
-#: pruning step's wall time in the ProsPr paper's ResNet-20 setting, the median of ``repeats`` calls.
-PAI: dict[str, dict[str, tuple[Any, Spec]]] = {
-    "scratch": {
-        "dataset": ("fashion_mnist", SPECS["dataset"]),
-        "image_size": (28, Spec("int", low=8)),
-        "net": ("vgg_small", Spec("str", choices=_smallnets, choices_name="small networks")),
-        "width": (8, Spec("int", low=1)),
-        "subset_train": (2000, _PAI_SUBSET),
-        "subset_test": (2000, _PAI_SUBSET),
-        "batch_size": (32, Spec("int", low=2)),
-        "epochs": (1, Spec("int", low=1)),
-        "optimizer": ("sgd", Spec("str", choices=("sgd", "adamw"))),
-        "lr": (0.1, _POSITIVE),
-        "momentum": (0.9, Spec("float", low=0.0, high=1.0, high_open=True)),
-        "weight_decay": (5e-4, Spec("float", low=0.0)),
-        "prune_batch_size": (64, Spec("int", low=2)),
-        "steps": (3, Spec("int", low=0)),
-        "inner_lr": (0.1, _POSITIVE),
-        "synflow_iterations": (20, Spec("int", low=1)),
-        "device": ("cpu", SPECS["device"]),
-        "methods": (list(PAI_METHODS), Spec("list", item=Spec("str", choices=("dense", *PAI_METHODS)))),
-        "sparsities": (list(_ALL_SPARSITIES), Spec("list", item=_SPARSITY)),
-        "seeds": ([0, 1, 2], _SEEDS),
-    },
-    "transfer": {
-        "run": (True, Spec("bool")),
-        "experiments_profile": ("default", Spec("str", choices=_profiles, choices_name="profiles")),
-        "dataset": (None, Spec("str", choices=_datasets, choices_name="known datasets", optional=True)),
-        "model": (None, Spec("str", choices=_models, choices_name="known models", optional=True)),
-        "seeds": ([0], _SEEDS),
-        "methods": (["prospr", "snip"], _PAI_METHODS),
-        "targets": (["basis_pruning", "double_pruning"],
-                    Spec("list", item=Spec("str", choices=("basis_pruning", "double_pruning")))),
-        "fixed": ({}, Spec("mapping", item=_SPARSITY)),
-        "epochs": (2, Spec("int", low=1, optional=True)),
-        "lr": (1e-3, Spec("float", low=0.0, low_open=True, optional=True)),
-        "subset_train": (1800, _PAI_SUBSET),
-        "subset_test": (None, _PAI_SUBSET),
-        "prune_batch_size": (64, Spec("int", low=2, optional=True)),
-        "steps": (3, Spec("int", low=0)),
-        "inner_lr": (0.1, _POSITIVE),
-        "bn_mode": ("train", SPECS["bn_mode"]),
-    },
-    "cost": {
-        "model": ("resnet20", Spec("str", choices=_smallnets, choices_name="small networks")),
-        "width": (16, Spec("int", low=1)),
-        "batch": (128, Spec("int", low=1)),
-        "steps": (3, Spec("int", low=0)),
-        "image_size": (32, Spec("int", low=8)),
-        "repeats": (3, Spec("int", low=1)),
-        "warmup": (0, Spec("int", low=0)),
-        "sparsity": (0.9, _SPARSITY),
-        "synflow_iterations": (100, Spec("int", low=1)),
-        "device": ("cpu", SPECS["device"]),
-        "methods": (list(PAI_METHODS), _PAI_METHODS),
-    },
-}
-
-#: Settings of a ``pai`` part that say what a notebook loops over (like a profile's ``seeds``), not
-#: parameters of one run: a run has one ``seed`` (default 0) instead.
-PAI_LOOPS = ("seeds", "run")
 
 # ``timing`` (speed.speed_table): seconds of timing per model, batch size and round (at least),
 # runs per round (at least), untimed warm-up calls, rounds (every model timed once per round, so that
@@ -509,14 +152,6 @@ def section(profile: str, name: str) -> dict[str, Any]:
             for part, specs in PAI.items()}
 
 
-def pai_specs(part: str) -> dict[str, Spec]:
-    """What each parameter of one run of a ``pai`` part accepts: its settings but what notebooks
-    loop over (:data:`PAI_LOOPS`), and ``seed`` (the names :func:`pai_params` takes)."""
-    if part not in PAI:
-        raise ParameterError("part", f"part must be one of {', '.join(PAI)}, got {part!r}", part)
-    return {k: spec for k, (_, spec) in PAI[part].items() if k not in PAI_LOOPS} | {"seed": SPECS["seed"]}
-
-
 def pai_settings(part: str, profile: str = "default", **overrides: Any) -> dict[str, Any]:
     """One part of the profile's ``pai`` section (``scratch``, ``transfer`` or ``cost``) with
     ``overrides`` applied (``None`` keeps the profile's value), each setting checked by its
@@ -567,8 +202,3 @@ def get(profile: str = "default", dataset: str | None = None) -> dict[str, Any]:
         out["dataset"] = dataset
         out.update(per_dataset.get(dataset, {}))
     return out
-
-
-def describe() -> str:
-    """One line per parameter: name, default, help (for ``basisprune --help``)."""
-    return "\n".join(f"  --{k.replace('_', '-'):24s} {v!r:>14}  {h}" for k, (v, h) in PARAMETERS.items())

@@ -63,7 +63,6 @@ from .train import evaluate, train_epoch
 __all__ = [
     "SCRATCH_METHODS",
     "accuracy_table",
-    "chapter_runs",
     "from_scratch",
     "mask_stats",
     "method_options",
@@ -71,6 +70,7 @@ __all__ = [
     "prune_batches",
     "prune_with_collapse",
     "resumed",
+    "run_params",
     "scratch",
     "scratch_loaders",
     "sync",
@@ -82,19 +82,12 @@ SCRATCH_METHODS: tuple[str, ...] = (DENSE, *pai.METHODS)
 
 
 # ------------------------------------------------------------------------------ chapter 6
-def chapter_runs(experiment: str, profile: str, settings: Mapping[str, Any], out_dir: str | Path) -> list[dict]:
-    """Chapter 6's runs of one experiment (``pai_scratch``, ``pai_transfer`` or ``pai_cost``) through
-    :func:`basisprune.repro.experiments.run`: one per seed of ``settings`` (a part of the ``pai``
-    section, :func:`basisprune.repro.profiles.pai_settings`; the cost experiment: seed 0), none when
-    its ``run`` is false; results files ``<experiment>-seed<seed>.json`` in ``out_dir``. Returns
-    the records in seed order."""
-    from . import experiments
-
-    if not settings.get("run", True):
-        return []
-    params = {k: v for k, v in settings.items() if k not in profiles.PAI_LOOPS}
-    return [experiments.run(experiment, profile=profile, seed=seed, out=Path(out_dir) / f"{experiment}-seed{seed}.json",
-                            **params) for seed in settings.get("seeds", [0])]
+def run_params(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of each run of one ``pai`` part's settings
+    (:func:`basisprune.repro.profiles.pai_settings`) for :func:`basisprune.repro.experiments.run`:
+    all but what a notebook loops over (:data:`basisprune.repro.profiles.PAI_LOOPS`); the seeds
+    are the run plan's (:func:`basisprune.repro.plan.chapter_runs`, chapter 6)."""
+    return {k: v for k, v in settings.items() if k not in profiles.PAI_LOOPS}
 
 
 # ---------------------------------------------------------------------------------- helpers
