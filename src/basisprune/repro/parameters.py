@@ -23,9 +23,10 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "subset_train": (None, "training images (None: the whole split)"),
     "subset_test": (None, "test images (None: the whole split)"),
     "val_fraction": (0.2, "share of the training split held out for model selection"),
-    "test_split": ("fold0", "mnist5k and digits: which of five stratified folds of the file is the test split "
-                            "(fold0, the fixed partition, ... fold4), or seed (fold seed mod 5: a different test "
-                            "fold per seed); data sets with their own test split ignore it"),
+    "test_split": ("seed", "mnist5k and digits: which of five stratified folds of the file is the test split: "
+                           "seed (fold seed mod 5, the default: one fold's sampling error does not enter every "
+                           "seed) or one fixed fold (fold0, the partition of earlier results, ... fold4); data "
+                           "sets with their own test split ignore it"),
     "data_root": (None, "directory with downloaded datasets"),
     "seed": (0, "random seed"),
     "device": ("auto", "auto, cpu, cuda or mps"),
