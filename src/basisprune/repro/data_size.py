@@ -262,7 +262,9 @@ def tier_status(tier: dict[str, Any], records: list[dict[str, Any]]) -> str:
     """One sentence: how much of the tier is computed, where, at which commit and at what cost."""
     sizes = sorted({r["train_per_class"] for r in records})
     commit = str(tier.get("git", {}).get("commit") or "unknown")[:10]
-    wall = "" if tier.get("wall_seconds") is None else f", {tier['wall_seconds'] / 60:.0f} minutes of wall time"
+    # A resumed sweep's wall time covers only the cells its last run computed.
+    wall = "" if tier.get("wall_seconds") is None else \
+        f", the sweep's last run {tier['wall_seconds'] / 60:.0f} minutes of wall time"
     text = (f"{len(records)} of {tier['cells']} cells computed ({', '.join(map(str, sizes))} images per class) "
             f"on {tier['device']} at commit {commit}, {tier['core_seconds'] / 3600:.1f} core-hours{wall}")
     if tier.get("missing"):
