@@ -15,16 +15,17 @@
   replaces the default (the unpruned layer, contiguous memory) only when the median over rounds of
   its paired time ratio is below ``1 - margin`` and its upper quartile below 1.
 
-Every function returns plain dicts / lists of dicts (``pandas.DataFrame(records)`` works).
+The timing primitives live in :mod:`basisprune.timers` and the fold rule in
+:mod:`basisprune.fold_rule`; this module re-exports their public names, so ``bp.bench.*`` is the one
+place to import them from. Every function returns plain dicts / lists of dicts
+(``pandas.DataFrame(records)`` works).
 Timings depend on the machine, its load and the thread count; none of them is asserted in tests.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -34,8 +35,10 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .compact import compact_basis_layer, fold_by_params, kept_indices
-from .decompose import BasisLayer, basis_layers
+from .fold_rule import LatencyFoldRule, latency_fold_rule, layer_input_shapes
+from .timers import (LayerTimer, benchmark_timer, check_batch_sizes, check_shape, clearly_faster, cpu_model,
+                     device_name, eval_mode, interleaved_times, model_device, num_threads, quantile, timed_on,
+                     timed_runs, timing_record)
 
 __all__ = [
     "LatencyFoldRule",
@@ -61,202 +64,6 @@ __all__ = [
 
 MODES = ("eager", "compile", "cudagraph")
 """How :func:`latency` runs the model: eagerly, through ``torch.compile``, or replayed as a CUDA graph."""
-
-LayerTimer = Callable[[nn.Module, torch.Tensor], float]
-"""``timer(module, x) -> seconds`` for one forward pass of ``module`` on ``x`` (eval, no grad)."""
-
-
-# ------------------------------------------------------------------------------------ device
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``, else the machine."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    name = line.split(":", 1)[1].strip()
-                    if name:
-                        return name
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_model()
-
-
-# ------------------------------------------------------------------------------------ helpers
-def check_batch_sizes(batch_sizes: Iterable[int]) -> list[int]:
-    """``batch_sizes`` as a list of ints; ``ValueError`` unless non-empty and all positive."""
-    out = [int(b) for b in batch_sizes]
-    if not out or any(b < 1 for b in out):
-        raise ValueError(f"batch_sizes must be a non-empty list of positive ints, got {batch_sizes!r}")
-    return out
-
-
-def check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
-    """One sample's shape (no batch dimension) as a tuple; ``ValueError`` unless all positive."""
-    shape = tuple(int(s) for s in input_shape)
-    if not shape or any(s < 1 for s in shape):
-        raise ValueError(
-            f"input_shape is the shape of one sample without the batch dimension, e.g. (3, 224, 224); "
-            f"got {input_shape!r}"
-        )
-    return shape
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module):
-    """Eval mode for the block; every submodule's own train/eval flag is restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
-@contextlib.contextmanager
-def num_threads(threads: int | None):
-    """torch's intra-op threads set to ``threads`` for the block (``None``: unchanged), then restored;
-    yields the count in force."""
-    old = torch.get_num_threads()
-    if threads is not None:
-        if int(threads) < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(int(threads))
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(old)
-
-
-def model_device(model: nn.Module) -> torch.device | None:
-    """The device of the model's first parameter or buffer (``None`` when it has neither)."""
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return None
-
-
-def quantile(sorted_xs: list[float], q: float) -> float:
-    """Linear-interpolation quantile of sorted values (numpy's default method)."""
-    if len(sorted_xs) == 1:
-        return sorted_xs[0]
-    pos = q * (len(sorted_xs) - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
-
-
-def timing_record(times_s: list[float], batch_size: int, **extra: Any) -> dict[str, Any]:
-    """One batch size's record from per-run seconds: median, quartiles, IQR, mean and minimum in
-    milliseconds, runs, milliseconds per image and images per second, plus ``extra``."""
-    xs = sorted(times_s)
-    med = statistics.median(xs)
-    p25, p75 = quantile(xs, 0.25), quantile(xs, 0.75)
-    mean = statistics.fmean(xs)
-    return {
-        "batch_size": batch_size,
-        "median_ms": med * 1e3,
-        "p25_ms": p25 * 1e3,
-        "p75_ms": p75 * 1e3,
-        "iqr_ms": (p75 - p25) * 1e3,
-        "mean_ms": mean * 1e3,
-        "min_ms": xs[0] * 1e3,
-        "runs": len(xs),
-        "median_ms_per_image": med * 1e3 / batch_size,
-        "throughput_ips": batch_size / med if med > 0 else float("inf"),
-        **extra,
-    }
-
-
-def _timed_runs(stmt_globals: dict[str, Any], threads: int, min_run_time: float, min_runs: int) -> tuple[list[float], int]:
-    """Seconds per call of ``model(x)`` for each of >= ``min_runs`` runs, and calls per run.
-
-    Like ``Timer.blocked_autorange``: each run is one ``Timer.timeit(number)`` block, the block size
-    chosen so that a block takes about ``min_run_time / 10`` (at least one call); blocks are
-    measured until ``min_run_time`` has passed *and* there are ``min_runs`` of them, so the
-    quartiles always come from several runs (``blocked_autorange`` alone gives a single run for
-    small models).
-    """
-    from torch.utils.benchmark import Timer
-
-    t = Timer("model(x)", globals=stmt_globals, num_threads=threads)
-    single = statistics.median(t.timeit(1).mean for _ in range(3))
-    number = max(1, int(round((min_run_time / 10) / max(single, 1e-9))))
-    times: list[float] = []
-    spent = 0.0
-    while spent < min_run_time or len(times) < min_runs:
-        m = t.timeit(number)
-        times.append(float(m.mean))
-        spent += float(m.mean) * number
-    return times, number
-
-
-def benchmark_timer(min_run_time: float = 0.02, threads: int | None = None, min_runs: int = 5) -> LayerTimer:
-    """A :data:`LayerTimer` returning the median seconds per call over timed runs (see :func:`latency`)."""
-
-    def timer(module: nn.Module, x: torch.Tensor) -> float:
-        with eval_mode(module), torch.inference_mode():
-            module(x)  # warm-up
-            times, _ = _timed_runs({"model": module, "x": x}, threads or torch.get_num_threads(), min_run_time, min_runs)
-        return float(statistics.median(times))
-
-    return timer
-
-
-def timed_on(threads: int | None = None, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """The short hardware record a timed choice carries: device name, threads, torch version."""
-    dev = torch.device(device)
-    return {"device": str(dev), "device_name": _device_name(dev), "threads": int(threads or torch.get_num_threads()),
-            "torch": torch.__version__, "hostname": platform.node() or None}
-
-
-# ------------------------------------------------------------------------- robust choices
-def interleaved_times(candidates: Sequence[tuple[nn.Module, Sequence[torch.Tensor]]], timer: LayerTimer,
-                      rounds: int = 5) -> list[list[list[float]]]:
-    """Seconds ``[candidate][round][input]`` of ``timer(module, x)`` for every candidate
-    ``(module, inputs)``, in ``rounds`` interleaved rounds: each round times every candidate once
-    per input, in an order rotated (and reversed every other round) from round to round, so that
-    load on a shared machine falls on all candidates alike and the rounds can be paired."""
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    n = len(candidates)
-    out = [[[0.0] * len(xs) for _ in range(rounds)] for _, xs in candidates]
-    for r in range(rounds):
-        order = [(r + k) % n for k in range(n)]
-        for c in (order[::-1] if r % 2 else order):
-            module, xs = candidates[c]
-            for b, x in enumerate(xs):
-                out[c][r][b] = float(timer(module, x))
-    return out
-
-
-def clearly_faster(alt: Sequence[Sequence[float]], base: Sequence[Sequence[float]], *, margin: float = 0.02,
-                   each: bool = False) -> dict[str, Any]:
-    """Whether ``alt`` is clearly faster than ``base`` (both ``[round][input]`` seconds from one
-    :func:`interleaved_times` call).
-
-    Each round's score is ``alt / base`` averaged over the inputs (each input weighs the same);
-    ``alt`` is clearly faster when the median score is below ``1 - margin`` and the upper quartile
-    below 1 (with ``each``: at every input on its own). Anything else, a tie or noise, keeps
-    ``base``. Returns ``faster`` and the scores' ``ratio_median``, ``ratio_p25``, ``ratio_p75``.
-    """
-    if len(alt) != len(base) or not alt:
-        raise ValueError("alt and base need the same non-zero number of rounds")
-
-    def verdict(scores: list[float]) -> tuple[bool, float, float, float]:
-        xs = sorted(scores)
-        med, p25, p75 = statistics.median(xs), quantile(xs, 0.25), quantile(xs, 0.75)
-        return med < 1 - margin and p75 < 1, med, p25, p75
-
-    ratios = [[a / max(b, 1e-12) for a, b in zip(ra, rb)] for ra, rb in zip(alt, base)]
-    faster, med, p25, p75 = verdict([statistics.fmean(r) for r in ratios])
-    if each:
-        faster = faster and all(verdict([r[b] for r in ratios])[0] for b in range(len(ratios[0])))
-    return {"faster": bool(faster), "ratio_median": med, "ratio_p25": p25, "ratio_p75": p75}
 
 
 def onnxruntime_timer(threads: int | None = None, min_run_time: float = 0.02, min_runs: int = 5) -> LayerTimer:
@@ -378,10 +185,10 @@ def latency(
                 setup = time.perf_counter() - t0 if mode != "eager" else 0.0
                 for _ in range(max(0, warmup)):
                     fn(x)
-                times, number = _timed_runs({"model": fn, "x": x}, n_threads, min_run_time, min_runs)
+                times, number = timed_runs({"model": fn, "x": x}, n_threads, min_run_time, min_runs)
                 out.append(timing_record(
                     times, b, number_per_run=number, threads=n_threads,
-                    device=str(dev), device_name=_device_name(dev), backend="torch", mode=mode,
+                    device=str(dev), device_name=device_name(dev), backend="torch", mode=mode,
                     setup_s=setup, model=label,
                 ))
                 del x, fn
@@ -467,162 +274,3 @@ def _warnings_silenced():
 
 
 # ------------------------------------------------------------------ latency-aware compaction
-def layer_input_shapes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """One sample's input shape (no batch dimension) of every basis layer, from forward hooks."""
-    layers = basis_layers(model)
-    shapes: dict[str, tuple[int, ...]] = {}
-    hooks = []
-    for name, layer in layers.items():
-        def hook(mod, args, name=name):
-            shapes.setdefault(name, tuple(args[0].shape[1:]))
-        hooks.append(layer.register_forward_pre_hook(hook))
-    try:
-        with eval_mode(model), torch.inference_mode():
-            model(example_input[:1])
-    finally:
-        for h in hooks:
-            h.remove()
-    missing = set(layers) - set(shapes)
-    if missing:
-        raise ValueError(f"basis layers never called on example_input: {sorted(missing)}")
-    return shapes
-
-
-class LatencyFoldRule:
-    """A ``fold_rule`` for :func:`basisprune.compact` that folds slow pairs (see
-    :func:`latency_fold_rule`). Call it as ``rule(name, layer, kept_per_group) -> bool``.
-
-    Attributes:
-        records: one dict per timed (or skipped) layer: ``name``, ``kept_per_group``, ``bases``,
-            ``input_shape``, ``pair_ms`` / ``folded_ms`` (lists, one per batch size; empty when the
-            parameter rule already folds), ``fold`` and ``reason`` (``"params"``, ``"latency"``
-            or ``"pair faster"``).
-    """
-
-    def __init__(
-        self,
-        shapes: dict[str, tuple[int, ...]],
-        batch_sizes: list[int],
-        criterion: str,
-        timer: LayerTimer,
-        base_rule: Callable[[str, BasisLayer, int], bool],
-        device: torch.device,
-        seed: int,
-        rounds: int = 5,
-        margin: float = 0.02,
-    ):
-        self.shapes = shapes
-        self.batch_sizes = batch_sizes
-        self.criterion = criterion
-        self.timer = timer
-        self.base_rule = base_rule
-        self.device = device
-        self.seed = seed
-        self.rounds = rounds
-        self.margin = margin
-        self.timed_on = timed_on(None, device)
-        self._cache: dict[tuple[str, int], dict[str, Any]] = {}
-
-    @property
-    def records(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._cache.values()]
-
-    def decide(self, name: str, layer: BasisLayer, kept_per_group: int) -> dict[str, Any]:
-        """Time (once, then cached) and decide one layer; returns its record."""
-        key = (name, int(kept_per_group))
-        if key in self._cache:
-            return self._cache[key]
-        rec: dict[str, Any] = {
-            "name": name, "kept_per_group": int(kept_per_group), "bases": layer.rank,
-            "input_shape": list(self.shapes.get(name, ())), "batch_sizes": list(self.batch_sizes),
-            "pair_ms": [], "folded_ms": [],
-        }
-        if self.base_rule(name, layer, kept_per_group):
-            rec.update(fold=True, reason="params")
-        elif name not in self.shapes:
-            raise KeyError(f"no input shape recorded for basis layer {name!r}; build the rule on this model")
-        else:
-            pair = compact_basis_layer(layer, fold=False).to(self.device)
-            single = compact_basis_layer(layer, fold=True).to(self.device)
-            gen = torch.Generator().manual_seed(self.seed)
-            xs = [torch.randn((b, *self.shapes[name]), generator=gen).to(self.device) for b in self.batch_sizes]
-            t_pair, t_single = interleaved_times([(pair, xs), (single, xs)], self.timer, self.rounds)
-            rec["pair_ms"] = [1e3 * statistics.median(r[b] for r in t_pair) for b in range(len(xs))]
-            rec["folded_ms"] = [1e3 * statistics.median(r[b] for r in t_single) for b in range(len(xs))]
-            verdict = clearly_faster(t_pair, t_single, margin=self.margin, each=self.criterion == "each")
-            rec.update(fold=not verdict["faster"], reason="pair faster" if verdict["faster"] else "latency",
-                       pair_to_folded=verdict["ratio_median"], pair_to_folded_p25=verdict["ratio_p25"],
-                       pair_to_folded_p75=verdict["ratio_p75"], rounds=self.rounds)
-        self._cache[key] = rec
-        return rec
-
-    def __call__(self, name: str, layer: BasisLayer, kept_per_group: int) -> bool:
-        return bool(self.decide(name, layer, kept_per_group)["fold"])
-
-
-def latency_fold_rule(
-    model: nn.Module,
-    example_input: torch.Tensor,
-    batch_sizes: Iterable[int] = (1, 8, 64),
-    *,
-    criterion: str = "each",
-    min_run_time: float = 0.02,
-    min_runs: int = 5,
-    threads: int | None = None,
-    timer: LayerTimer | None = None,
-    base_rule: Callable[[str, BasisLayer, int], bool] = fold_by_params,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-    rounds: int = 5,
-    margin: float = 0.02,
-) -> LatencyFoldRule:
-    """A fold rule that keeps a basis pair only where it is measurably faster than one conv.
-
-    For every basis layer of ``model`` (with its current masks), the kept pair
-    (basis conv + 1x1 conv, as ``basisprune.compact.compact_basis_layer`` builds it) and the
-    single folded conv are timed, in eval mode, on random inputs of the layer's real input shape (captured with
-    forward hooks on ``example_input``) at each batch size. The layer is folded when
-
-    * ``base_rule`` says so (default ``basisprune.compact.fold_by_params``: the pair would
-      not have fewer weights; these layers are not timed), or
-    * the pair is not clearly faster (:func:`clearly_faster` over ``rounds`` interleaved rounds of
-      both: median paired ratio below ``1 - margin``, upper quartile below 1): with
-      ``criterion="each"`` (default) at every measured batch size; with ``criterion="sum"`` on the
-      ratio averaged over batch sizes. A pair that cannot be told apart from its folded conv is
-      folded: where pruning a layer does not pay, the layer stays as it was.
-
-    So, up to timing noise, ``compact(model, fold_rule=rule)`` has no layer slower than the
-    original conv at the measured batch sizes, and no layer with more weights.
-
-    Cost: ``2 * rounds * len(batch_sizes)`` timings of about ``min_run_time`` seconds (at least
-    ``min_runs`` runs of one call) per layer the parameter rule keeps, plus one warm-up pass each. The timings are done eagerly here, on the masks present now;
-    a layer whose kept count differs at ``compact`` time is timed again then.
-
-    Args:
-        timer: ``timer(module, x) -> seconds`` replacing the default
-            :func:`benchmark_timer` (median seconds per call over at least ``min_runs`` runs and
-            ``min_run_time`` seconds), e.g. fake timings in tests.
-        threads: torch threads for the default timer.
-        device: where the layers are timed.
-        rounds, margin: the interleaved rounds and the margin of :func:`clearly_faster`.
-
-    Returns:
-        A :class:`LatencyFoldRule`; its ``records`` list every decision with its timings (medians
-        over rounds) and paired ratios, and its ``timed_on`` the hardware that made them.
-    """
-    if criterion not in ("each", "sum"):
-        raise ValueError(f"criterion must be 'each' or 'sum', got {criterion!r}")
-    sizes = check_batch_sizes(batch_sizes)
-    if not basis_layers(model):
-        raise ValueError("the model has no basis layers; call basisprune.decompose first")
-    dev = torch.device(device)
-    shapes = layer_input_shapes(model, example_input.to(model_device(model) or "cpu"))
-    rule = LatencyFoldRule(shapes, sizes, criterion, timer or benchmark_timer(min_run_time, threads, min_runs),
-                           base_rule, dev, seed, rounds, margin)
-
-    with num_threads(threads):
-        rule.timed_on = timed_on(threads, dev)
-        for name, layer in basis_layers(model).items():
-            _, k = kept_indices(layer)
-            rule.decide(name, layer, k)
-    return rule
