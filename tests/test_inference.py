@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import basisprune as bp
-from basisprune import deploy, inference
+from basisprune import deploy, fx_passes, inference, merge
 from conftest import random_basis_masks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -128,7 +128,7 @@ def test_merge_layers_equals_the_chain(seed, groups, k, stride, widths, bias):
         cin = w
     chain = nn.Sequential(*chain).double()
     x = torch.randn(2, 8, 7, 7, dtype=torch.float64)
-    merged = inference.merge_layers(list(chain))
+    merged = merge.merge_layers(list(chain))
     assert isinstance(merged, nn.Conv2d) and merged.groups == groups and merged.stride == (stride, stride)
     assert_same(merged(x), chain(x), 1e-12)
 
@@ -138,7 +138,7 @@ def test_merge_layers_of_linear_layers():
     torch.manual_seed(0)
     chain = nn.Sequential(nn.Linear(6, 3), nn.Linear(3, 9, bias=False), nn.Linear(9, 4)).double()
     x = torch.randn(5, 6, dtype=torch.float64)
-    merged = inference.merge_layers(list(chain))
+    merged = merge.merge_layers(list(chain))
     assert type(merged) is nn.Linear and merged.weight.shape == (4, 6)
     assert_same(merged(x), chain(x), 1e-12)
 
@@ -153,7 +153,7 @@ def test_merge_layers_of_linear_layers():
 def test_merge_layers_refuses_what_is_not_a_linear_chain(chain):
     """merge_layers raises ValueError instead of building a wrong layer."""
     with pytest.raises(ValueError, match="layers"):
-        inference.merge_layers(chain)
+        merge.merge_layers(chain)
 
 
 def test_flops_merge_never_adds_flops_and_merges_cheap_chains():
@@ -175,7 +175,7 @@ def test_flops_merge_never_adds_flops_and_merges_cheap_chains():
 def form_with_timer(timer, **kwargs):
     """(model, input, merge="latency" form) with merged layers tagged ``_parts`` (the number of
     layers they replace) so that a fake timer can tell them apart."""
-    orig = inference.merge_layers
+    orig = merge.merge_layers
 
     def tagged(layers):
         out = orig(layers)
@@ -185,7 +185,7 @@ def form_with_timer(timer, **kwargs):
     d = pruned(3, 0.9)
     x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(inference, "merge_layers", tagged)
+        mp.setattr(merge, "merge_layers", tagged)
         f = bp.inference_form(d, x, merge="latency", batch_sizes=(1, 4), timer=timer, **kwargs)
     return d, x, f
 
@@ -312,7 +312,7 @@ def test_inference_form_leaves_the_model_alone():
 
 def test_check_catches_a_wrong_fold(monkeypatch):
     """A broken batch-norm fold (the conv returned unchanged) is caught by the output check."""
-    monkeypatch.setattr(inference, "fuse_conv_bn_eval", lambda conv, bn: conv)
+    monkeypatch.setattr(fx_passes, "fuse_conv_bn_eval", lambda conv, bn: conv)
     with pytest.raises(inference.InferenceCheckError, match="differs"):
         bp.inference_form(pruned(0, 0.5), torch.randn(2, 3, 10, 10, dtype=torch.float64))
 
