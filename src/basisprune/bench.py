@@ -15,8 +15,8 @@
   replaces the default (the unpruned layer, contiguous memory) only when the median over rounds of
   its paired time ratio is below ``1 - margin`` and its upper quartile below 1.
 
-The timing primitives live in :mod:`basisprune.timers` and the fold rule in
-:mod:`basisprune.fold_rule`; this module re-exports their public names, so ``bp.bench.*`` is the one
+The timing primitives live in ``basisprune.timers`` and the fold rule in
+``basisprune.fold_rule``; this module re-exports their public names, so ``bp.bench.*`` is the one
 place to import them from. Every function returns plain dicts / lists of dicts
 (``pandas.DataFrame(records)`` works).
 Timings depend on the machine, its load and the thread count; none of them is asserted in tests.

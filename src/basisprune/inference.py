@@ -27,7 +27,7 @@ separate operation. :func:`inference_form` rewrites the model's ``torch.fx`` gra
 
 The result computes the input model's function to float rounding; merged weights are computed in
 float64. :func:`basisprune.export` (:mod:`basisprune.deploy`) writes it to ONNX. Steps 2 and 3 live in
-:mod:`basisprune.fx_passes`, step 4 in :mod:`basisprune.merge`, step 5 in :mod:`basisprune.padding`.
+``basisprune.fx_passes``, step 4 in ``basisprune.merge``, step 5 in ``basisprune.padding``.
 """
 
 from __future__ import annotations
