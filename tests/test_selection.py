@@ -119,3 +119,24 @@ def test_gap_by_fold_groups_unselected_rounds_by_the_fold_each_seed_was_scored_o
     folds = selection.gap_by_fold(records, "d").set_index("test_fold")
     assert list(folds.index) == ["fold0", "fold1"] and list(folds["seeds"]) == [2, 2]
     assert folds.loc["fold0", "gap"] == pytest.approx(0.006) and folds.loc["fold1", "gap"] == pytest.approx(0.0)
+
+
+def test_gaps_text_gives_each_rows_gap_in_points_with_its_interval_and_label():
+    """One phrase per row, in points with a sign, labelled from the row's own columns."""
+    import pandas as pd
+
+    frame = pd.DataFrame([{"dataset": "a", "gap": 0.004, "gap_low": -0.001, "gap_high": 0.009},
+                          {"dataset": "b", "gap": -0.002, "gap_low": -0.004, "gap_high": 0.0}])
+    assert selection.gaps_text(frame, "on {dataset}") == "+0.40 [-0.10, +0.90] on a; -0.20 [-0.40, +0.00] on b"
+
+
+def test_margin_sentences_name_the_widest_interval_and_the_stricter_margins_cost():
+    """At the margin used, the pipeline whose test-drop interval reaches highest is named; the stricter
+    margin's phrase goes from the used margin's numbers to its own."""
+    h1 = [_round(0, 0.0, 0.0, 0.0), _round(1, 0.002, 0.004, 0.3, se=0.002), _round(2, 0.008, 0.012, 0.5, se=0.002)]
+    h2 = [_round(0, 0.0, 0.0, 0.0), _round(1, 0.001, 0.001, 0.2, se=0.002)]
+    records = [_record(0, h1, experiment="basis_pruning"), _record(0, h2, experiment="channel_pruning")]
+    replay = selection.margin_replay(records, [1.0, 3.0])
+    text = selection.margin_sentences(replay, 1.0, 3.0)
+    assert text["worst"] == "basis pruning on d" and text["worst_high"] == "1.20"
+    assert "basis pruning on d 50.0% → 30.0% of parameters, test drop 1.20 → 0.40 points" in text["stricter_cost"]

@@ -21,8 +21,10 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from .stages import select_round
+from .stats import format_interval
 
-__all__ = ["GAP_KINDS", "stage_histories", "selection_gap", "gap_by_round", "gap_by_fold", "margin_replay", "replay_table", "split_rotation"]
+__all__ = ["GAP_KINDS", "stage_histories", "selection_gap", "gap_by_round", "gap_by_fold", "margin_replay", "replay_table", "split_rotation",
+           "gaps_text", "selected_drop_se", "rotation_summary", "margin_sentences"]
 
 #: The round kinds of :func:`gap_by_round`, in order.
 GAP_KINDS = ("round 0 (unpruned)", "pruned, not selected", "selected")
@@ -51,6 +53,21 @@ def stage_histories(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _per_seed_gaps(df, keys: list[str], sort: bool = False) -> list[dict[str, Any]]:
+    """Per group of ``keys`` in ``df`` (columns seed and gap): the mean over seeds of each seed's mean
+    gap with its 95% interval, and the seeds it rests on. One value per seed: a seed's rounds and
+    pipelines share their data (and double and channel pruning their channel stage), so they are
+    not independent draws."""
+    from .stats import interval
+
+    out = []
+    for key, g in df.groupby(keys, sort=sort):
+        m, lo, hi = interval(g.groupby("seed")["gap"].mean())
+        out.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))), "n": len(g),
+                    "seeds": g["seed"].nunique(), "gap": m, "gap_low": lo, "gap_high": hi})
+    return out
+
+
 def selection_gap(rows: list[dict[str, Any]]):
     """Per data set of a tier's :func:`basisprune.repro.tiers.tier_rows`: how much more the selected
     round loses on the test split than on the validation split that selected it (test drop minus
@@ -62,18 +79,10 @@ def selection_gap(rows: list[dict[str, Any]]):
     low (the winner's curse); a positive gap on independent test images measures that bias."""
     import pandas as pd
 
-    from .stats import interval
-
     df = pd.DataFrame(rows)
     df["gap"] = df["val_change"] - df["change"]
-    out = []
-    for ds, g in df.groupby("dataset", sort=False):
-        # One value per seed: a seed's pipelines share their data and (double and channel pruning)
-        # their channel stage, so their runs are not independent draws.
-        per_seed = g.groupby("seed")["gap"].mean()
-        m, lo, hi = interval(per_seed)
-        out.append({"dataset": ds, "runs": len(g), "seeds": len(per_seed), "gap": m, "gap_low": lo, "gap_high": hi})
-    return pd.DataFrame(out)
+    return pd.DataFrame(_per_seed_gaps(df, ["dataset"])).rename(columns={"n": "runs"})[
+        ["dataset", "runs", "seeds", "gap", "gap_low", "gap_high"]]
 
 
 def _kind(row: dict[str, Any], selected: int) -> str:
@@ -92,22 +101,15 @@ def gap_by_round(records: Iterable[dict[str, Any]]):
     stage that selected round 0 contributes no selected row (round 0 is the unpruned model)."""
     import pandas as pd
 
-    from .stats import interval
-
-    rows = [{"dataset": s["dataset"], "seed": s["seed"], "kind": _kind(h, s["selected"]),
+    rows = [{"dataset": s["dataset"], "seed": s["seed"], "rounds": _kind(h, s["selected"]),
              "gap": h["accuracy_drop"] - h["drop_val"]}
             for s in stage_histories(records) for h in s["history"]]
     df = pd.DataFrame(rows)
-    out = []
-    for ds, g in df.groupby("dataset", sort=False):
-        for kind in GAP_KINDS:
-            k = g[g["kind"] == kind]
-            if k.empty:
-                continue
-            m, lo, hi = interval(k.groupby("seed")["gap"].mean())
-            out.append({"dataset": ds, "rounds": kind, "n_rounds": len(k), "seeds": k["seed"].nunique(),
-                        "gap": m, "gap_low": lo, "gap_high": hi})
-    return pd.DataFrame(out)
+    datasets = list(dict.fromkeys(df["dataset"]))
+    out = sorted(_per_seed_gaps(df, ["dataset", "rounds"]),
+                 key=lambda r: (datasets.index(r["dataset"]), GAP_KINDS.index(r["rounds"])))
+    return pd.DataFrame(out).rename(columns={"n": "n_rounds"})[
+        ["dataset", "rounds", "n_rounds", "seeds", "gap", "gap_low", "gap_high"]]
 
 
 def gap_by_fold(records: Iterable[dict[str, Any]], dataset: str):
@@ -119,19 +121,13 @@ def gap_by_fold(records: Iterable[dict[str, Any]], dataset: str):
     import pandas as pd
 
     from .data import test_fold
-    from .stats import interval
 
-    rows = [{"fold": f"fold{test_fold(s['test_split'], s['seed'])}", "seed": s["seed"],
+    rows = [{"dataset": dataset, "test_fold": f"fold{test_fold(s['test_split'], s['seed'])}", "seed": s["seed"],
              "gap": h["accuracy_drop"] - h["drop_val"]}
             for s in stage_histories(records) if s["dataset"] == dataset and s["test_split"] is not None
             for h in s["history"] if _kind(h, s["selected"]) == GAP_KINDS[1]]
-    df = pd.DataFrame(rows)
-    out = []
-    for fold, g in df.groupby("fold", sort=True):
-        m, lo, hi = interval(g.groupby("seed")["gap"].mean())
-        out.append({"dataset": dataset, "test_fold": fold, "seeds": g["seed"].nunique(), "n_rounds": len(g),
-                    "gap": m, "gap_low": lo, "gap_high": hi})
-    return pd.DataFrame(out)
+    out = pd.DataFrame(_per_seed_gaps(pd.DataFrame(rows), ["dataset", "test_fold"], sort=True))
+    return out.rename(columns={"n": "n_rounds"})[["dataset", "test_fold", "seeds", "n_rounds", "gap", "gap_low", "gap_high"]]
 
 
 def margin_replay(records: Iterable[dict[str, Any]], margins: Iterable[float]):
@@ -176,11 +172,12 @@ def split_rotation(summary: dict[str, Any]):
     and the reference's test minus validation accuracy (the split's effect on the unpruned model)."""
     import pandas as pd
 
+    from .data import FOLDED
+
     out = []
     for name, run in summary["rotation"].items():
         g, ref = run["gap_rounds_1_6"], run["reference_test_minus_val"]
-        # Only mnist5k and digits are cut into test folds; a data set with its own test split ignores test_split.
-        test = run["test_split"] if run["dataset"] in ("mnist5k", "digits") else "its own test split"
+        test = run["test_split"] if run["dataset"] in FOLDED else "its own test split"
         out.append({"run": name, "dataset": run["dataset"], "test_split": test, "rounds": g["n"], "gap": g["mean"],
                     "gap_low": g["lo"], "gap_high": g["hi"], "reference_test_minus_val": ref["mean"]})
     return pd.DataFrame(out)
@@ -192,7 +189,7 @@ def replay_table(replay):
     import pandas as pd
 
     def ci(m: float, lo: float, hi: float, digits: int) -> str:
-        return f"{100 * m:.{digits}f} [{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]"
+        return format_interval(m, lo, hi, 100, digits)
 
     return pd.DataFrame([{"dataset": r.dataset, "pipeline": r.pipeline, "margin (SE)": r.margin,
                           "test drop (pts)": ci(r.test_drop, r.test_drop_low, r.test_drop_high, 2),
@@ -200,3 +197,60 @@ def replay_table(replay):
                           "params pruned (%)": ci(r.params_pruned, r.params_pruned_low, r.params_pruned_high, 1),
                           "runs within budget": f"{r.runs_within_budget} of {r.runs}"}
                          for r in replay.itertuples()])
+
+
+def gaps_text(frame, label: str) -> str:
+    """One glued phrase per row of a gap table (:func:`selection_gap`, :func:`gap_by_round`,
+    :func:`gap_by_fold`): the gap in points with its 95% interval, then ``label`` formatted with the
+    row's columns (e.g. ``"on {dataset}"``), joined by semicolons."""
+    return "; ".join(f"{format_interval(r['gap'], r['gap_low'], r['gap_high'], 100, 2, signed=True)} "
+                     f"{label.format(**r)}" for r in frame.to_dict(orient="records"))
+
+
+def selected_drop_se(records: Iterable[dict[str, Any]]) -> float:
+    """The median paired standard error of the validation drop at the selected pruned rounds."""
+    import statistics
+
+    return float(statistics.median(h["drop_se_val"] for s in stage_histories(records) for h in s["history"]
+                                   if h["round"] == s["selected"] and h["round"] > 0))
+
+
+def rotation_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The glued phrases of the test-fold rotation (:func:`split_rotation`) on mnist5k: fold 0's gap,
+    the other folds', the mean over folds with its 95% interval over folds, the folds' standard
+    deviation, Fashion-MNIST's gap on its own test split, the rounds each rests on, and the file."""
+    from .stats import interval
+
+    rotation = split_rotation(summary)
+    folds = rotation[rotation["dataset"] == "mnist5k"].set_index("test_split")
+    fm = rotation[rotation["dataset"] == "fashion_mnist"]
+    info = summary["file"]
+
+    def pts(r) -> str:
+        return format_interval(r["gap"], r["gap_low"], r["gap_high"], 100, 2, signed=True)
+
+    return {"rounds": int(folds["rounds"].iloc[0]), "fold0": pts(folds.loc["fold0"]),
+            "others": ", ".join(f"{100 * g:+.2f}" for f, g in folds["gap"].items() if f != "fold0"),
+            "over_folds": format_interval(*interval(folds["gap"]), 100, 2, signed=True),
+            "fold_sd": f"{100 * folds['gap'].std():.2f}",
+            "fashion": pts(fm.iloc[0]) if len(fm) else "(not run)",
+            "file": f"{info['images']:,} images sorted by class ({info['label_changes_in_file_order']} label changes "
+                    f"in file order); every fold holds {min(info['folds']['fold0']['class_counts'])} images of each class"}
+
+
+def margin_sentences(replay, own: float, stricter: float) -> dict[str, str]:
+    """The glued phrases of :func:`margin_replay` at the margin used (``own``): each pipeline's mean
+    test drop with its interval, the pipeline whose interval reaches highest and how high, and what a
+    ``stricter`` margin would change (parameters pruned and test drop, from the one to the other)."""
+    at = replay.set_index(["margin", "dataset", "pipeline"])
+    mine = at.loc[own]
+    reach = mine["test_drop_high"].fillna(mine["test_drop"])  # one seed: no interval, its mean
+    worst = reach.idxmax()
+    return {"own": f"{own:g}", "stricter": f"{stricter:g}",
+            "own_drops": "; ".join(f"{p} on {d} {format_interval(r.test_drop, r.test_drop_low, r.test_drop_high, 100, 2)}"
+                                   for (d, p), r in mine.iterrows()),
+            "worst": f"{worst[1]} on {worst[0]}", "worst_high": f"{100 * reach[worst]:.2f}",
+            "stricter_cost": "; ".join(
+                f"{p} on {d} {100 * mine.loc[(d, p), 'params_pruned']:.1f}% → {100 * r.params_pruned:.1f}% of parameters, "
+                f"test drop {100 * mine.loc[(d, p), 'test_drop']:.2f} → {100 * r.test_drop:.2f} points"
+                for (d, p), r in at.loc[stricter].iterrows())}

@@ -4,12 +4,25 @@ accuracy budget, and how the numbers are written."""
 
 from __future__ import annotations
 
-__all__ = ["BOOTSTRAP_RESAMPLES", "budget_verdict", "interval", "mean_ci", "mean_std"]
+__all__ = ["BOOTSTRAP_RESAMPLES", "budget_verdict", "format_interval", "interval", "mean_ci", "mean_std"]
 
 
-def _fmt(x: float, digits: int) -> str:
-    text = f"{x:.{digits}f}"
-    return text[1:] if text.startswith("-") and not any(ch in "123456789" for ch in text) else text  # no "-0.0"
+def _fmt(x: float, digits: int, signed: bool = False) -> str:
+    text = f"{x:{'+' if signed else ''}.{digits}f}"
+    if text.startswith("-") and not any(ch in "123456789" for ch in text):  # no "-0.0"
+        return ("+" if signed else "") + text[1:]
+    return text
+
+
+def format_interval(mean: float, low: float, high: float, scale: float = 1.0, digits: int = 1,
+                    signed: bool = False) -> str:
+    """``"mean [low, high]"`` of a mean and its 95% interval times ``scale`` (``signed``: with a
+    ``+`` on positive values, for changes); just the mean when the interval is NaN."""
+    import math
+
+    if math.isnan(low) or math.isnan(high):
+        return _fmt(mean * scale, digits, signed)
+    return f"{_fmt(mean * scale, digits, signed)} [{_fmt(low * scale, digits, signed)}, {_fmt(high * scale, digits, signed)}]"
 
 
 def mean_std(values, scale: float = 1.0, digits: int = 1) -> str:
@@ -61,9 +74,7 @@ def mean_ci(values, scale: float = 1.0, digits: int = 1, se=None) -> str:
     m, lo, hi = interval(vals, None if se is None else [float(x) * abs(scale) for x in se])
     if math.isnan(m):
         return "n/a"
-    if math.isnan(lo):
-        return _fmt(m, digits)
-    return f"{_fmt(m, digits)} [{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
+    return format_interval(m, lo, hi, digits=digits)
 
 
 def budget_verdict(change, max_drop: float, se=None) -> str:

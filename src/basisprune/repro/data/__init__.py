@@ -44,7 +44,7 @@ data sets, their folds, the per-process cache), ``imagefolder`` (your own folder
 
 from __future__ import annotations
 
-from .catalog import (DOWNLOADABLE, FOLDS, PARTITION_SEED, SPLITS, STATS, TEST_SPLITS, DataUnavailableError, available,
+from .catalog import (DOWNLOADABLE, FOLDED, FOLDS, PARTITION_SEED, SPLITS, STATS, TEST_SPLITS, DataUnavailableError, available,
                       split_sizes, test_fold)
 from .cli import main
 from .dataset import IMAGENET_MEAN, IMAGENET_STD, ImageTensorDataset
@@ -67,6 +67,7 @@ __all__ = [
     "load",
     "make_loaders",
     "split_sizes",
+    "FOLDED",
     "FOLDS",
     "TEST_SPLITS",
     "test_fold",

@@ -11,6 +11,7 @@ from ...errors import ParameterError
 
 __all__ = [
     "DOWNLOADABLE",
+    "FOLDED",
     "FOLDS",
     "PARTITION_SEED",
     "SPLITS",
@@ -27,6 +28,10 @@ SPLITS = ("train", "val", "test")
 
 PARTITION_SEED = 0
 """Seed of the fixed train/test partitions of mnist5k and digits (independent of ``seed``)."""
+
+FOLDED = ("mnist5k", "digits")
+"""The data sets read from one file and cut into test folds (``test_split`` picks one); the others
+have their own test split and ignore ``test_split``."""
 
 FOLDS = 5
 """mnist5k and digits are cut into this many stratified folds of the test split's size; fold 0 is
