@@ -9,7 +9,8 @@ MobileNetV2 with ImageNet weights (1,000-class head, excluded from pruning); per
 * ``unpruned``: the unpruned model's own form (batch norms folded, channels padded, its memory format);
 * ``bases -30%`` and ``bases -80%``: the model decomposed into bases (:func:`basisprune.decompose`)
   with the weakest 30% / 80% of every layer's bases (by singular value) masked, untrained
-  (latency only);
+  (latency only); the masked model is given to the form, so its guard compares the whole form
+  with the form whose pairs are all folded back (the unpruned layers' shapes);
 * ``Torch-Pruning`` (unless ``--no-peer``): Torch-Pruning's magnitude channel pruning at the FLOPs
   of ``bases -80%``'s compact model, then its form.
 
@@ -20,6 +21,10 @@ load on the machine hits all of them alike. Speed-ups are paired within a round
 (unpruned / form); the table gives their median and range over rounds. Writes a results JSON with
 provenance (hardware, git commit, threads, load average before and after) and prints the table
 and the issue's targets. One thread by default; on a shared machine say so when quoting it.
+
+Per form it also records the activation elements per image (every intermediate tensor the form
+writes, from ``torch.fx`` shape propagation): on small-width, memory-bound networks latency follows
+the bytes moved more than the FLOPs, which is what ``traffic`` in the results compares.
 
     .venv/bin/python benchmarks/speed_grid.py --out data/benchmarks/speed_grid-cpu.json
 """
@@ -40,6 +45,7 @@ from torch import nn
 import basisprune as bp
 from basisprune import bench
 from basisprune.repro import comparison, models, provenance
+from basisprune.repro.speed_grid import targets, traffic
 from basisprune.repro.results import write_results
 from basisprune.repro.arguments import ArgumentParser
 
@@ -84,21 +90,37 @@ def onnx_ms(sess, x: torch.Tensor, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+def activation_elements(form: nn.Module, size: int) -> int:
+    """Elements of every tensor the form writes for one image (inputs and weights excluded)."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    gm = form if isinstance(form, torch.fx.GraphModule) else torch.fx.symbolic_trace(form)
+    ShapeProp(gm).propagate(torch.randn(1, 3, size, size))
+    total = 0
+    for node in gm.graph.nodes:
+        meta = node.meta.get("tensor_meta")
+        if node.op in ("call_module", "call_function", "call_method") and hasattr(meta, "shape"):
+            total += int(torch.Size(meta.shape).numel())
+    return total
+
+
 def build_forms(ref: nn.Module, head: str, size: int, args) -> tuple[dict[str, dict[str, nn.Module]], dict[str, Any]]:
     """The forms at one input size, per backend (choices timed in eager PyTorch for the eager
     column, in ONNX Runtime for the ONNX Runtime column), and their FLOPs / reports."""
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
-    sources: dict[str, nn.Module] = {"unpruned": ref}
+    sources: dict[str, nn.Module] = {"unpruned": ref}  # what the forms are built from
+    sizes: dict[str, nn.Module] = {"unpruned": ref}  # what FLOPs and parameters are counted on
     for frac in args.depths:
         d = bp.decompose(ref, exclude=[head]).eval()
         prune_weakest(d, frac)
-        sources[f"bases -{frac:.0%}"] = bp.compact(d, x[:1]).eval()
-    deepest = sources[f"bases -{max(args.depths):.0%}"]
+        sources[f"bases -{frac:.0%}"] = d  # masked: the form's guard can fold its pairs back
+        sizes[f"bases -{frac:.0%}"] = bp.compact(d, x[:1]).eval()
+    deepest = sizes[f"bases -{max(args.depths):.0%}"]
     info: dict[str, Any] = {}
     if not args.no_peer:
         ratio = 1 - bp.count_flops(deepest, x[:1]) / bp.count_flops(ref, x[:1])
         tp, tp_info = comparison.prune_to_flops(ref, x[:1], ratio)
-        sources["Torch-Pruning"] = tp.eval()
+        sources["Torch-Pruning"] = sizes["Torch-Pruning"] = tp.eval()
         info["Torch-Pruning"] = {"target_flop_ratio": ratio, **{k: v for k, v in tp_info.items() if k != "model"}}
     forms: dict[str, dict[str, nn.Module]] = {"eager": {}, "onnxruntime": {}}
     for label, m in sources.items():
@@ -109,11 +131,13 @@ def build_forms(ref: nn.Module, head: str, size: int, args) -> tuple[dict[str, d
                                      runtime=runtime)
             rep = form.inference_report
             forms[backend][label] = form
-            info.setdefault(label, {"flops": bp.count_flops(m, x[:1]), "params": bp.count_params(m)})[backend] = {
+            info.setdefault(label, {"flops": bp.count_flops(sizes[label], x[:1]),
+                                    "params": bp.count_params(sizes[label])})[backend] = {
                 "build_s": time.perf_counter() - t0, "memory_format": rep["memory_format"],
                 "memory_format_ms": rep["memory_format_ms"], "chains": len(rep["chains"]),
                 "chains_split": sum(len(c["segments"]) > 1 for c in rep["chains"]),
-                "padded": len(rep["padded"]), "timed_on": rep.get("timed_on")}
+                "padded": len(rep["padded"]), "guard": rep["guard"], "timed_on": rep.get("timed_on"),
+                "activation_elements": activation_elements(form, size), "form_flops": bp.count_flops(form, x[:1])}
     return forms, info
 
 
@@ -150,30 +174,6 @@ def time_grid(forms: dict[str, dict[str, nn.Module]], size: int, args, tmp: Path
     return rows
 
 
-def targets(rows: list[dict[str, Any]], info: dict[int, dict[str, Any]], depths: list[float]) -> dict[str, Any]:
-    """The issue's three targets, each with the settings that miss it."""
-    ours = [f"bases -{d:.0%}" for d in depths]
-    slower = [r for r in rows if r["model"] in ours and r["speedup_p75"] < 1]
-    flops_rows = []
-    for r in rows:
-        if r["model"] in ours and r["backend"] == "onnxruntime" and r["batch_size"] == max(x["batch_size"] for x in rows):
-            fr = info[r["size"]]["unpruned"]["flops"] / info[r["size"]][r["model"]]["flops"]
-            if fr >= 2.5:
-                flops_rows.append({"size": r["size"], "model": r["model"], "flops_ratio": fr,
-                                   "speedup": r["speedup_median"], "fraction": r["speedup_median"] / fr})
-    deepest = f"bases -{max(depths):.0%}"
-    vs_tp = [r for r in rows if r["model"] == deepest and r["backend"] == "onnxruntime" and "vs_tp_p75" in r]
-    return {
-        "never_slower": {"holds": not slower, "misses": [(r["size"], r["model"], r["backend"], r["batch_size"],
-                                                          round(r["speedup_median"], 3)) for r in slower]},
-        "speedup_vs_flops": {"holds": bool(flops_rows) and all(f["fraction"] >= 0.7 for f in flops_rows),
-                             "rows": flops_rows},
-        "vs_torch_pruning_onnx": {"holds": bool(vs_tp) and all(r["vs_tp_p75"] >= 1 for r in vs_tp),
-                                  "misses": [(r["size"], r["batch_size"], round(r["vs_tp_median"], 3))
-                                             for r in vs_tp if r["vs_tp_p75"] < 1]},
-    }
-
-
 def table(rows: list[dict[str, Any]]) -> str:
     out = ["| px | form | backend | batch | ms | speed-up vs unpruned (min-max) | vs Torch-Pruning |",
            "|--:|:--|:--|--:|--:|:--|:--|"]
@@ -190,11 +190,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--depths", type=float, nargs="+", default=[0.3, 0.8], help="fractions of bases pruned")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=2, help="timing rounds (forms rotated each round)")
+    ap.add_argument("--rounds", type=int, default=5, help="timing rounds (forms rotated each round)")
     ap.add_argument("--min-run-time", type=float, default=0.02, help="eager seconds per form and batch size per round")
-    ap.add_argument("--onnx-repeats", type=int, default=2, help="timed session.run calls per batch size per round")
-    ap.add_argument("--form-batch-sizes", type=int, nargs="+", default=[8], help="batch sizes the forms' choices are timed at")
-    ap.add_argument("--form-rounds", type=int, default=2)
+    ap.add_argument("--onnx-repeats", type=int, default=3, help="timed session.run calls per batch size per round")
+    ap.add_argument("--form-batch-sizes", type=int, nargs="+", default=[1, 8, 64],
+                    help="batch sizes the forms' choices (and their guard, at each) are timed at")
+    ap.add_argument("--form-rounds", type=int, default=3)
     ap.add_argument("--no-peer", action="store_true", help="skip Torch-Pruning")
     ap.add_argument("--out", type=Path, default=Path("data/benchmarks/speed_grid-cpu.json"))
     ap.add_argument("--show", type=Path, help="print the table and targets of a results file (no timing)")
@@ -221,13 +222,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             seconds[f"size_{size}"] = time.perf_counter() - t1
             print(f"{size} px done in {seconds[f'size_{size}']:.0f} s", flush=True)
     verdict = targets(rows, info, args.depths)
+    moved = traffic(rows, info)
     hw = provenance.hardware()
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}
     settings["model"] = "mobilenet_v2 (ImageNet weights, 1000-class head not pruned)"
-    record = {"rows": rows, "forms": {str(k): v for k, v in info.items()}, "targets": verdict, "hardware": hw,
+    record = {"rows": rows, "forms": {str(k): v for k, v in info.items()}, "targets": verdict, "traffic": moved,
+              "hardware": hw,
               "settings": settings, "load_average": {"before": load_before, "after": os.getloadavg()},
-              "shared_machine": "timed while other processes shared the CPU; round-paired ratios, not absolute ms, "
-                                "are the comparable numbers"}
+              "shared_machine": ("timed while other processes shared the CPU; round-paired ratios, not absolute ms, "
+                                 "are the comparable numbers") if max(load_before[0], os.getloadavg()[0]) > 1.5 else None}
     seconds["total"] = time.perf_counter() - t0
     write_results(args.out, record, settings, 0, seconds)
     show({**record, "timings": seconds})
@@ -243,6 +246,9 @@ def show(record: dict[str, Any]) -> None:
     print(table(record["rows"]))
     for name, t in record["targets"].items():
         print(f"{name}: {'holds' if t['holds'] else 'missed'} {t.get('misses') or t.get('rows') or ''}")
+    for t in record.get("traffic", []):
+        print(f"{t['size']} px {t['model']:>14} {t['backend']:>11} b{t['batch_size']}: FLOPs ratio "
+              f"{t['flops_ratio']:.2f}, activation ratio {t['activation_ratio']:.2f}, speed-up {t['speedup']:.2f}")
 
 
 if __name__ == "__main__":

@@ -172,7 +172,7 @@ def test_flops_merge_never_adds_flops_and_merges_cheap_chains():
     assert_same(f(x), m(x), 1e-12)
 
 
-def form_with_timer(timer, **kwargs):
+def form_with_timer(timer, keep=0.9, **kwargs):
     """(model, input, merge="latency" form) with merged layers tagged ``_parts`` (the number of
     layers they replace) so that a fake timer can tell them apart."""
     orig = merge.merge_layers
@@ -182,8 +182,9 @@ def form_with_timer(timer, **kwargs):
         out._parts = len(layers)
         return out
 
-    d = pruned(3, 0.9)
+    d = pruned(3, keep)
     x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
+    kwargs.setdefault("guard", False)  # these tests time layers; the guard's whole-form timing has its own
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(merge, "merge_layers", tagged)
         f = bp.inference_form(d, x, merge="latency", batch_sizes=(1, 4), timer=timer, **kwargs)
@@ -207,6 +208,62 @@ def test_latency_merge_follows_the_timer(merged_faster):
         assert len(c["segments"]) == (1 if merged_faster else len(c["layers"]))
         assert len(c["ms_merged"]) == 2
     assert_same(f(x), d(x), 1e-9)
+
+
+def kernels(module: nn.Module) -> int:
+    return sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in module.modules())
+
+
+@pytest.mark.parametrize("pairs_faster", [True, False])
+def test_guard_keeps_pairs_only_when_the_whole_form_is_faster(pairs_faster):
+    """The guard times the whole form against the form with every basis pair folded back: the
+    form with pairs is kept when it is faster at every batch size, the folded one otherwise (a
+    fake timer: layers 1 each; whole forms by kernel count, the one with pairs cheaper or dearer)."""
+    def layer_timer(module, x):  # layers: every pair kept (a split times 0.4 a layer, a merge 1)
+        return 1.0 if getattr(module, "_parts", 1) > 1 else 0.4
+
+    most = kernels(form_with_timer(layer_timer, keep=0.5)[2])  # the form the guard judges
+
+    def timer(module, x):
+        if not isinstance(module, torch.fx.GraphModule):
+            return layer_timer(module, x)
+        k = kernels(module)
+        return (1.0 if k == most else 2.0) if pairs_faster else (2.0 if k == most else 1.0)
+
+    d, x, f = form_with_timer(timer, keep=0.5, guard=True, rounds=3)
+    g = f.inference_report["guard"]
+    assert g["kept"] == ("pairs" if pairs_faster else "folded")
+    assert (kernels(f) == most) == pairs_faster
+    assert len(g["pairs_ms"]) == len(g["folded_ms"]) == 2
+    assert_same(f(x), d(x), 1e-9)
+
+
+def test_guard_ties_fold_the_pairs():
+    """Whole forms that time the same (a tie, or noise) give the folded form: a pruned pair that
+    cannot be shown to pay is the unpruned layer again."""
+
+    def timer(module, x):
+        return 1.0 if getattr(module, "_parts", 1) > 1 else 0.4
+
+    d, x, f = form_with_timer(timer, keep=0.5, guard=True, rounds=3)
+    assert f.inference_report["guard"]["kept"] == "folded"
+    assert kernels(f) < kernels(bp.inference_form(d, x, merge="none"))
+    assert_same(f(x), d(x), 1e-9)
+
+
+def test_guard_runs_only_where_there_is_a_pair_to_fold():
+    """No guard on a compact model (its pairs are plain convs now), on merge="flops", or when
+    compaction keeps no pair; the report says None."""
+    d = pruned(3, 0.5)
+    x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
+    assert bp.inference_form(d, x, merge="flops").inference_report["guard"] is None
+    assert bp.inference_form(bp.compact(d, x), x, merge="latency", timer=lambda m, x: 1.0,
+                             rounds=1).inference_report["guard"] is None
+    full = pruned(3, 1.0)  # nothing pruned: every pair folds by parameters
+    assert bp.inference_form(full, x, merge="latency", timer=lambda m, x: 1.0,
+                             rounds=1).inference_report["guard"] is None
+    with pytest.raises(ValueError, match="guard must be True or False"):
+        bp.inference_form(d, x, guard="yes")
 
 
 @pytest.mark.parametrize("cl_faster", [True, False])

@@ -24,7 +24,7 @@ from .decompose import BasisConv2d, BasisLayer, basis_layers, set_submodule
 from .errors import BasisPruneError
 from .io import atomic_write
 
-__all__ = ["CompactionError", "compact", "compact_basis_layer", "kept_indices", "pair_cost", "save_model",
+__all__ = ["CompactionError", "compact", "compact_basis_layer", "fold_all", "fold_by_params", "kept_indices", "pair_cost", "save_model",
            "load_model"]
 
 
@@ -49,6 +49,12 @@ def fold_by_params(name: str, layer: BasisLayer, kept_per_group: int) -> bool:
     """Default rule: fold when the pair is not strictly smaller than the original layer."""
     pair, orig = pair_cost(layer, kept_per_group)
     return pair >= orig
+
+
+def fold_all(name: str, layer: BasisLayer, kept_per_group: int) -> bool:
+    """Fold every basis pair back into one conv: the layer's original shape with the pruned weights
+    (the comparison :func:`basisprune.inference_form`'s guard makes)."""
+    return True
 
 
 def kept_indices(layer: BasisLayer) -> tuple[list[torch.Tensor], int]:

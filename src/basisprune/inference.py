@@ -23,7 +23,10 @@ separate operation. :func:`inference_form` rewrites the model's ``torch.fx`` gra
    channels to a multiple of ``channel_multiple`` (8), the block size of oneDNN's and ONNX
    Runtime's convolution kernels: odd pruned widths run several times slower in ONNX Runtime;
 6. channels-last memory format is used where it is measured to be faster (``memory_format``;
-   decided before the merges of step 4, which are then timed in that format).
+   decided before the merges of step 4, which are then timed in that format);
+7. with ``merge="latency"`` and a masked model, the whole form is timed against the same form
+   built with every basis pair folded back into one conv (``guard``): the pairs are kept only
+   where they are clearly faster together, so the form is never slower than the unpruned layers.
 
 The result computes the input model's function to float rounding; merged weights are computed in
 float64. :func:`basisprune.export` (:mod:`basisprune.deploy`) writes it to ONNX. Steps 2 and 3 live in
@@ -43,7 +46,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from . import bench
 from .channel import channel_scales
-from .compact import compact
+from .compact import compact, fold_all
 from .decompose import basis_layers
 from .fx_passes import drop_identities, fold_batchnorms, trace
 from .merge import merge_chains
@@ -158,6 +161,66 @@ def _channels_last(gm: fx.GraphModule) -> fx.GraphModule:
     return out.to(memory_format=torch.channels_last)
 
 
+def _size(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _build(base: nn.Module, example: torch.Tensor, *, merge: str, memory_format: str, channel_multiple: int,
+           sizes: list[int], threads: int | None, rounds: int, margin: float, runtime: str,
+           timer: bench.LayerTimer, cache: bool, seed: int) -> tuple[fx.GraphModule, dict[str, Any]]:
+    """Steps 2-6 on a compact (or unpruned) model: the form and its report."""
+    base.eval()
+    gm = trace(base)
+    gm.eval()
+    report: dict[str, Any] = {"merge": merge, "leaf_types": gm.leaf_types}
+    if merge == "latency" or memory_format == "auto":
+        report["timed_on"] = {**bench.timed_on(threads, example.device), "runtime": runtime}
+    report["dropped"] = drop_identities(gm)
+    report["bn_folded"] = fold_batchnorms(gm)
+    gm.graph.lint()
+    gm.recompile()
+    fmt, report["memory_format_ms"] = memory_format, None
+    if memory_format == "auto":
+        # decided first, on the padded form without merges, so merges are timed in that format
+        fmt = "contiguous"
+        if example.dim() == 4 and runtime == "torch":
+            probe, _ = _finish(copy.deepcopy(gm), channel_multiple, example)
+            fmt, report["memory_format_ms"] = _pick_format(probe, timer, sizes, example, seed, rounds, margin)
+    chains: list[dict[str, Any]] = []
+    if merge != "none":
+        ShapeProp(gm).propagate(example[:1])
+        chains = merge_chains(gm, merge, timer, sizes, seed, channels_last=fmt == "channels_last",
+                               rounds=rounds, margin=margin, cache=cache, timed_on=report.get("timed_on"))
+    report["chains"] = chains
+    gm, report["padded"] = _finish(gm, channel_multiple, example)
+    report["memory_format"] = fmt
+    if fmt == "channels_last":
+        gm = _channels_last(gm)
+    return gm, report
+
+
+def _guard(gm: fx.GraphModule, report: dict[str, Any], fallback: tuple[fx.GraphModule, dict[str, Any]],
+           timer: bench.LayerTimer, sizes: Sequence[int], example: torch.Tensor, seed: int, rounds: int,
+           margin: float) -> tuple[fx.GraphModule, dict[str, Any]]:
+    """The form with its kept basis pairs if it is clearly faster than the form with every pair
+    folded back (the unpruned layers' shapes) at every batch size, else the folded one; the
+    report's ``guard`` records the whole-model timings (medians over rounds) and paired ratios."""
+    folded, folded_report = fallback
+    gen = torch.Generator().manual_seed(seed + 1)
+    xs = [torch.randn((b, *example.shape[1:]), generator=gen, dtype=example.dtype).to(example.device) for b in sizes]
+    t_pairs, t_folded = bench.interleaved_times([(gm, xs), (folded, xs)], timer, rounds)
+    verdict = bench.clearly_faster(t_pairs, t_folded, margin=margin, each=True)
+    keep = verdict["faster"]
+    out, out_report = (gm, report) if keep else (folded, folded_report)
+    out_report["guard"] = {
+        "kept": "pairs" if keep else "folded", "batch_sizes": list(sizes), "rounds": rounds,
+        "pairs_ms": [1e3 * statistics.median(r[b] for r in t_pairs) for b in range(len(xs))],
+        "folded_ms": [1e3 * statistics.median(r[b] for r in t_folded) for b in range(len(xs))],
+        "pairs_to_folded": verdict["ratio_median"], "pairs_to_folded_p25": verdict["ratio_p25"],
+        "pairs_to_folded_p75": verdict["ratio_p75"]}
+    return out, out_report
+
+
 # --------------------------------------------------------------------------------------- API
 def inference_form(
     model: nn.Module,
@@ -173,6 +236,7 @@ def inference_form(
     rounds: int = 5,
     margin: float = 0.02,
     runtime: str = "torch",
+    guard: bool = True,
     timer: bench.LayerTimer | None = None,
     check: bool = True,
     rtol: float = 1e-4,
@@ -210,6 +274,13 @@ def inference_form(
             PyTorch on the example's device) or ``"onnxruntime"`` (every candidate exported and
             timed in ONNX Runtime, :func:`basisprune.bench.onnxruntime_timer`; the memory format
             is then contiguous, ONNX Runtime picking its own layouts).
+        guard: with ``merge="latency"`` and a model that still has basis layers (pass the masked
+            model, not its compact copy), also build the form with every basis pair folded back into
+            one conv (the unpruned layers' shapes, :func:`basisprune.compact.fold_all`), time both
+            whole forms in ``rounds`` interleaved rounds at ``batch_sizes``, and keep the pairs only
+            where they are clearly faster at every batch size: where the pruned pairs do not pay
+            together, the layers stay as they were, so the form is not slower than the unpruned
+            model's form there (up to timing noise). Recorded as ``guard`` in the report.
         timer: ``timer(module, x) -> seconds`` replacing the default timer (e.g. in tests).
         check: compare the outputs on ``example`` with ``model``'s; raise
             :class:`InferenceCheckError` when the largest difference exceeds
@@ -222,8 +293,9 @@ def inference_form(
         layers, the merged ``segments``, multiply-accumulates per sample before and after, and the
         timings under ``"latency"``), ``merge``, ``padded`` (producer, consumer, channels,
         padded_to), ``leaf_types`` (submodule classes kept whole because their forward cannot be
-        traced), ``memory_format``, ``memory_format_ms`` (medians and the paired ratio) and
-        ``timed_on`` (device name, threads, torch version of the timings).
+        traced), ``guard`` (``None`` where no guard ran; else ``kept``: ``"pairs"`` or
+        ``"folded"``, both forms' medians and the paired ratio), ``memory_format``,
+        ``memory_format_ms`` (medians and the paired ratio) and ``timed_on`` (device name, threads, torch version of the timings).
 
     Raises:
         ValueError: bad arguments, or a model ``torch.fx`` cannot trace.
@@ -244,49 +316,36 @@ def inference_form(
         raise ValueError(f"margin must be in [0, 1), got {margin!r}")
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if not isinstance(guard, bool):
+        raise ValueError(f"guard must be True or False, got {guard!r}")
     cache = timer is None  # only real timings are worth remembering
     if timer is None:
         timer = (bench.onnxruntime_timer(threads, min_run_time, min_runs) if runtime == "onnxruntime"
                  else bench.benchmark_timer(min_run_time, threads, min_runs))
     was_training = model.training
     model.eval()
+    folded = None
     try:
         with torch.no_grad():
             want = model(example)
         if basis_layers(model) or channel_scales(model):
             base = compact(model, example)
+            if guard and merge == "latency" and basis_layers(model):
+                folded = compact(model, example, fold_rule=fold_all)
+                if _size(folded) == _size(base):  # compaction kept no pair: nothing to guard
+                    folded = None
         else:
             base = copy.deepcopy(model)
     finally:
         model.train(was_training)
-    base.eval()
-    gm = trace(base)
-    gm.eval()
-    report: dict[str, Any] = {"merge": merge, "leaf_types": gm.leaf_types}
+    opts = dict(merge=merge, memory_format=memory_format, channel_multiple=channel_multiple, sizes=sizes,
+                threads=threads, rounds=rounds, margin=margin, runtime=runtime, timer=timer, cache=cache, seed=seed)
     with bench.num_threads(threads):
-        if merge == "latency" or memory_format == "auto":
-            report["timed_on"] = {**bench.timed_on(threads, example.device), "runtime": runtime}
-        report["dropped"] = drop_identities(gm)
-        report["bn_folded"] = fold_batchnorms(gm)
-        gm.graph.lint()
-        gm.recompile()
-        fmt, report["memory_format_ms"] = memory_format, None
-        if memory_format == "auto":
-            # decided first, on the padded form without merges, so merges are timed in that format
-            fmt = "contiguous"
-            if example.dim() == 4 and runtime == "torch":
-                probe, _ = _finish(copy.deepcopy(gm), channel_multiple, example)
-                fmt, report["memory_format_ms"] = _pick_format(probe, timer, sizes, example, seed, rounds, margin)
-        chains: list[dict[str, Any]] = []
-        if merge != "none":
-            ShapeProp(gm).propagate(example[:1])
-            chains = merge_chains(gm, merge, timer, sizes, seed, channels_last=fmt == "channels_last",
-                                   rounds=rounds, margin=margin, cache=cache, timed_on=report.get("timed_on"))
-        report["chains"] = chains
-        gm, report["padded"] = _finish(gm, channel_multiple, example)
-        report["memory_format"] = fmt
-        if fmt == "channels_last":
-            gm = _channels_last(gm)
+        gm, report = _build(base, example, **opts)
+        if folded is not None:
+            gm, report = _guard(gm, report, _build(folded, example, **opts), timer, sizes, example, seed, rounds,
+                                margin)
+    report.setdefault("guard", None)
     gm.inference_report = report
     if check:
         with torch.no_grad():

@@ -9,7 +9,7 @@ from typing import Any
 
 from .tables import kept_frame, pareto_front
 
-__all__ = ["plot_accuracy_against_size", "plot_kept", "plot_pai_accuracy", "plot_pruning_curves",
+__all__ = ["plot_accuracy_against_size", "plot_kept", "plot_pai_accuracy", "plot_pruning_curves", "plot_traffic",
            "plot_speedup_against_flops", "plot_margin_replay"]
 
 
@@ -159,5 +159,30 @@ def plot_margin_replay(replay, max_drop: float, title: str):
         ax.set(xlabel="parameters pruned (%)", ylabel="test drop against the fair reference (points)", title=ds)
     axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_traffic(traffic, title: str):
+    """Measured speed-up of each pruned form against its FLOPs ratio (left) and its activation
+    ratio (right), both against the unpruned form, with the line where they are equal."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    t = pd.DataFrame(traffic)
+    t["px"] = t["size"].astype(str) + " px"
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, col, label in ((axes[0], "flops_ratio", "FLOPs ratio (unpruned / form)"),
+                           (axes[1], "activation_ratio", "activation elements ratio (unpruned / form)")):
+        sns.scatterplot(data=t, x=col, y="speedup", hue="model", style="backend", size="px", sizes=(40, 140),
+                        ax=ax, legend=ax is axes[1])
+        hi = max(t[col].max(), t["speedup"].max()) * 1.25
+        lo = min(t[col].min(), t["speedup"].min()) / 1.25
+        ax.plot([lo, hi], [lo, hi], color="black", lw=1)
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        ax.set(xscale="log", yscale="log", xlabel=label, ylabel="measured speed-up (median over rounds)")
+    axes[1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -1,0 +1,189 @@
+"""Reading the speed grid (``benchmarks/speed_grid.py``): its targets, its traffic comparison and
+the tables chapter 7 shows from the committed results file.
+
+The benchmark times MobileNetV2's inference forms over input sizes, batch sizes and runtimes in
+rounds (forms rotated each round); every speed-up here is paired within a round (unpruned form /
+form) and summarised by its median and range over rounds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .paths import repo_root
+
+__all__ = ["COMMITTED", "grid_table", "guard_counts", "load", "setting_line", "target_lines", "targets", "traffic",
+           "traffic_lines", "traffic_table"]
+
+COMMITTED = Path("data") / "benchmarks" / "speed_grid-cpu.json"
+"""The committed CPU run chapter 7 reads (relative to the repository root)."""
+
+BACKENDS = {"eager": "PyTorch eager", "onnxruntime": "ONNX Runtime"}
+
+
+def load(path: str | Path | None = None) -> dict[str, Any]:
+    """A speed-grid results file (with its provenance); by default the committed one."""
+    from .results import read_results
+
+    return read_results(path if path is not None else repo_root() / COMMITTED)
+
+
+def ours(depths: list[float]) -> list[str]:
+    return [f"bases -{d:.0%}" for d in depths]
+
+
+def targets(rows: list[dict[str, Any]], info: dict[Any, dict[str, Any]], depths: list[float]) -> dict[str, Any]:
+    """The three targets of the deployment-speed issue, each with the settings that miss it.
+
+    * ``never_slower``: every form of ours at least as fast as the unpruned form at every setting,
+      within the spread (a miss: the upper quartile of the paired speed-ups below 1);
+    * ``speedup_vs_flops``: at 2.5x fewer FLOPs or more (the compact model's), the median speed-up
+      at least 0.7x the FLOPs ratio in ONNX Runtime at the largest batch;
+    * ``vs_torch_pruning_onnx``: the deepest basis form at least as fast as Torch-Pruning's form
+      at equal FLOPs in ONNX Runtime (upper quartile of the paired ratios at least 1).
+    """
+    info = {int(k): v for k, v in info.items()}
+    mine = ours(depths)
+    slower = [r for r in rows if r["model"] in mine and r["speedup_p75"] < 1]
+    b_max = max(r["batch_size"] for r in rows)
+    flops_rows = []
+    for r in rows:
+        if r["model"] in mine and r["backend"] == "onnxruntime" and r["batch_size"] == b_max:
+            fr = info[r["size"]]["unpruned"]["flops"] / info[r["size"]][r["model"]]["flops"]
+            if fr >= 2.5:
+                flops_rows.append({"size": r["size"], "model": r["model"], "flops_ratio": fr,
+                                   "speedup": r["speedup_median"], "fraction": r["speedup_median"] / fr})
+    deepest = mine[depths.index(max(depths))]
+    vs_tp = [r for r in rows if r["model"] == deepest and r["backend"] == "onnxruntime" and "vs_tp_p75" in r]
+    return {
+        "never_slower": {"holds": not slower, "misses": [(r["size"], r["model"], r["backend"], r["batch_size"],
+                                                          round(r["speedup_median"], 3)) for r in slower]},
+        "speedup_vs_flops": {"holds": bool(flops_rows) and all(f["fraction"] >= 0.7 for f in flops_rows),
+                             "rows": flops_rows},
+        "vs_torch_pruning_onnx": {"holds": bool(vs_tp) and all(r["vs_tp_p75"] >= 1 for r in vs_tp),
+                                  "misses": [(r["size"], r["batch_size"], round(r["vs_tp_median"], 3))
+                                             for r in vs_tp if r["vs_tp_p75"] < 1]},
+    }
+
+
+def traffic(rows: list[dict[str, Any]], info: dict[Any, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per input size, pruned form and backend at the largest batch: the form's FLOPs ratio and
+    activation-elements ratio against the unpruned form's, and the measured speed-up (median,
+    range over rounds)."""
+    info = {int(k): v for k, v in info.items()}
+    b = max(r["batch_size"] for r in rows)
+    out = []
+    for r in rows:
+        if r["batch_size"] != b or r["model"] == "unpruned":
+            continue
+        ref, form = info[r["size"]]["unpruned"][r["backend"]], info[r["size"]][r["model"]][r["backend"]]
+        out.append({"size": r["size"], "model": r["model"], "backend": r["backend"], "batch_size": b,
+                    "flops_ratio": ref["form_flops"] / form["form_flops"],
+                    "activation_ratio": ref["activation_elements"] / form["activation_elements"],
+                    "speedup": r["speedup_median"], "speedup_min": r["speedup_min"],
+                    "speedup_max": r["speedup_max"]})
+    return out
+
+
+def _spread(median: float, lo: float, hi: float) -> str:
+    return f"{median:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def grid_table(record: dict[str, Any]):
+    """One row per input size, backend and batch size: the unpruned form's median ms, then every
+    other form's speed-up against it (median [min, max] over rounds) and the deepest basis form
+    against Torch-Pruning's."""
+    import pandas as pd
+
+    rows = record["rows"]
+    depths = record["settings"]["depths"]
+    deepest = ours(depths)[depths.index(max(depths))]
+    forms = [m for m in dict.fromkeys(r["model"] for r in rows) if m != "unpruned"]
+    by = {(r["size"], r["backend"], r["batch_size"], r["model"]): r for r in rows}
+    out = []
+    for size, backend, b in dict.fromkeys((r["size"], r["backend"], r["batch_size"]) for r in rows):
+        line: dict[str, Any] = {"px": size, "runtime": BACKENDS.get(backend, backend), "batch": b,
+                                "unpruned form ms": round(by[(size, backend, b, "unpruned")]["median_ms"], 2)}
+        for m in forms:
+            r = by[(size, backend, b, m)]
+            line[f"{m} speed-up"] = _spread(r["speedup_median"], r["speedup_min"], r["speedup_max"])
+        r = by[(size, backend, b, deepest)]
+        if "vs_tp_median" in r:
+            line[f"{deepest} / Torch-Pruning"] = _spread(r["vs_tp_median"], r["vs_tp_min"], r["vs_tp_max"])
+        out.append(line)
+    return pd.DataFrame(out).set_index(["px", "runtime", "batch"])
+
+
+def traffic_table(record: dict[str, Any]):
+    """:func:`traffic` as a table: FLOPs ratio, activation ratio and speed-up per pruned form."""
+    import pandas as pd
+
+    t = pd.DataFrame(traffic(record["rows"], record["forms"]))
+    t["runtime"] = t["backend"].map(lambda b: BACKENDS.get(b, b))
+    t["speed-up"] = [_spread(a, b, c) for a, b, c in zip(t["speedup"], t["speedup_min"], t["speedup_max"])]
+    t = t.rename(columns={"size": "px", "model": "form", "flops_ratio": "FLOPs ratio",
+                          "activation_ratio": "activation ratio"})
+    return t.set_index(["px", "runtime", "form"])[["FLOPs ratio", "activation ratio", "speed-up"]].round(2)
+
+
+def target_lines(record: dict[str, Any]) -> dict[str, str]:
+    """One sentence per target: whether it holds and, if not, where it is missed."""
+    t = record["targets"]
+    ns = t["never_slower"]
+    lines = {"never_slower": "holds at every setting" if ns["holds"] else
+             "missed at " + "; ".join(f"{px} px, {m}, {BACKENDS.get(be, be)}, batch {b} ({s:.2f}x)"
+                                      for px, m, be, b, s in ns["misses"])}
+    sf = t["speedup_vs_flops"]
+    lines["speedup_vs_flops"] = ("holds" if sf["holds"] else "missed") + (": " + "; ".join(
+        f"{r['model']} at {r['size']} px: {r['speedup']:.2f}x for {r['flops_ratio']:.2f}x fewer FLOPs "
+        f"({r['fraction']:.2f} of it)" for r in sf["rows"]) if sf["rows"] else " (no form reaches 2.5x fewer FLOPs)")
+    vt = t["vs_torch_pruning_onnx"]
+    lines["vs_torch_pruning_onnx"] = "holds at every setting" if vt["holds"] else (
+        "missed at " + "; ".join(f"{px} px, batch {b} ({s:.2f}x)" for px, b, s in vt["misses"]))
+    return lines
+
+
+def setting_line(record: dict[str, Any]) -> str:
+    """Where and how the grid was timed: processor, threads, versions, commit, rounds, load, wall time."""
+    hw, st, prov = record["hardware"], record["settings"], record.get("provenance", {})
+    load = record["load_average"]
+    git = prov.get("git") or {}
+    quiet = "a shared machine" if record.get("shared_machine") else "an otherwise idle machine"
+    return (f"{hw['cpu_model']} ({hw['cpu_count']} cores), {st['threads']} thread(s), torch {hw['torch']}, "
+            f"ONNX Runtime {hw['onnxruntime']}; commit {str(git.get('commit', '?'))[:7]}"
+            f"{' (uncommitted changes)' if git.get('dirty') else ''}, {prov.get('timestamp_utc', '?')[:10]}; "
+            f"{st['rounds']} rounds, forms' choices timed at batch {', '.join(map(str, st['form_batch_sizes']))} in "
+            f"{st['form_rounds']} rounds; {quiet} (load average {load['before'][0]:.1f} before, "
+            f"{load['after'][0]:.1f} after); {record['timings']['total'] / 60:.0f} min")
+
+
+def guard_counts(record: dict[str, Any]) -> dict[str, int]:
+    """How many of our forms kept their basis pairs and how many the guard folded back."""
+    out = {"pairs": 0, "folded": 0}
+    for forms in record["forms"].values():
+        for label, info in forms.items():
+            for backend in BACKENDS:
+                g = (info.get(backend) or {}).get("guard")
+                if g:
+                    out[g["kept"]] += 1
+    return out
+
+
+def traffic_lines(record: dict[str, Any]) -> list[str]:
+    """Per input size and runtime at the largest batch: the deepest basis form's and Torch-Pruning's
+    FLOPs ratio, activation ratio and speed-up, in words."""
+    depths = record["settings"]["depths"]
+    deepest = ours(depths)[depths.index(max(depths))]
+    t = traffic(record["rows"], record["forms"])
+    by = {(r["size"], r["backend"], r["model"]): r for r in t}
+    lines = []
+    for size, backend in dict.fromkeys((r["size"], r["backend"]) for r in t):
+        parts = []
+        for m in (deepest, "Torch-Pruning"):
+            r = by.get((size, backend, m))
+            if r:
+                parts.append(f"{m}: {r['flops_ratio']:.2f}x fewer FLOPs, {r['activation_ratio']:.2f}x fewer "
+                             f"activation elements, {r['speedup']:.2f}x faster")
+        lines.append(f"{size} px, {BACKENDS.get(backend, backend)}: " + "; ".join(parts))
+    return lines
