@@ -84,3 +84,43 @@ def test_guard_counts_and_target_lines_say_what_the_record_holds(record):
     lines = speed_grid.target_lines(record)
     assert lines["never_slower"].startswith("missed at 224 px, bases -30%")
     assert "0.50 of it" in lines["speedup_vs_flops"]
+
+
+def test_time_split_recovers_a_known_activation_share():
+    """Speed-ups made from t = 0.4 / F + 0.6 / A give back a = 0.6, the bound 1 / 0.6, and predict
+    the channel-pruned form's speed-up exactly."""
+    def t(f, a):
+        return 1 / (0.4 / f + 0.6 / a)
+
+    rows, forms = [], {224: {"unpruned": {"eager": form(600, 100)}}}
+    for model, flops, acts in (("unpruned", 600, 100), ("bases -80%", 200, 100), ("Torch-Pruning", 200, 50)):
+        rows.append(row(224, model, "eager", 64, [t(600 / flops, 100 / acts)] * 3))
+        forms[224].setdefault(model, {})["eager"] = form(flops, acts)
+    split = speed_grid.time_split({"rows": rows, "forms": forms, "settings": {"depths": [0.8]}})
+    assert len(split) == 1
+    assert split[0]["activation_share"] == pytest.approx(0.6)
+    assert split[0]["basis_bound"] == pytest.approx(1 / 0.6)
+    assert split[0]["tp_predicted"] == pytest.approx(split[0]["tp_measured"]) == pytest.approx(t(3, 2))
+
+
+def test_never_slower_separates_misses_from_forms_slower_in_every_round(record):
+    """Both -30% rows at batch 64 miss (upper quartile 0.95); only the one whose best round is
+    below 1 too is slower in every round (the other had a round at 1.05)."""
+    record["rows"] = [dict(r, speedup_max=1.05) if r["model"] == "bases -30%" and r["batch_size"] == 64
+                      and r["backend"] == "onnxruntime" else r for r in record["rows"]]
+    t = speed_grid.targets(record["rows"], record["forms"], [0.3, 0.8])["never_slower"]
+    assert [m[:4] for m in t["slower_every_round"]] == [(224, "bases -30%", "eager", 64)]
+    assert "slower in every round: 224 px, bases -30%, PyTorch eager, batch 64" in speed_grid.target_lines(record)["never_slower"]
+
+
+def test_time_split_lines_name_each_size_with_its_share_and_prediction(record):
+    lines = speed_grid.time_split_lines(record)
+    split = speed_grid.time_split(record)[0]
+    assert lines["eager"] == f"224 px: {split['activation_share']:.2f} of the time, so at most {split['basis_bound']:.2f}x"
+    assert "predicted" in lines["onnxruntime_prediction"] and "measured" in lines["onnxruntime_prediction"]
+
+
+def test_beyond_target_lists_sizes_whose_activation_share_rules_the_target_out(record):
+    """The fixture's 224 px basis form gains 1.5x at 3x fewer FLOPs: a share of 0.5 > 0.29."""
+    assert speed_grid.time_split(record)[0]["activation_share"] == pytest.approx(0.5, abs=0.02)
+    assert speed_grid.time_split_lines(record)["beyond_target"] == "224 px"

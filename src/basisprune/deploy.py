@@ -99,7 +99,11 @@ def export(
     tensor or a tuple of tensors). Then, with ``form`` (default), the model's inference form is
     built (:func:`basisprune.inference_form` with ``merge="flops"``: batch norms folded, chains
     merged where that saves multiply-accumulates, channel widths padded to 8 for ONNX Runtime's
-    kernels) unless ``model`` is a form already; ``form=False`` exports the model as it is.
+    kernels) unless ``model`` is a form already; ``form=False`` exports the model as it is. For the
+    form measured fastest where it will run, build it first from the masked model and export that:
+    ``bp.export(bp.inference_form(masked, x, merge="latency", runtime="onnxruntime",
+    batch_sizes=(b,)), path, x)`` times every choice in ONNX Runtime at batch ``b`` and keeps the
+    basis pairs only where the whole form is faster with them (its guard).
 
     The model is exported on the CPU in eval mode with a dynamic batch axis
     (:func:`basisprune.bench.export_onnx`; ``exporter="auto"`` tries the ``torch.export``-based

@@ -170,18 +170,26 @@ def plot_traffic(traffic, title: str):
     import pandas as pd
     import seaborn as sns
 
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     t = pd.DataFrame(traffic)
     t["px"] = t["size"].astype(str) + " px"
+    sizes = dict(zip(sorted(t["px"].unique(), key=lambda p: int(p.split()[0])), (40, 80, 140, 200)))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
     for ax, col, label in ((axes[0], "flops_ratio", "FLOPs ratio (unpruned / form)"),
                            (axes[1], "activation_ratio", "activation elements ratio (unpruned / form)")):
-        sns.scatterplot(data=t, x=col, y="speedup", hue="model", style="backend", size="px", sizes=(40, 140),
+        sns.scatterplot(data=t, x=col, y="speedup", hue="model", style="backend", size="px", sizes=sizes,
                         ax=ax, legend=ax is axes[1])
         hi = max(t[col].max(), t["speedup"].max()) * 1.25
         lo = min(t[col].min(), t["speedup"].min()) / 1.25
         ax.plot([lo, hi], [lo, hi], color="black", lw=1)
         ax.axhline(1.0, color="grey", lw=0.8, ls=":")
         ax.set(xscale="log", yscale="log", xlabel=label, ylabel="measured speed-up (median over rounds)")
+        ticks = [v for v in (0.75, 1, 1.5, 2, 3, 4, 6, 8) if lo <= v <= hi]
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_ticks(ticks)
+            axis.set_major_formatter(ScalarFormatter())
+            axis.set_minor_formatter(NullFormatter())
     axes[1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -13,8 +13,8 @@ from typing import Any
 
 from .paths import repo_root
 
-__all__ = ["COMMITTED", "grid_table", "guard_counts", "load", "setting_line", "target_lines", "targets", "traffic",
-           "traffic_lines", "traffic_table"]
+__all__ = ["COMMITTED", "grid_table", "guard_counts", "load", "setting_line", "target_lines", "targets", "time_split",
+           "time_split_lines", "time_split_table", "traffic", "traffic_lines", "traffic_table"]
 
 COMMITTED = Path("data") / "benchmarks" / "speed_grid-cpu.json"
 """The committed CPU run chapter 7 reads (relative to the repository root)."""
@@ -37,7 +37,8 @@ def targets(rows: list[dict[str, Any]], info: dict[Any, dict[str, Any]], depths:
     """The three targets of the deployment-speed issue, each with the settings that miss it.
 
     * ``never_slower``: every form of ours at least as fast as the unpruned form at every setting,
-      within the spread (a miss: the upper quartile of the paired speed-ups below 1);
+      within the spread (a miss: the upper quartile of the paired speed-ups below 1;
+      ``slower_every_round`` lists the misses whose best round is below 1 too);
     * ``speedup_vs_flops``: at 2.5x fewer FLOPs or more (the compact model's), the median speed-up
       at least 0.7x the FLOPs ratio in ONNX Runtime at the largest batch;
     * ``vs_torch_pruning_onnx``: the deepest basis form at least as fast as Torch-Pruning's form
@@ -58,7 +59,9 @@ def targets(rows: list[dict[str, Any]], info: dict[Any, dict[str, Any]], depths:
     vs_tp = [r for r in rows if r["model"] == deepest and r["backend"] == "onnxruntime" and "vs_tp_p75" in r]
     return {
         "never_slower": {"holds": not slower, "misses": [(r["size"], r["model"], r["backend"], r["batch_size"],
-                                                          round(r["speedup_median"], 3)) for r in slower]},
+                                                          round(r["speedup_median"], 3)) for r in slower],
+                         "slower_every_round": [(r["size"], r["model"], r["backend"], r["batch_size"],
+                                                 round(r["speedup_max"], 3)) for r in slower if r["speedup_max"] < 1]},
         "speedup_vs_flops": {"holds": bool(flops_rows) and all(f["fraction"] >= 0.7 for f in flops_rows),
                              "rows": flops_rows},
         "vs_torch_pruning_onnx": {"holds": bool(vs_tp) and all(r["vs_tp_p75"] >= 1 for r in vs_tp),
@@ -127,13 +130,29 @@ def traffic_table(record: dict[str, Any]):
     return t.set_index(["px", "runtime", "form"])[["FLOPs ratio", "activation ratio", "speed-up"]].round(2)
 
 
+def _guard_kept(record: dict[str, Any], size: int, model: str, backend: str) -> str | None:
+    g = ((record["forms"].get(str(size)) or record["forms"].get(size) or {}).get(model, {}).get(backend) or {}).get("guard")
+    return g["kept"] if g else None
+
+
 def target_lines(record: dict[str, Any]) -> dict[str, str]:
-    """One sentence per target: whether it holds and, if not, where it is missed."""
-    t = record["targets"]
+    """One sentence per target (recomputed from the rows): whether it holds and, if not, where it
+    is missed, with the guard's verdict on each form that misses the first."""
+    t = targets(record["rows"], record["forms"], record["settings"]["depths"])
     ns = t["never_slower"]
+
+    def miss(px, m, be, b, s):
+        kept = _guard_kept(record, px, m, be)
+        note = {"folded": ", a form the guard folded back to the unpruned layers",
+                "pairs": ", a form with basis pairs"}.get(kept or "", "")
+        return f"{px} px, {m}, {BACKENDS.get(be, be)}, batch {b} ({s:.2f}x{note})"
+
+    every = ns["slower_every_round"]
     lines = {"never_slower": "holds at every setting" if ns["holds"] else
-             "missed at " + "; ".join(f"{px} px, {m}, {BACKENDS.get(be, be)}, batch {b} ({s:.2f}x)"
-                                      for px, m, be, b, s in ns["misses"])}
+             "missed at " + "; ".join(miss(*m) for m in ns["misses"]) + (
+                 "; slower in every round: " + "; ".join(f"{px} px, {m}, {BACKENDS.get(be, be)}, batch {b}"
+                                                         for px, m, be, b, _ in every) if every else
+                 "; none of them slower in every round")}
     sf = t["speedup_vs_flops"]
     lines["speedup_vs_flops"] = ("holds" if sf["holds"] else "missed") + (": " + "; ".join(
         f"{r['model']} at {r['size']} px: {r['speedup']:.2f}x for {r['flops_ratio']:.2f}x fewer FLOPs "
@@ -187,3 +206,70 @@ def traffic_lines(record: dict[str, Any]) -> list[str]:
                              f"activation elements, {r['speedup']:.2f}x faster")
         lines.append(f"{size} px, {BACKENDS.get(backend, backend)}: " + "; ".join(parts))
     return lines
+
+
+def time_split(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A two-term account of the time at the largest batch, per input size and runtime.
+
+    The unpruned form's time is split into a share ``1 - a`` that scales with FLOPs and a share
+    ``a`` that scales with activation elements: a form with ``F`` times fewer FLOPs and ``A`` times
+    fewer activation elements takes ``(1 - a) / F + a / A`` of it. ``a`` is solved from the deepest
+    basis form's measured speed-up (its ``A`` is about 1, so it measures the activation share
+    directly); the split then predicts Torch-Pruning's speed-up from its own ``F`` and ``A``, which
+    is compared with the measured one, and bounds what any basis form can reach (``1 / a``: all
+    FLOPs pruned, activations untouched). Each row: ``size``, ``backend``, ``activation_share``,
+    ``basis_bound``, ``tp_predicted``, ``tp_measured``.
+    """
+    depths = record["settings"]["depths"]
+    deepest = ours(depths)[depths.index(max(depths))]
+    by = {(r["size"], r["backend"], r["model"]): r for r in traffic(record["rows"], record["forms"])}
+    out = []
+    for size, backend in dict.fromkeys((k[0], k[1]) for k in by):
+        b = by.get((size, backend, deepest))
+        if b is None or abs(1 / b["activation_ratio"] - 1 / b["flops_ratio"]) < 1e-9:
+            continue
+        t = 1 / b["speedup"]
+        a = (t - 1 / b["flops_ratio"]) / (1 / b["activation_ratio"] - 1 / b["flops_ratio"])
+        row = {"size": size, "backend": backend, "activation_share": a,
+               "basis_bound": 1 / a if a > 0 else float("inf"), "tp_predicted": None, "tp_measured": None}
+        p = by.get((size, backend, "Torch-Pruning"))
+        if p is not None:
+            row["tp_predicted"] = 1 / ((1 - a) / p["flops_ratio"] + a / p["activation_ratio"])
+            row["tp_measured"] = p["speedup"]
+        out.append(row)
+    return out
+
+
+def time_split_table(record: dict[str, Any]):
+    """:func:`time_split` as a table."""
+    import pandas as pd
+
+    t = pd.DataFrame(time_split(record))
+    t["runtime"] = t["backend"].map(lambda b: BACKENDS.get(b, b))
+    t = t.rename(columns={"size": "px", "activation_share": "time share of activations",
+                          "basis_bound": "best basis speed-up (1 / share)",
+                          "tp_predicted": "Torch-Pruning speed-up, predicted",
+                          "tp_measured": "Torch-Pruning speed-up, measured"})
+    return t.set_index(["px", "runtime"]).drop(columns="backend").round(2)
+
+
+def time_split_lines(record: dict[str, Any]) -> dict[str, str]:
+    """:func:`time_split` in words, per runtime: the activation share and the basis bound at each
+    input size, and Torch-Pruning's predicted against measured speed-up; ``beyond_target``: the
+    input sizes where the share exceeds, in every runtime, the largest share at which a form with
+    no fewer activations and 2.5x fewer FLOPs can still reach 0.7 of them (``0.3 / (0.7 * 1.5)``)."""
+    split = time_split(record)
+    limit = 0.3 / (0.7 * 1.5)
+    sizes = [size for size in dict.fromkeys(r["size"] for r in split)
+             if all(r["activation_share"] > limit for r in split if r["size"] == size)]
+    out = {"beyond_target": " and ".join(f"{size} px" for size in sizes) or "none of the input sizes"}
+    for backend, name in BACKENDS.items():
+        rows = [r for r in split if r["backend"] == backend]
+        if not rows:
+            continue
+        out[backend] = "; ".join(f"{r['size']} px: {r['activation_share']:.2f} of the time, so at most "
+                                 f"{r['basis_bound']:.2f}x" for r in rows)
+        out[backend + "_prediction"] = "; ".join(
+            f"{r['size']} px: {r['tp_predicted']:.2f}x predicted, {r['tp_measured']:.2f}x measured"
+            for r in rows if r["tp_predicted"] is not None)
+    return out
