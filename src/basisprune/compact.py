@@ -24,8 +24,8 @@ from .decompose import BasisConv2d, BasisLayer, basis_layers, set_submodule
 from .errors import BasisPruneError
 from .io import atomic_write
 
-__all__ = ["CompactionError", "compact", "compact_basis_layer", "fold_all", "fold_by_params", "kept_indices", "pair_cost", "save_model",
-           "load_model"]
+__all__ = ["CompactionError", "compact", "compact_basis_layer", "fold_all", "fold_by_params", "kept_indices",
+           "pair_cost", "save_model", "load_model"]
 
 
 class CompactionError(BasisPruneError, RuntimeError):
