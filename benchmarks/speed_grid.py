@@ -14,6 +14,12 @@ MobileNetV2 with ImageNet weights (1,000-class head, excluded from pruning); per
 * ``Torch-Pruning`` (unless ``--no-peer``): Torch-Pruning's magnitude channel pruning at the FLOPs
   of ``bases -80%``'s compact model, then its form.
 
+With ``--ours channels`` our forms are instead our channel pruning (channel scales of
+:func:`basisprune.add_channel_scales`, the weakest units of every group masked by the L2 norm of
+the root's filters, the fraction found by bisection) and our double pruning (channels masked to half
+the FLOPs reduction in log scale, compacted, decomposed, then the weakest bases masked), both at
+``bases -80%``'s FLOPs like Torch-Pruning: untrained masks, for latency only.
+
 Every form is timed at ``--batch-sizes`` (1 8 64) in PyTorch eager (:func:`basisprune.bench.latency`)
 and ONNX Runtime (exported once per form with the TorchScript exporter, checked against PyTorch,
 then ``session.run`` timed), in ``--rounds`` rounds with the forms in a rotated order, so that
@@ -27,10 +33,12 @@ writes, from ``torch.fx`` shape propagation): on small-width, memory-bound netwo
 the bytes moved more than the FLOPs, which is what ``traffic`` in the results compares.
 
     .venv/bin/python benchmarks/speed_grid.py --out data/benchmarks/speed_grid-cpu.json
+    .venv/bin/python benchmarks/speed_grid.py --ours channels --out data/benchmarks/speed_grid_channels-cpu.json
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import statistics
@@ -60,6 +68,59 @@ def prune_weakest(model: nn.Module, fraction: float) -> None:
         mask = torch.zeros_like(s)
         mask.scatter_(1, torch.argsort(s, dim=1, descending=True)[:, :keep], 1.0)
         layer.mask.copy_(mask.reshape(-1).to(layer.mask.dtype))
+
+
+def mask_weakest_channels(model: nn.Module, fraction: float) -> None:
+    """Mask the weakest ``fraction`` of every channel group's units (at least one kept), by the L2
+    norm of the group root's output filters (Torch-Pruning's magnitude criterion, per group)."""
+    for scale in bp.channel_scales(model).values():
+        root = model.get_submodule(scale.root)
+        while not hasattr(root, "weight"):  # a root that also reads scaled inputs is wrapped
+            root = root.inner
+        w = root.weight.detach()
+        norms = torch.zeros(scale.num_units).index_add_(0, scale.unit_of, w.flatten(1).norm(dim=1) ** 2)
+        keep = max(1, math.ceil((1 - fraction) * scale.num_units))
+        mask = torch.zeros(scale.num_units)
+        mask[torch.argsort(norms, descending=True)[:keep]] = 1.0
+        scale.mask.copy_(mask.to(scale.mask.dtype))
+
+
+def to_flops(build, target: float, x: torch.Tensor, steps: int = 12) -> tuple[float, nn.Module]:
+    """The smallest fraction in [0, 0.95] whose ``build(fraction)`` (a masked model) compacts to at
+    most ``target`` FLOPs, by bisection; and that masked model."""
+    lo, hi = 0.0, 0.95
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        if bp.count_flops(bp.compact(build(mid), x).eval(), x) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi, build(hi)
+
+
+def channel_sources(ref: nn.Module, head: str, x: torch.Tensor, target: float) -> dict[str, tuple[nn.Module, Any]]:
+    """Our channel pruning (channel scales, weakest units masked by magnitude) and double pruning
+    (channels masked to half the FLOPs reduction in log scale, then the weakest bases of what is
+    left) at ``target`` FLOPs; each ``(masked model, fractions)``."""
+    scaled = bp.add_channel_scales(ref, x, ignored=[head]).eval()
+
+    def channels(frac: float) -> nn.Module:
+        m = copy.deepcopy(scaled)
+        mask_weakest_channels(m, frac)
+        return m
+
+    f_c, only = to_flops(channels, target, x)
+    half = math.sqrt(target * bp.count_flops(ref, x))  # half the reduction, in log FLOPs
+    f_half, stage1 = to_flops(channels, half, x)
+    base = bp.decompose(bp.compact(stage1, x).eval(), exclude=[head]).eval()
+
+    def bases(frac: float) -> nn.Module:
+        m = copy.deepcopy(base)
+        prune_weakest(m, frac)
+        return m
+
+    f_b, double = to_flops(bases, target, x)
+    return {"channels (ours)": (only, {"channels": f_c}), "double (ours)": (double, {"channels": f_half, "bases": f_b})}
 
 
 def onnx_session(model: nn.Module, size: int, threads: int, tmp: Path, label: str):
@@ -110,13 +171,20 @@ def build_forms(ref: nn.Module, head: str, size: int, args) -> tuple[dict[str, d
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
     sources: dict[str, nn.Module] = {"unpruned": ref}  # what the forms are built from
     sizes: dict[str, nn.Module] = {"unpruned": ref}  # what FLOPs and parameters are counted on
+    info: dict[str, Any] = {}
     for frac in args.depths:
         d = bp.decompose(ref, exclude=[head]).eval()
         prune_weakest(d, frac)
         sources[f"bases -{frac:.0%}"] = d  # masked: the form's guard can fold its pairs back
         sizes[f"bases -{frac:.0%}"] = bp.compact(d, x[:1]).eval()
     deepest = sizes[f"bases -{max(args.depths):.0%}"]
-    info: dict[str, Any] = {}
+    if args.ours == "channels":  # our channel and double pruning at the deepest basis form's FLOPs
+        target = bp.count_flops(deepest, x[:1])
+        sources = {"unpruned": ref}
+        sizes = {"unpruned": ref}
+        for label, (m, fractions) in channel_sources(ref, head, x[:1], target).items():
+            sources[label], sizes[label] = m, bp.compact(m, x[:1]).eval()
+            info[label] = {"fractions": fractions}
     if not args.no_peer:
         ratio = 1 - bp.count_flops(deepest, x[:1]) / bp.count_flops(ref, x[:1])
         tp, tp_info = comparison.prune_to_flops(ref, x[:1], ratio)
@@ -131,8 +199,10 @@ def build_forms(ref: nn.Module, head: str, size: int, args) -> tuple[dict[str, d
                                      runtime=runtime)
             rep = form.inference_report
             forms[backend][label] = form
-            info.setdefault(label, {"flops": bp.count_flops(sizes[label], x[:1]),
-                                    "params": bp.count_params(sizes[label])})[backend] = {
+            entry = info.setdefault(label, {})
+            entry.setdefault("flops", bp.count_flops(sizes[label], x[:1]))
+            entry.setdefault("params", bp.count_params(sizes[label]))
+            entry[backend] = {
                 "build_s": time.perf_counter() - t0, "memory_format": rep["memory_format"],
                 "memory_format_ms": rep["memory_format_ms"], "chains": len(rep["chains"]),
                 "chains_split": sum(len(c["segments"]) > 1 for c in rep["chains"]),
@@ -197,6 +267,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="batch sizes the forms' choices (and their guard, at each) are timed at")
     ap.add_argument("--form-rounds", type=int, default=3)
     ap.add_argument("--no-peer", action="store_true", help="skip Torch-Pruning")
+    ap.add_argument("--ours", choices=["bases", "channels"], default="bases",
+                    help="our forms: basis pruning at --depths, or our channel and double pruning at the deepest "
+                         "basis form's FLOPs (Torch-Pruning's too)")
     ap.add_argument("--out", type=Path, default=Path("data/benchmarks/speed_grid-cpu.json"))
     ap.add_argument("--show", type=Path, help="print the table and targets of a results file (no timing)")
     args = ap.parse_args(argv)
@@ -221,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows += time_grid(forms, size, args, Path(tmp))
             seconds[f"size_{size}"] = time.perf_counter() - t1
             print(f"{size} px done in {seconds[f'size_{size}']:.0f} s", flush=True)
-    verdict = targets(rows, info, args.depths)
+    verdict = targets(rows, info, vars(args))
     moved = traffic(rows, info)
     hw = provenance.hardware()
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}

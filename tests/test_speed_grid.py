@@ -39,7 +39,7 @@ def record():
         "Torch-Pruning": {"flops": 200, "eager": form(200, 40), "onnxruntime": form(200, 40)}}}
     rec = {"rows": rows, "forms": forms, "settings": {"depths": [0.3, 0.8], "threads": 1, "rounds": 3,
                                                        "form_batch_sizes": [1, 64], "form_rounds": 3}}
-    rec["targets"] = speed_grid.targets(rows, forms, [0.3, 0.8])
+    rec["targets"] = speed_grid.targets(rows, forms, {"depths": [0.3, 0.8]})
     return rec
 
 
@@ -108,7 +108,7 @@ def test_never_slower_separates_misses_from_forms_slower_in_every_round(record):
     below 1 too is slower in every round (the other had a round at 1.05)."""
     record["rows"] = [dict(r, speedup_max=1.05) if r["model"] == "bases -30%" and r["batch_size"] == 64
                       and r["backend"] == "onnxruntime" else r for r in record["rows"]]
-    t = speed_grid.targets(record["rows"], record["forms"], [0.3, 0.8])["never_slower"]
+    t = speed_grid.targets(record["rows"], record["forms"], record["settings"])["never_slower"]
     assert [m[:4] for m in t["slower_every_round"]] == [(224, "bases -30%", "eager", 64)]
     assert "slower in every round: 224 px, bases -30%, PyTorch eager, batch 64" in speed_grid.target_lines(record)["never_slower"]
 

@@ -29,11 +29,20 @@ def load(path: str | Path | None = None) -> dict[str, Any]:
     return read_results(path if path is not None else repo_root() / COMMITTED)
 
 
-def ours(depths: list[float]) -> list[str]:
-    return [f"bases -{d:.0%}" for d in depths]
+CHANNEL_FORMS = ["channels (ours)", "double (ours)"]
 
 
-def targets(rows: list[dict[str, Any]], info: dict[Any, dict[str, Any]], depths: list[float]) -> dict[str, Any]:
+def ours(settings: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Our forms in a run (``--ours``: basis pruning at ``depths``, or our channel and double
+    pruning) and those of them at Torch-Pruning's FLOPs (the deepest basis form; both others)."""
+    if settings.get("ours") == "channels":
+        return CHANNEL_FORMS, CHANNEL_FORMS
+    depths = settings["depths"]
+    labels = [f"bases -{d:.0%}" for d in depths]
+    return labels, [labels[depths.index(max(depths))]]
+
+
+def targets(rows: list[dict[str, Any]], info: dict[Any, dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
     """The three targets of the deployment-speed issue, each with the settings that miss it.
 
     * ``never_slower``: every form of ours at least as fast as the unpruned form at every setting,
@@ -41,11 +50,11 @@ def targets(rows: list[dict[str, Any]], info: dict[Any, dict[str, Any]], depths:
       ``slower_every_round`` lists the misses whose best round is below 1 too);
     * ``speedup_vs_flops``: at 2.5x fewer FLOPs or more (the compact model's), the median speed-up
       at least 0.7x the FLOPs ratio in ONNX Runtime at the largest batch;
-    * ``vs_torch_pruning_onnx``: the deepest basis form at least as fast as Torch-Pruning's form
+    * ``vs_torch_pruning_onnx``: our forms at its FLOPs at least as fast as Torch-Pruning's form
       at equal FLOPs in ONNX Runtime (upper quartile of the paired ratios at least 1).
     """
     info = {int(k): v for k, v in info.items()}
-    mine = ours(depths)
+    mine, at_peer = ours(settings)
     slower = [r for r in rows if r["model"] in mine and r["speedup_p75"] < 1]
     b_max = max(r["batch_size"] for r in rows)
     flops_rows = []
@@ -55,8 +64,7 @@ def targets(rows: list[dict[str, Any]], info: dict[Any, dict[str, Any]], depths:
             if fr >= 2.5:
                 flops_rows.append({"size": r["size"], "model": r["model"], "flops_ratio": fr,
                                    "speedup": r["speedup_median"], "fraction": r["speedup_median"] / fr})
-    deepest = mine[depths.index(max(depths))]
-    vs_tp = [r for r in rows if r["model"] == deepest and r["backend"] == "onnxruntime" and "vs_tp_p75" in r]
+    vs_tp = [r for r in rows if r["model"] in at_peer and r["backend"] == "onnxruntime" and "vs_tp_p75" in r]
     return {
         "never_slower": {"holds": not slower, "misses": [(r["size"], r["model"], r["backend"], r["batch_size"],
                                                           round(r["speedup_median"], 3)) for r in slower],
@@ -66,6 +74,7 @@ def targets(rows: list[dict[str, Any]], info: dict[Any, dict[str, Any]], depths:
                              "rows": flops_rows},
         "vs_torch_pruning_onnx": {"holds": bool(vs_tp) and all(r["vs_tp_p75"] >= 1 for r in vs_tp),
                                   "misses": [(r["size"], r["batch_size"], round(r["vs_tp_median"], 3))
+                                             + ((r["model"],) if len(at_peer) > 1 else ())
                                              for r in vs_tp if r["vs_tp_p75"] < 1]},
     }
 
@@ -95,13 +104,12 @@ def _spread(median: float, lo: float, hi: float) -> str:
 
 def grid_table(record: dict[str, Any]):
     """One row per input size, backend and batch size: the unpruned form's median ms, then every
-    other form's speed-up against it (median [min, max] over rounds) and the deepest basis form
+    other form's speed-up against it (median [min, max] over rounds) and our forms at Torch-Pruning's FLOPs
     against Torch-Pruning's."""
     import pandas as pd
 
     rows = record["rows"]
-    depths = record["settings"]["depths"]
-    deepest = ours(depths)[depths.index(max(depths))]
+    _, at_peer = ours(record["settings"])
     forms = [m for m in dict.fromkeys(r["model"] for r in rows) if m != "unpruned"]
     by = {(r["size"], r["backend"], r["batch_size"], r["model"]): r for r in rows}
     out = []
@@ -111,9 +119,10 @@ def grid_table(record: dict[str, Any]):
         for m in forms:
             r = by[(size, backend, b, m)]
             line[f"{m} speed-up"] = _spread(r["speedup_median"], r["speedup_min"], r["speedup_max"])
-        r = by[(size, backend, b, deepest)]
-        if "vs_tp_median" in r:
-            line[f"{deepest} / Torch-Pruning"] = _spread(r["vs_tp_median"], r["vs_tp_min"], r["vs_tp_max"])
+        for m in at_peer:
+            r = by[(size, backend, b, m)]
+            if "vs_tp_median" in r:
+                line[f"{m} / Torch-Pruning"] = _spread(r["vs_tp_median"], r["vs_tp_min"], r["vs_tp_max"])
         out.append(line)
     return pd.DataFrame(out).set_index(["px", "runtime", "batch"])
 
@@ -135,10 +144,14 @@ def _guard_kept(record: dict[str, Any], size: int, model: str, backend: str) -> 
     return g["kept"] if g else None
 
 
+def _tp_miss(px: int, b: int, ratio: float, model: str | None = None) -> str:
+    return f"{px} px, batch {b}{', ' + model if model else ''} ({ratio:.2f}x)"
+
+
 def target_lines(record: dict[str, Any]) -> dict[str, str]:
     """One sentence per target (recomputed from the rows): whether it holds and, if not, where it
     is missed, with the guard's verdict on each form that misses the first."""
-    t = targets(record["rows"], record["forms"], record["settings"]["depths"])
+    t = targets(record["rows"], record["forms"], record["settings"])
     ns = t["never_slower"]
 
     def miss(px, m, be, b, s):
@@ -159,7 +172,7 @@ def target_lines(record: dict[str, Any]) -> dict[str, str]:
         f"({r['fraction']:.2f} of it)" for r in sf["rows"]) if sf["rows"] else " (no form reaches 2.5x fewer FLOPs)")
     vt = t["vs_torch_pruning_onnx"]
     lines["vs_torch_pruning_onnx"] = "holds at every setting" if vt["holds"] else (
-        "missed at " + "; ".join(f"{px} px, batch {b} ({s:.2f}x)" for px, b, s in vt["misses"]))
+        "missed at " + "; ".join(_tp_miss(*m) for m in vt["misses"]))
     return lines
 
 
@@ -190,16 +203,15 @@ def guard_counts(record: dict[str, Any]) -> dict[str, int]:
 
 
 def traffic_lines(record: dict[str, Any]) -> list[str]:
-    """Per input size and runtime at the largest batch: the deepest basis form's and Torch-Pruning's
-    FLOPs ratio, activation ratio and speed-up, in words."""
-    depths = record["settings"]["depths"]
-    deepest = ours(depths)[depths.index(max(depths))]
+    """Per input size and runtime at the largest batch: our forms at Torch-Pruning's FLOPs and
+    Torch-Pruning's: FLOPs ratio, activation ratio and speed-up, in words."""
+    _, at_peer = ours(record["settings"])
     t = traffic(record["rows"], record["forms"])
     by = {(r["size"], r["backend"], r["model"]): r for r in t}
     lines = []
     for size, backend in dict.fromkeys((r["size"], r["backend"]) for r in t):
         parts = []
-        for m in (deepest, "Torch-Pruning"):
+        for m in (*at_peer, "Torch-Pruning"):
             r = by.get((size, backend, m))
             if r:
                 parts.append(f"{m}: {r['flops_ratio']:.2f}x fewer FLOPs, {r['activation_ratio']:.2f}x fewer "
@@ -218,10 +230,11 @@ def time_split(record: dict[str, Any]) -> list[dict[str, Any]]:
     directly); the split then predicts Torch-Pruning's speed-up from its own ``F`` and ``A``, which
     is compared with the measured one, and bounds what any basis form can reach (``1 / a``: all
     FLOPs pruned, activations untouched). Each row: ``size``, ``backend``, ``activation_share``,
-    ``basis_bound``, ``tp_predicted``, ``tp_measured``.
+    ``basis_bound``, ``tp_predicted``, ``tp_measured``. Empty for a run without basis forms.
     """
-    depths = record["settings"]["depths"]
-    deepest = ours(depths)[depths.index(max(depths))]
+    if record["settings"].get("ours") == "channels":
+        return []
+    deepest = ours(record["settings"])[1][0]
     by = {(r["size"], r["backend"], r["model"]): r for r in traffic(record["rows"], record["forms"])}
     out = []
     for size, backend in dict.fromkeys((k[0], k[1]) for k in by):
