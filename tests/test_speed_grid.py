@@ -124,3 +124,14 @@ def test_beyond_target_lists_sizes_whose_activation_share_rules_the_target_out(r
     """The fixture's 224 px basis form gains 1.5x at 3x fewer FLOPs: a share of 0.5 > 0.29."""
     assert speed_grid.time_split(record)[0]["activation_share"] == pytest.approx(0.5, abs=0.02)
     assert speed_grid.time_split_lines(record)["beyond_target"] == "224 px"
+
+
+def test_predict_applies_a_time_split_to_another_runs_forms(record):
+    """A form with 3x fewer FLOPs and 2.5x fewer activations under a share of 0.5 is predicted
+    at 1 / (0.5 / 3 + 0.5 / 2.5) = 2.73x; rows without a split for their setting are left out."""
+    split = [{"size": 224, "backend": "onnxruntime", "activation_share": 0.5}]
+    rows = {r["model"]: r for r in speed_grid.predict(record, split)}
+    assert set(rows) == {"bases -30%", "bases -80%", "Torch-Pruning"}
+    assert all(r["backend"] == "onnxruntime" for r in rows.values())
+    assert rows["Torch-Pruning"]["predicted"] == pytest.approx(1 / (0.5 / 3 + 0.5 / 2.5))
+    assert rows["Torch-Pruning"]["speedup"] == pytest.approx(3.0)

@@ -13,20 +13,25 @@ from typing import Any
 
 from .paths import repo_root
 
-__all__ = ["COMMITTED", "grid_table", "guard_counts", "load", "setting_line", "target_lines", "targets", "time_split",
-           "time_split_lines", "time_split_table", "traffic", "traffic_lines", "traffic_table"]
+__all__ = ["COMMITTED", "COMMITTED_CHANNELS", "grid_table", "guard_counts", "load", "ours", "predict", "predict_table", "setting_line",
+           "target_lines", "targets", "time_split", "time_split_lines", "time_split_table", "traffic", "traffic_lines",
+           "traffic_table"]
 
 COMMITTED = Path("data") / "benchmarks" / "speed_grid-cpu.json"
-"""The committed CPU run chapter 7 reads (relative to the repository root)."""
+"""The committed CPU run of the basis forms chapter 7 reads (relative to the repository root)."""
+COMMITTED_CHANNELS = Path("data") / "benchmarks" / "speed_grid_channels-cpu.json"
+"""The committed CPU run of our channel and double pruning (``--ours channels``)."""
 
 BACKENDS = {"eager": "PyTorch eager", "onnxruntime": "ONNX Runtime"}
 
 
 def load(path: str | Path | None = None) -> dict[str, Any]:
-    """A speed-grid results file (with its provenance); by default the committed one."""
+    """A speed-grid results file (with its provenance); by default the committed basis run
+    (:data:`COMMITTED`; :data:`COMMITTED_CHANNELS` is the other)."""
     from .results import read_results
 
-    return read_results(path if path is not None else repo_root() / COMMITTED)
+    path = Path(path) if path is not None else COMMITTED
+    return read_results(path if path.is_absolute() else repo_root() / path)
 
 
 CHANNEL_FORMS = ["channels (ours)", "double (ours)"]
@@ -286,3 +291,31 @@ def time_split_lines(record: dict[str, Any]) -> dict[str, str]:
             f"{r['size']} px: {r['tp_predicted']:.2f}x predicted, {r['tp_measured']:.2f}x measured"
             for r in rows if r["tp_predicted"] is not None)
     return out
+
+
+def predict(record: dict[str, Any], split: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every pruned form of ``record`` at the largest batch, its speed-up predicted by a time split
+    (:func:`time_split`, usually of another run: the basis forms') from its own FLOPs and
+    activation ratios, beside the measured one (median, range over rounds)."""
+    share = {(r["size"], r["backend"]): r["activation_share"] for r in split}
+    out = []
+    for r in traffic(record["rows"], record["forms"]):
+        a = share.get((r["size"], r["backend"]))
+        if a is not None:
+            out.append({**r, "activation_share": a,
+                        "predicted": 1 / ((1 - a) / r["flops_ratio"] + a / r["activation_ratio"])})
+    return out
+
+
+def predict_table(record: dict[str, Any], split: list[dict[str, Any]]):
+    """:func:`predict` as a table."""
+    import pandas as pd
+
+    t = pd.DataFrame(predict(record, split))
+    t["runtime"] = t["backend"].map(lambda b: BACKENDS.get(b, b))
+    t["measured"] = [_spread(a, b, c) for a, b, c in zip(t["speedup"], t["speedup_min"], t["speedup_max"])]
+    t = t.rename(columns={"size": "px", "model": "form", "flops_ratio": "FLOPs ratio",
+                          "activation_ratio": "activation ratio", "activation_share": "activation share (basis run)",
+                          "predicted": "predicted speed-up", "measured": "measured speed-up"})
+    cols = ["FLOPs ratio", "activation ratio", "activation share (basis run)", "predicted speed-up", "measured speed-up"]
+    return t.set_index(["px", "runtime", "form"])[cols].round(2)
