@@ -276,7 +276,7 @@ def inference_form(
             is then contiguous, ONNX Runtime picking its own layouts).
         guard: with ``merge="latency"`` and a model that still has basis layers (pass the masked
             model, not its compact copy), also build the form with every basis pair folded back into
-            one conv (the unpruned layers' shapes, :func:`basisprune.compact.fold_all`), time both
+            one conv (the unpruned layers' shapes, ``basisprune.compact.fold_all``), time both
             whole forms in ``rounds`` interleaved rounds at ``batch_sizes``, and keep the pairs only
             where they are clearly faster at every batch size: where the pruned pairs do not pay
             together, the layers stay as they were, so the form is not slower than the unpruned
