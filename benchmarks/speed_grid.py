@@ -30,7 +30,7 @@ and the issue's targets. One thread by default; on a shared machine say so when 
 
 Per form it also records the activation elements per image (every intermediate tensor the form
 writes, from ``torch.fx`` shape propagation): on small-width, memory-bound networks latency follows
-the bytes moved more than the FLOPs, which is what ``traffic`` in the results compares.
+the bytes moved more than the FLOPs, which ``basisprune.repro.speed_grid.traffic`` compares.
 
     .venv/bin/python benchmarks/speed_grid.py --out data/benchmarks/speed_grid-cpu.json
     .venv/bin/python benchmarks/speed_grid.py --ours channels --out data/benchmarks/speed_grid_channels-cpu.json
@@ -85,23 +85,29 @@ def mask_weakest_channels(model: nn.Module, fraction: float) -> None:
         scale.mask.copy_(mask.to(scale.mask.dtype))
 
 
-def to_flops(build, target: float, x: torch.Tensor, steps: int = 12) -> tuple[float, nn.Module]:
+def to_flops(build, target: float, x: torch.Tensor, steps: int = 12) -> tuple[float, nn.Module, nn.Module]:
     """The smallest fraction in [0, 0.95] whose ``build(fraction)`` (a masked model) compacts to at
-    most ``target`` FLOPs, by bisection; and that masked model."""
-    lo, hi = 0.0, 0.95
+    most ``target`` FLOPs, by bisection; that masked model and its compact model."""
+    lo, hi, found = 0.0, 0.95, None
     for _ in range(steps):
         mid = (lo + hi) / 2
-        if bp.count_flops(bp.compact(build(mid), x).eval(), x) <= target:
-            hi = mid
+        masked = build(mid)
+        small = bp.compact(masked, x).eval()
+        if bp.count_flops(small, x) <= target:
+            hi, found = mid, (masked, small)
         else:
             lo = mid
-    return hi, build(hi)
+    if found is None:
+        masked = build(hi)
+        found = (masked, bp.compact(masked, x).eval())
+    return hi, *found
 
 
-def channel_sources(ref: nn.Module, head: str, x: torch.Tensor, target: float) -> dict[str, tuple[nn.Module, Any]]:
+def channel_sources(ref: nn.Module, head: str, x: torch.Tensor,
+                    target: float) -> dict[str, tuple[nn.Module, nn.Module, dict[str, float]]]:
     """Our channel pruning (channel scales, weakest units masked by magnitude) and double pruning
     (channels masked to half the FLOPs reduction in log scale, then the weakest bases of what is
-    left) at ``target`` FLOPs; each ``(masked model, fractions)``."""
+    left) at ``target`` FLOPs; each ``(masked model, compact model, fractions)``."""
     scaled = bp.add_channel_scales(ref, x, ignored=[head]).eval()
 
     def channels(frac: float) -> nn.Module:
@@ -109,18 +115,19 @@ def channel_sources(ref: nn.Module, head: str, x: torch.Tensor, target: float) -
         mask_weakest_channels(m, frac)
         return m
 
-    f_c, only = to_flops(channels, target, x)
+    f_c, only, only_small = to_flops(channels, target, x)
     half = math.sqrt(target * bp.count_flops(ref, x))  # half the reduction, in log FLOPs
-    f_half, stage1 = to_flops(channels, half, x)
-    base = bp.decompose(bp.compact(stage1, x).eval(), exclude=[head]).eval()
+    f_half, _, stage1 = to_flops(channels, half, x)
+    base = bp.decompose(stage1, exclude=[head]).eval()
 
     def bases(frac: float) -> nn.Module:
         m = copy.deepcopy(base)
         prune_weakest(m, frac)
         return m
 
-    f_b, double = to_flops(bases, target, x)
-    return {"channels (ours)": (only, {"channels": f_c}), "double (ours)": (double, {"channels": f_half, "bases": f_b})}
+    f_b, double, double_small = to_flops(bases, target, x)
+    return {"channels (ours)": (only, only_small, {"channels": f_c}),
+            "double (ours)": (double, double_small, {"channels": f_half, "bases": f_b})}
 
 
 def onnx_session(model: nn.Module, size: int, threads: int, tmp: Path, label: str):
@@ -172,7 +179,7 @@ def build_forms(ref: nn.Module, head: str, size: int, args) -> tuple[dict[str, d
     sources: dict[str, nn.Module] = {"unpruned": ref}  # what the forms are built from
     sizes: dict[str, nn.Module] = {"unpruned": ref}  # what FLOPs and parameters are counted on
     info: dict[str, Any] = {}
-    for frac in args.depths:
+    for frac in args.depths if args.ours == "bases" else [max(args.depths)]:  # channels: the target only
         d = bp.decompose(ref, exclude=[head]).eval()
         prune_weakest(d, frac)
         sources[f"bases -{frac:.0%}"] = d  # masked: the form's guard can fold its pairs back
@@ -182,8 +189,8 @@ def build_forms(ref: nn.Module, head: str, size: int, args) -> tuple[dict[str, d
         target = bp.count_flops(deepest, x[:1])
         sources = {"unpruned": ref}
         sizes = {"unpruned": ref}
-        for label, (m, fractions) in channel_sources(ref, head, x[:1], target).items():
-            sources[label], sizes[label] = m, bp.compact(m, x[:1]).eval()
+        for label, (m, small, fractions) in channel_sources(ref, head, x[:1], target).items():
+            sources[label], sizes[label] = m, small
             info[label] = {"fractions": fractions}
     if not args.no_peer:
         ratio = 1 - bp.count_flops(deepest, x[:1]) / bp.count_flops(ref, x[:1])
@@ -294,14 +301,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows += time_grid(forms, size, args, Path(tmp))
             seconds[f"size_{size}"] = time.perf_counter() - t1
             print(f"{size} px done in {seconds[f'size_{size}']:.0f} s", flush=True)
-    verdict = targets(rows, info, vars(args))
-    moved = traffic(rows, info)
     hw = provenance.hardware()
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}
     settings["model"] = "mobilenet_v2 (ImageNet weights, 1000-class head not pruned)"
-    record = {"rows": rows, "forms": {str(k): v for k, v in info.items()}, "targets": verdict, "traffic": moved,
-              "hardware": hw,
-              "settings": settings, "load_average": {"before": load_before, "after": os.getloadavg()},
+    record = {"rows": rows, "forms": {str(k): v for k, v in info.items()}, "hardware": hw, "settings": settings, "load_average": {"before": load_before, "after": os.getloadavg()},
               "shared_machine": ("timed while other processes shared the CPU; round-paired ratios, not absolute ms, "
                                  "are the comparable numbers") if max(load_before[0], os.getloadavg()[0]) > 1.5 else None}
     seconds["total"] = time.perf_counter() - t0
@@ -317,9 +320,9 @@ def show(record: dict[str, Any]) -> None:
           f"torch {hw['torch']}, onnxruntime {hw['onnxruntime']}, load average {load['before'][0]:.1f} -> "
           f"{load['after'][0]:.1f}, {record['settings']['rounds']} rounds, {record['timings']['total']:.0f} s")
     print(table(record["rows"]))
-    for name, t in record["targets"].items():
+    for name, t in targets(record["rows"], record["forms"], record["settings"]).items():
         print(f"{name}: {'holds' if t['holds'] else 'missed'} {t.get('misses') or t.get('rows') or ''}")
-    for t in record.get("traffic", []):
+    for t in traffic(record["rows"], record["forms"]):
         print(f"{t['size']} px {t['model']:>14} {t['backend']:>11} b{t['batch_size']}: FLOPs ratio "
               f"{t['flops_ratio']:.2f}, activation ratio {t['activation_ratio']:.2f}, speed-up {t['speedup']:.2f}")
 

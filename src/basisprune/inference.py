@@ -49,6 +49,7 @@ from .channel import channel_scales
 from .compact import compact, fold_all
 from .decompose import basis_layers
 from .fx_passes import drop_identities, fold_batchnorms, trace
+from .measure import count_params
 from .merge import merge_chains
 from .padding import pad_channels
 
@@ -159,10 +160,6 @@ def _channels_last(gm: fx.GraphModule) -> fx.GraphModule:
     ph.replace_all_uses_with(cl, delete_user_cb=lambda user: user is not cl)
     out.recompile()
     return out.to(memory_format=torch.channels_last)
-
-
-def _size(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _build(base: nn.Module, example: torch.Tensor, *, merge: str, memory_format: str, channel_multiple: int,
@@ -332,7 +329,7 @@ def inference_form(
             base = compact(model, example)
             if guard and merge == "latency" and basis_layers(model):
                 folded = compact(model, example, fold_rule=fold_all)
-                if _size(folded) == _size(base):  # compaction kept no pair: nothing to guard
+                if count_params(folded) == count_params(base):  # compaction kept no pair: nothing to guard
                     folded = None
         else:
             base = copy.deepcopy(model)

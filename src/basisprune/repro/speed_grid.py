@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .paths import repo_root
+from .stats import format_interval
 
-__all__ = ["COMMITTED", "COMMITTED_CHANNELS", "grid_table", "guard_counts", "load", "ours", "predict", "predict_table", "setting_line",
+__all__ = ["COMMITTED", "COMMITTED_CHANNELS", "grid_table", "guard_counts", "load", "ours", "predict", "predict_table", "setting_line", "split_speedup",
            "target_lines", "targets", "time_split", "time_split_lines", "time_split_table", "traffic", "traffic_lines",
            "traffic_table"]
 
@@ -104,7 +105,25 @@ def traffic(rows: list[dict[str, Any]], info: dict[Any, dict[str, Any]]) -> list
 
 
 def _spread(median: float, lo: float, hi: float) -> str:
-    return f"{median:.2f} [{lo:.2f}, {hi:.2f}]"
+    return format_interval(median, lo, hi, digits=2)
+
+
+def _frame(rows: list[dict[str, Any]], spread: str | None = None):
+    """Rows with a ``backend`` as a data frame with the runtime's name; with ``spread``, also the
+    speed-up (``speedup`` / ``speedup_min`` / ``speedup_max``) as ``median [min, max]`` there."""
+    import pandas as pd
+
+    t = pd.DataFrame(rows)
+    t["runtime"] = t["backend"].map(lambda b: BACKENDS.get(b, b))
+    if spread:
+        t[spread] = [_spread(a, b, c) for a, b, c in zip(t["speedup"], t["speedup_min"], t["speedup_max"])]
+    return t
+
+
+def split_speedup(share: float, flops_ratio: float, activation_ratio: float) -> float:
+    """The speed-up of a form with ``flops_ratio`` times fewer FLOPs and ``activation_ratio`` times
+    fewer activation elements when ``share`` of the unpruned time scales with activations."""
+    return 1 / ((1 - share) / flops_ratio + share / activation_ratio)
 
 
 def grid_table(record: dict[str, Any]):
@@ -134,12 +153,7 @@ def grid_table(record: dict[str, Any]):
 
 def traffic_table(record: dict[str, Any]):
     """:func:`traffic` as a table: FLOPs ratio, activation ratio and speed-up per pruned form."""
-    import pandas as pd
-
-    t = pd.DataFrame(traffic(record["rows"], record["forms"]))
-    t["runtime"] = t["backend"].map(lambda b: BACKENDS.get(b, b))
-    t["speed-up"] = [_spread(a, b, c) for a, b, c in zip(t["speedup"], t["speedup_min"], t["speedup_max"])]
-    t = t.rename(columns={"size": "px", "model": "form", "flops_ratio": "FLOPs ratio",
+    t = _frame(traffic(record["rows"], record["forms"]), "speed-up").rename(columns={"size": "px", "model": "form", "flops_ratio": "FLOPs ratio",
                           "activation_ratio": "activation ratio"})
     return t.set_index(["px", "runtime", "form"])[["FLOPs ratio", "activation ratio", "speed-up"]].round(2)
 
@@ -252,7 +266,7 @@ def time_split(record: dict[str, Any]) -> list[dict[str, Any]]:
                "basis_bound": 1 / a if a > 0 else float("inf"), "tp_predicted": None, "tp_measured": None}
         p = by.get((size, backend, "Torch-Pruning"))
         if p is not None:
-            row["tp_predicted"] = 1 / ((1 - a) / p["flops_ratio"] + a / p["activation_ratio"])
+            row["tp_predicted"] = split_speedup(a, p["flops_ratio"], p["activation_ratio"])
             row["tp_measured"] = p["speedup"]
         out.append(row)
     return out
@@ -260,11 +274,7 @@ def time_split(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 def time_split_table(record: dict[str, Any]):
     """:func:`time_split` as a table."""
-    import pandas as pd
-
-    t = pd.DataFrame(time_split(record))
-    t["runtime"] = t["backend"].map(lambda b: BACKENDS.get(b, b))
-    t = t.rename(columns={"size": "px", "activation_share": "time share of activations",
+    t = _frame(time_split(record)).rename(columns={"size": "px", "activation_share": "time share of activations",
                           "basis_bound": "best basis speed-up (1 / share)",
                           "tp_predicted": "Torch-Pruning speed-up, predicted",
                           "tp_measured": "Torch-Pruning speed-up, measured"})
@@ -303,18 +313,13 @@ def predict(record: dict[str, Any], split: list[dict[str, Any]]) -> list[dict[st
         a = share.get((r["size"], r["backend"]))
         if a is not None:
             out.append({**r, "activation_share": a,
-                        "predicted": 1 / ((1 - a) / r["flops_ratio"] + a / r["activation_ratio"])})
+                        "predicted": split_speedup(a, r["flops_ratio"], r["activation_ratio"])})
     return out
 
 
 def predict_table(record: dict[str, Any], split: list[dict[str, Any]]):
     """:func:`predict` as a table."""
-    import pandas as pd
-
-    t = pd.DataFrame(predict(record, split))
-    t["runtime"] = t["backend"].map(lambda b: BACKENDS.get(b, b))
-    t["measured"] = [_spread(a, b, c) for a, b, c in zip(t["speedup"], t["speedup_min"], t["speedup_max"])]
-    t = t.rename(columns={"size": "px", "model": "form", "flops_ratio": "FLOPs ratio",
+    t = _frame(predict(record, split), "measured").rename(columns={"size": "px", "model": "form", "flops_ratio": "FLOPs ratio",
                           "activation_ratio": "activation ratio", "activation_share": "activation share (basis run)",
                           "predicted": "predicted speed-up", "measured": "measured speed-up"})
     cols = ["FLOPs ratio", "activation ratio", "activation share (basis run)", "predicted speed-up", "measured speed-up"]
